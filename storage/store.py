@@ -1,0 +1,192 @@
+"""The Store: every read and write of documents, segments and conversations.
+
+Callers get plain frozen dataclasses, never ORM objects, so nothing outside
+this package holds a database session or imports SQLAlchemy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.schema import Base, Conversation, Document, Message, Segment
+
+
+class NotFound(LookupError):
+    """No document or conversation matches; the message names what was asked for."""
+
+
+class SegmentLike(Protocol):
+    index: int
+    text: str
+    page_start: int
+    page_end: int
+    token_start: int
+    token_end: int
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    id: int
+    sha256: str
+    title: str
+    filename: str
+    kind: str
+    pages: int
+    tokens: int
+    status: str
+    error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    document_id: int
+    index: int
+    text: str
+    page_start: int
+    page_end: int
+    token_start: int
+    token_end: int
+
+    @property
+    def n_tokens(self) -> int:
+        return self.token_end - self.token_start
+
+
+@dataclass(frozen=True)
+class ConversationInfo:
+    id: int
+    title: str
+    document_ids: list[int]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    role: str
+    content: str
+    mode: str | None
+    stats: dict
+
+
+def _doc_info(d: Document) -> DocumentInfo:
+    return DocumentInfo(d.id, d.sha256, d.title, d.filename, d.kind, d.pages, d.tokens, d.status,
+                        d.error, d.created_at)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # WAL lets the UI read while an ingestion writes; the busy timeout makes a
+    # writer wait for the lock instead of failing; SQLite ignores FKs unless asked.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Store:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- documents ---------------------------------------------------------
+    def find_by_sha(self, sha256: str) -> DocumentInfo | None:
+        with self._session() as s:
+            d = s.scalar(select(Document).where(Document.sha256 == sha256))
+            return _doc_info(d) if d else None
+
+    def add_document(self, *, sha256: str, title: str, filename: str, kind: str, pages: int,
+                     segments: Sequence[SegmentLike]) -> DocumentInfo:
+        """Store a document and all its segments in one transaction: all or nothing."""
+        tokens = segments[-1].token_end if segments else 0
+        with self._session.begin() as s:
+            d = Document(sha256=sha256, title=title, filename=filename, kind=kind, pages=pages,
+                         tokens=tokens, status="ready")
+            d.segments = [Segment(idx=g.index, text=g.text, page_start=g.page_start, page_end=g.page_end,
+                                  token_start=g.token_start, token_end=g.token_end) for g in segments]
+            s.add(d)
+            s.flush()
+            return _doc_info(d)
+
+    def list_documents(self) -> list[DocumentInfo]:
+        with self._session() as s:
+            return [_doc_info(d) for d in s.scalars(select(Document).order_by(Document.id))]
+
+    def get_document(self, ref: int | str) -> DocumentInfo:
+        """A document by id, or by exact (then case-insensitive) title or filename."""
+        with self._session() as s:
+            if isinstance(ref, int) or str(ref).isdigit():
+                d = s.get(Document, int(ref))
+                if d:
+                    return _doc_info(d)
+            ref = str(ref)
+            for cond in (Document.title == ref, Document.filename == ref,
+                         func.lower(Document.title) == ref.lower()):
+                d = s.scalars(select(Document).where(cond).order_by(Document.id)).first()
+                if d:
+                    return _doc_info(d)
+        raise NotFound(f"no document {ref!r} in the library")
+
+    def delete_document(self, doc_id: int) -> None:
+        with self._session.begin() as s:
+            d = s.get(Document, doc_id)
+            if d is None:
+                raise NotFound(f"no document with id {doc_id}")
+            s.delete(d)
+
+    def segments(self, doc_id: int) -> list[SegmentRecord]:
+        with self._session() as s:
+            rows = s.scalars(select(Segment).where(Segment.document_id == doc_id).order_by(Segment.idx))
+            return [SegmentRecord(r.document_id, r.idx, r.text, r.page_start, r.page_end, r.token_start,
+                                  r.token_end) for r in rows]
+
+    def count_segments(self) -> int:
+        with self._session() as s:
+            return s.scalar(select(func.count(Segment.id))) or 0
+
+    # -- conversations -----------------------------------------------------
+    def new_conversation(self, title: str, document_ids: Iterable[int]) -> int:
+        with self._session.begin() as s:
+            c = Conversation(title=title[:200], document_ids=list(document_ids))
+            s.add(c)
+            s.flush()
+            return c.id
+
+    def add_message(self, conversation_id: int, role: str, content: str, mode: str | None = None,
+                    stats: dict | None = None) -> None:
+        with self._session.begin() as s:
+            if s.get(Conversation, conversation_id) is None:
+                raise NotFound(f"no conversation with id {conversation_id}")
+            s.add(Message(conversation_id=conversation_id, role=role, content=content, mode=mode,
+                          stats=stats or {}))
+
+    def list_conversations(self) -> list[ConversationInfo]:
+        with self._session() as s:
+            rows = s.scalars(select(Conversation).order_by(Conversation.id.desc()))
+            return [ConversationInfo(c.id, c.title, list(c.document_ids), c.created_at) for c in rows]
+
+    def messages(self, conversation_id: int) -> list[MessageRecord]:
+        with self._session() as s:
+            rows = s.scalars(select(Message).where(Message.conversation_id == conversation_id)
+                             .order_by(Message.id))
+            return [MessageRecord(m.role, m.content, m.mode, dict(m.stats or {})) for m in rows]

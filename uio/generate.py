@@ -1,0 +1,127 @@
+"""Streamed generation with the figures a user compares: time to first token, speed, tokens."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from uio.model import LoadedModel
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    ttft_s: float = 0.0  # prompt prefill + first token
+    total_s: float = 0.0
+    stopped: bool = False  # the user stopped it
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.ttft_s if self.ttft_s else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        rest = self.total_s - self.ttft_s
+        return (self.new_tokens - 1) / rest if self.new_tokens > 1 and rest > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens,
+                "ttft_s": round(self.ttft_s, 3), "total_s": round(self.total_s, 3),
+                "prefill_tok_s": round(self.prefill_tok_s, 1), "decode_tok_s": round(self.decode_tok_s, 1),
+                "stopped": self.stopped}
+
+
+class _TimedStreamer(TextIteratorStreamer):
+    """Notes when the first new token arrives and how many come (the text may lag a token)."""
+
+    def __init__(self, tokenizer, stats: GenerationStats, start: float):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=None)
+        self.stats, self.start = stats, start
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True  # the first put is the prompt itself
+        else:
+            if self.stats.new_tokens == 0:
+                self.stats.ttft_s = time.perf_counter() - self.start
+            self.stats.new_tokens += value.numel()
+        super().put(value)
+
+
+class _StopOnEvent(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
+
+
+@dataclass
+class Generation:
+    """Iterate to receive text pieces as they are decoded; ``stats`` is final once exhausted."""
+
+    pieces: Iterator[str]
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+    def __iter__(self) -> Iterator[str]:
+        return self.pieces
+
+
+def stream_chat(lm: LoadedModel, messages: list[dict], max_new_tokens: int = 256,
+                temperature: float = 0.0, stop: threading.Event | None = None) -> Generation:
+    """Generate an answer to chat ``messages`` in a background thread, streaming its text."""
+    enc = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    enc = {k: v.to(lm.device) for k, v in enc.items()}
+    stats = GenerationStats(prompt_tokens=int(enc["input_ids"].shape[1]))
+    window = lm.window
+    if stats.prompt_tokens + max_new_tokens > window:
+        raise ValueError(f"prompt of {stats.prompt_tokens} tokens plus {max_new_tokens} new ones exceeds "
+                         f"the model's window of {window}")
+    stop = stop or threading.Event()
+    start = time.perf_counter()
+    streamer = _TimedStreamer(lm.tokenizer, stats, start)
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    kwargs = dict(**enc, max_new_tokens=max_new_tokens, streamer=streamer,
+                  stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                  pad_token_id=lm.tokenizer.pad_token_id, **sampling)
+    if not sampling["do_sample"]:
+        # The shipped generation configs carry sampling defaults; greedy must not warn about them.
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with torch.inference_mode():
+                lm.model.generate(**kwargs)
+        except BaseException as e:  # re-raised in the consumer's thread
+            failure.append(e)
+        finally:
+            streamer.end()
+
+    def pieces() -> Iterator[str]:
+        thread = threading.Thread(target=run, name="tome-generate", daemon=True)
+        thread.start()
+        completed = False
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+            completed = True
+        finally:
+            if not completed:  # the consumer went away: don't generate for nobody
+                stop.set()
+            thread.join()
+            stats.total_s = time.perf_counter() - start
+            stats.stopped = stop.is_set() and not failure
+        if failure:
+            raise failure[0]
+
+    return Generation(pieces(), stats)

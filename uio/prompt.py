@@ -1,0 +1,86 @@
+"""Put document text into a chat prompt: which segments fit the budget, and the messages.
+
+This is the "uncompressed" context: raw segment text in the window. The rule
+for what fits is deliberately simple for now: each selected book gets an
+equal share of the budget and keeps its segments in document order; a share a
+book does not use passes to the others.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+SYSTEM_PROMPT = (
+    "You answer questions about the documents given below. Answer from their text, briefly and "
+    "precisely. If the documents do not contain the answer, say that they do not."
+)
+
+
+class TextSegment(Protocol):
+    text: str
+    page_start: int
+    page_end: int
+
+    @property
+    def n_tokens(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A segment chosen for the prompt, with the book it comes from."""
+
+    title: str
+    segment: TextSegment
+
+    @property
+    def pages(self) -> str:
+        a, b = self.segment.page_start, self.segment.page_end
+        return f"p. {a}" if a == b else f"pp. {a}-{b}"
+
+
+@dataclass(frozen=True)
+class Selection:
+    passages: list[Passage]
+    truncated: list[str]  # titles of books that did not fit whole
+
+    @property
+    def tokens(self) -> int:
+        return sum(p.segment.n_tokens for p in self.passages)
+
+
+def fit_budget(books: Sequence[tuple[str, Sequence[TextSegment]]], budget: int) -> Selection:
+    """Choose leading segments of each book so that the total stays within ``budget`` tokens."""
+    # Smallest books first, so a short book's unused share passes to the longer ones.
+    order = sorted(range(len(books)), key=lambda i: sum(s.n_tokens for s in books[i][1]))
+    kept: dict[int, list[TextSegment]] = {}
+    left = budget
+    for rank, i in enumerate(order):
+        share = left // (len(order) - rank)
+        used, chosen = 0, []
+        for seg in books[i][1]:
+            if used + seg.n_tokens > share:
+                break
+            chosen.append(seg)
+            used += seg.n_tokens
+        kept[i] = chosen
+        left -= used
+    passages = [Passage(books[i][0], s) for i in range(len(books)) for s in kept[i]]
+    truncated = [books[i][0] for i in range(len(books)) if len(kept[i]) < len(books[i][1])]
+    return Selection(passages, truncated)
+
+
+def build_messages(selection: Selection, question: str,
+                   history: Sequence[dict] = ()) -> list[dict]:
+    """System prompt with the passages, then earlier turns, then the question."""
+    blocks = [f"[{p.title}, {p.pages}]\n{p.segment.text}" for p in selection.passages]
+    docs = "\n\n".join(blocks) if blocks else "(no documents selected)"
+    messages = [{"role": "system", "content": f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"}]
+    messages += [{"role": m["role"], "content": m["content"]} for m in history
+                 if m.get("role") in ("user", "assistant")]
+    messages.append({"role": "user", "content": question})
+    return messages
+
+
+def count_tokens(tokenizer, messages: list[dict]) -> int:
+    return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"])
