@@ -38,6 +38,7 @@ class Config:
     max_new_tokens: int = 256
     max_file_mb: int = 200
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    tune_malloc: bool = True  # glibc allocator tuning at start-up (see uio/runtime.py)
     host: str = "127.0.0.1"
     port: int = 7860
 
@@ -69,6 +70,7 @@ class Config:
             "TOME_MAX_NEW_TOKENS": ("max_new_tokens", int),
             "TOME_MAX_FILE_MB": ("max_file_mb", int),
             "TOME_THREADS": ("threads", int),
+            "TOME_TUNE_MALLOC": ("tune_malloc", lambda v: v.lower() not in ("0", "false", "no", "off")),
             "TOME_HOST": ("host", str),
             "TOME_PORT": ("port", int),
         }

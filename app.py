@@ -1,0 +1,127 @@
+#!/usr/bin/env python
+"""Tome's entry point: ``serve`` (default), ``ingest``, ``ask``, ``list``.
+
+    python app.py serve --port 7860
+    python app.py ingest book.pdf notes.md
+    python app.py ask --doc "My Book" "Who is the keeper of the light?"
+    python app.py list
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from uio.runtime import tune_allocator
+
+log = logging.getLogger("tome")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tome", description="Ask questions about whole books.")
+    p.add_argument("--model", help="qwen (default), smollm2, a hub id or a path [TOME_MODEL]")
+    p.add_argument("--data-dir", type=Path, help="where the library lives [TOME_DATA_DIR, ./data]")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command")
+    s = sub.add_parser("serve", help="start the web UI (default)")
+    s.add_argument("--host", help="bind address [127.0.0.1]")
+    s.add_argument("--port", type=int, help="port [7860]")
+    s.add_argument("--share", action="store_true", help="ask Gradio for a public link (off by default)")
+    i = sub.add_parser("ingest", help="add files to the library")
+    i.add_argument("files", nargs="+", type=Path)
+    i.add_argument("--password", help="password of encrypted PDFs")
+    a = sub.add_parser("ask", help="ask a question about one or more books")
+    a.add_argument("--doc", action="append", required=True, help="book id or title (repeat for several)")
+    a.add_argument("--max-new-tokens", type=int)
+    a.add_argument("question")
+    sub.add_parser("list", help="list the library")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tome import Config, Tome
+
+    config = Config.from_env(model=args.model, data_dir=args.data_dir,
+                             host=getattr(args, "host", None), port=getattr(args, "port", None))
+    if config.tune_malloc:
+        tune_allocator()
+    tome = Tome(config)
+    command = args.command or "serve"
+    if command == "list":
+        return _list(tome)
+    if command == "ingest":
+        return _ingest(tome, args.files, args.password)
+    if command == "ask":
+        return _ask(tome, args.doc, args.question, args.max_new_tokens)
+    return _serve(tome, getattr(args, "share", False))
+
+
+def _list(tome) -> int:
+    docs = tome.documents()
+    if not docs:
+        print("The library is empty. Add books with: python app.py ingest FILE...")
+    for d in docs:
+        print(f"{d.id:>4}  {d.title[:50]:<50}  {d.pages:>5} pages  {d.tokens:>8,} tokens  {d.status}")
+    return 0
+
+
+def _ingest(tome, files: list[Path], password: str | None) -> int:
+    from tqdm import tqdm
+
+    failed = 0
+    for f in files:
+        with tqdm(total=100, desc=f.name, unit="%", leave=False) as bar:
+            def progress(frac: float, msg: str) -> None:
+                bar.set_postfix_str(msg.split(": ", 1)[-1])
+                bar.update(round(frac * 100) - bar.n)
+
+            r = tome.ingest(f, password=password, progress=progress)
+        if r.error:
+            failed += 1
+            print(f"error: {r.error}", file=sys.stderr)
+        elif r.duplicate:
+            print(f"{f.name}: already in the library as #{r.document.id}")
+        else:
+            print(f"{f.name}: #{r.document.id} {r.document.title!r}, {r.document.pages} pages, "
+                  f"{r.document.tokens:,} tokens in {r.seconds:.1f} s")
+    return 1 if failed else 0
+
+
+def _ask(tome, docs: list[str], question: str, max_new_tokens: int | None) -> int:
+    from storage import NotFound
+
+    try:
+        ids = [tome.document(d).id for d in docs]
+    except NotFound as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    u = None
+    for u in tome.ask(ids, question, max_new_tokens=max_new_tokens):
+        pass  # the CLI prints the final text; streaming to a terminal would interleave with logs
+    print(u.text)
+    if u.truncated:
+        print(f"(only the beginning fitted the window: {', '.join(u.truncated)})", file=sys.stderr)
+    print("sources: " + "; ".join(s.label() for s in u.sources), file=sys.stderr)
+    s = u.stats
+    print(f"figures: first token {s['ttft_s']} s, {s['decode_tok_s']} tok/s, {s['prompt_tokens']} prompt tokens",
+          file=sys.stderr)
+    return 0
+
+
+def _serve(tome, share: bool) -> int:
+    from ui.app import build_app
+
+    _ = tome.lm  # load (and on first run prepare) the model before the page opens
+    app = build_app(tome)
+    app.queue(default_concurrency_limit=1)
+    app.launch(server_name=tome.config.host, server_port=tome.config.port, share=share,
+               max_file_size=f"{tome.config.max_file_mb}mb")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny random models for unit tests, the real models for integration tests,
+and PDFs made on the spot. Prepared real models are cached in .cache/models between runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = ROOT / ".cache" / "models"
+
+
+def make_pdf(path: Path, pages: list[str], title: str | None = None) -> Path:
+    """A real PDF with one text block per page (fpdf2, core Helvetica font)."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=11)
+    if title:
+        pdf.set_title(title)
+    for text in pages:
+        pdf.add_page()
+        if text:
+            pdf.multi_cell(0, 6, text)
+    pdf.output(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from uio.model import load_model
+
+    return load_model("smollm2", MODELS_DIR, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def qwen():
+    from uio.model import load_model
+
+    return load_model("qwen", MODELS_DIR, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2):
+    """A real tokenizer with a chat template (SmolLM2's), shared by the tiny models."""
+    return smollm2.tokenizer
+
+
+def _tiny(kind: str, tokenizer):
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    from uio.model import LoadedModel
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                  bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False)
+    cfg = LlamaConfig(**common) if kind == "llama" else Qwen2Config(**common)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    model.requires_grad_(False)
+    return LoadedModel(name=f"tiny-{kind}", model=model, tokenizer=tokenizer, device=torch.device("cpu"),
+                       dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tokenizer):
+    return _tiny("llama", tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tokenizer):
+    return _tiny("qwen2", tokenizer)
+
+
+@pytest.fixture
+def tome_tiny(tmp_path, tiny_llama):
+    """A Tome service on a fresh data dir with the tiny Llama (answers are gibberish, flows are real)."""
+    from tome import Config, Tome
+
+    t = Tome(Config(data_dir=tmp_path / "data", models_dir=MODELS_DIR, max_new_tokens=8), lm=tiny_llama)
+    yield t
+    t.store.close()
+
+
+@pytest.fixture
+def tome_smol(tmp_path, smollm2):
+    from tome import Config, Tome
+
+    t = Tome(Config(data_dir=tmp_path / "data", models_dir=MODELS_DIR, model="smollm2", max_new_tokens=40),
+             lm=smollm2)
+    yield t
+    t.store.close()
