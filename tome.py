@@ -271,7 +271,7 @@ class Tome:
             gen = stream_chat(lm, messages, max_new_tokens=max_new, temperature=temperature, stop=stop)
             for piece in gen:
                 update.text += piece
-                yield update
+                yield replace(update)  # a snapshot: consumers may keep earlier updates
         update.stats = gen.stats.as_dict() | {"model": lm.name, "context_tokens": selection.tokens}
         update.done = True
         self.store.add_message(conversation_id, "assistant", update.text.strip(), mode=update.mode,

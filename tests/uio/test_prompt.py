@@ -1,0 +1,49 @@
+from dataclasses import dataclass
+
+from uio.prompt import Selection, build_messages, fit_budget
+
+
+@dataclass(frozen=True)
+class Seg:
+    text: str
+    page_start: int
+    page_end: int
+    tokens: int
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tokens
+
+
+def book(name, n, tokens=100):
+    return name, [Seg(f"{name}-{i}", i + 1, i + 1, tokens) for i in range(n)]
+
+
+def test_everything_fits_in_document_order():
+    sel = fit_budget([book("A", 3), book("B", 2)], budget=1000)
+    assert [p.segment.text for p in sel.passages] == ["A-0", "A-1", "A-2", "B-0", "B-1"]
+    assert sel.truncated == [] and sel.tokens == 500
+
+
+def test_budget_is_shared_and_leading_segments_kept():
+    sel = fit_budget([book("A", 10), book("B", 10)], budget=450)
+    assert [p.segment.text for p in sel.passages] == ["A-0", "A-1", "B-0", "B-1"]
+    assert sel.truncated == ["A", "B"]
+    assert sel.tokens <= 450
+
+
+def test_short_book_passes_its_unused_share_on():
+    sel = fit_budget([book("Long", 10), book("Short", 1)], budget=600)
+    texts = [p.segment.text for p in sel.passages]
+    assert texts == ["Long-0", "Long-1", "Long-2", "Long-3", "Long-4", "Short-0"]
+    assert sel.truncated == ["Long"]
+
+
+def test_messages_carry_passages_with_pages_history_and_question():
+    sel = Selection(fit_budget([book("A", 2)], 1000).passages, [])
+    msgs = build_messages(sel, "Where?", history=[{"role": "user", "content": "hi"},
+                                                   {"role": "assistant", "content": "hello"}])
+    assert msgs[0]["role"] == "system"
+    assert "[A, p. 1]\nA-0" in msgs[0]["content"] and "[A, p. 2]\nA-1" in msgs[0]["content"]
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert msgs[-1]["content"] == "Where?"
