@@ -15,6 +15,7 @@ from uio.model import LoadedModel
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0
+    prefix_len: int = 0  # cached positions before the prompt (memory slots)
     new_tokens: int = 0
     ttft_s: float = 0.0  # prompt prefill + first token
     total_s: float = 0.0
@@ -30,7 +31,7 @@ class GenerationStats:
         return (self.new_tokens - 1) / rest if self.new_tokens > 1 and rest > 0 else 0.0
 
     def as_dict(self) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens,
+        return {"prompt_tokens": self.prompt_tokens, "prefix_len": self.prefix_len, "new_tokens": self.new_tokens,
                 "ttft_s": round(self.ttft_s, 3), "total_s": round(self.total_s, 3),
                 "prefill_tok_s": round(self.prefill_tok_s, 1), "decode_tok_s": round(self.decode_tok_s, 1),
                 "stopped": self.stopped}
@@ -75,21 +76,30 @@ class Generation:
 
 
 def stream_chat(lm: LoadedModel, messages: list[dict], max_new_tokens: int = 256,
-                temperature: float = 0.0, stop: threading.Event | None = None) -> Generation:
-    """Generate an answer to chat ``messages`` in a background thread, streaming its text."""
+                temperature: float = 0.0, stop: threading.Event | None = None,
+                past_key_values=None, prefix_len: int = 0) -> Generation:
+    """Generate an answer to chat ``messages`` in a background thread, streaming its text.
+
+    ``past_key_values`` may hold ``prefix_len`` positions already (memories):
+    the prompt then continues after them.
+    """
     enc = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                            return_dict=True)
+    stats = GenerationStats(prompt_tokens=int(enc["input_ids"].shape[1]), prefix_len=prefix_len)
+    if prefix_len + stats.prompt_tokens + max_new_tokens > lm.window:
+        raise ValueError(f"{prefix_len} cached positions + prompt of {stats.prompt_tokens} tokens + "
+                         f"{max_new_tokens} new ones exceeds the model's window of {lm.window}")
+    if prefix_len:
+        # generate() skips the input positions the cache already covers; placeholders stand for them.
+        filler = torch.full((1, prefix_len), lm.tokenizer.pad_token_id, dtype=torch.long)
+        enc = {"input_ids": torch.cat([filler, enc["input_ids"]], 1),
+               "attention_mask": torch.ones(1, prefix_len + stats.prompt_tokens, dtype=torch.long)}
     enc = {k: v.to(lm.device) for k, v in enc.items()}
-    stats = GenerationStats(prompt_tokens=int(enc["input_ids"].shape[1]))
-    window = lm.window
-    if stats.prompt_tokens + max_new_tokens > window:
-        raise ValueError(f"prompt of {stats.prompt_tokens} tokens plus {max_new_tokens} new ones exceeds "
-                         f"the model's window of {window}")
     stop = stop or threading.Event()
     start = time.perf_counter()
     streamer = _TimedStreamer(lm.tokenizer, stats, start)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    kwargs = dict(**enc, max_new_tokens=max_new_tokens, streamer=streamer,
+    kwargs = dict(**enc, max_new_tokens=max_new_tokens, streamer=streamer, past_key_values=past_key_values,
                   stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
                   pad_token_id=lm.tokenizer.pad_token_id, **sampling)
     if not sampling["do_sample"]:

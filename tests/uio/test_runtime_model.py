@@ -69,5 +69,5 @@ def test_stop_event_ends_generation_early(tiny_llama):
 
 def test_prompt_longer_than_window_is_refused(tiny_llama):
     long = "word " * 5000
-    with pytest.raises(ValueError, match="exceeds the model's window"):
+    with pytest.raises(ValueError, match="exceeds the model.s window"):
         stream_chat(tiny_llama, [{"role": "user", "content": long}], max_new_tokens=10)

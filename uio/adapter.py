@@ -1,0 +1,178 @@
+"""The trainable part of the memory model: encoder LoRA, transfer head LoRA and the <mem> embedding.
+
+Both LoRAs are PEFT layers injected into the base model in place. They are
+*disabled* by default, so every ordinary use of the model (plain answers,
+the decoder over memories) runs the frozen base model; only
+``adapter.encoding()`` switches the encoder LoRA on. The transfer head is
+never active inside a forward: ``transfer()`` applies it explicitly to the
+memory tokens' hidden states.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from uio.memory import MemoryConfig, MemoryMismatch
+from uio.model import LoadedModel
+
+ENCODER, TRANSFER = "uio_encoder", "uio_transfer"
+# Config fields that decide whether weights fit a model; the rest (paths, versions, dtype) do not.
+_STRUCTURAL = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+               "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "rope_parameters",
+               "max_position_embeddings", "tie_word_embeddings")
+
+
+def body(lm: LoadedModel):
+    """The decoder stack (LlamaModel, Qwen2Model, ...) inside the causal LM: no lm_head."""
+    return lm.model.model
+
+
+def base_fingerprint(lm: LoadedModel) -> str:
+    """sha256 of the model's structure and a weight sample; the same in any dtype the model is loaded in."""
+    cfg = lm.model.config.to_dict()
+    h = hashlib.sha256(json.dumps({k: cfg.get(k) for k in _STRUCTURAL}, sort_keys=True, default=str).encode())
+    b = body(lm)
+    samples = [b.embed_tokens.weight[:16, :64], b.layers[-1].self_attn.o_proj.weight[:16, :64]]
+    for t in samples:
+        # Rounded through bf16: a bf16 load and a float32 load of the same weights agree.
+        h.update(t.detach().to("cpu", torch.bfloat16).float().numpy().tobytes())
+    return h.hexdigest()
+
+
+class UIOAdapter:
+    """Encoder LoRA (q_proj, v_proj) + transfer head LoRA (k_proj, v_proj) + <mem> embedding."""
+
+    def __init__(self, lm: LoadedModel, config: MemoryConfig | None = None):
+        self.lm, self.config = lm, config or MemoryConfig()
+        if any(isinstance(m, LoraLayer) for m in lm.model.modules()):
+            raise RuntimeError("this model already carries an adapter; load a fresh base model for another")
+        c = self.config
+        inject_adapter_in_model(LoraConfig(r=c.enc_rank, lora_alpha=c.enc_alpha, lora_dropout=c.dropout,
+                                           target_modules=["q_proj", "v_proj"]), lm.model, adapter_name=ENCODER)
+        with warnings.catch_warnings():  # PEFT warns that a second adapter is unusual; it is our design
+            warnings.simplefilter("ignore", UserWarning)
+            inject_adapter_in_model(LoraConfig(r=c.head_rank, lora_alpha=c.head_alpha, lora_dropout=c.dropout,
+                                               target_modules=["k_proj", "v_proj"]), lm.model,
+                                    adapter_name=TRANSFER)
+        self._lora = [m for m in lm.model.modules() if isinstance(m, LoraLayer)]
+        for m in self._lora:
+            m.set_adapter(ENCODER)  # the transfer head is applied by hand, never inside a forward
+            m.enable_adapters(False)
+        for p in self.lora_parameters():
+            p.requires_grad_(False)
+            p.data = p.data.to(lm.dtype)
+        emb = body(lm).embed_tokens.weight
+        eos = lm.tokenizer.eos_token_id
+        self.mem_embedding = torch.nn.Parameter(emb[eos].detach().clone(), requires_grad=False)
+        self.base_fingerprint = base_fingerprint(lm)
+        self._fingerprint: str | None = None
+
+    # -- parameters ------------------------------------------------------------
+    def lora_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.lm.model.named_parameters() if ENCODER in n or TRANSFER in n]
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [self.mem_embedding, *self.lora_parameters()]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {n: p.detach() for n, p in self.lm.model.named_parameters() if ENCODER in n or TRANSFER in n}
+        out["mem_embedding"] = self.mem_embedding.detach()
+        return out
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        own = dict(self.lm.model.named_parameters())
+        expected = set(self.state_dict())
+        if set(tensors) != expected:
+            raise MemoryMismatch("adapter tensors do not match this model's layers "
+                                 f"({len(set(tensors) ^ expected)} names differ)")
+        with torch.no_grad():
+            for n, t in tensors.items():
+                target = self.mem_embedding if n == "mem_embedding" else own[n]
+                if target.shape != t.shape:
+                    raise MemoryMismatch(f"adapter tensor {n} has shape {tuple(t.shape)}, model wants "
+                                         f"{tuple(target.shape)}")
+                target.copy_(t.to(target.dtype))
+        self._fingerprint = None
+
+    def randomize_(self, std: float = 0.02, seed: int = 0) -> "UIOAdapter":
+        """Random LoRA B matrices (PEFT starts them at zero): for tests that must see the LoRAs act."""
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for n, p in self.lm.model.named_parameters():
+                if (ENCODER in n or TRANSFER in n) and "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+        self._fingerprint = None
+        return self
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies these exact weights on this base model; memories record it."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(self.base_fingerprint.encode() + self.config.to_json().encode())
+            for n, t in sorted(self.state_dict().items()):
+                h.update(n.encode())
+                h.update(t.to("cpu", torch.bfloat16).float().numpy().tobytes())  # dtype-independent
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def invalidate_fingerprint(self) -> None:
+        """Call after changing the weights (training)."""
+        self._fingerprint = None
+
+    # -- use ---------------------------------------------------------------------
+    @contextmanager
+    def encoding(self) -> Iterator[None]:
+        """Switch the encoder LoRA on for the forwards inside the block."""
+        for m in self._lora:
+            m.enable_adapters(True)
+        try:
+            yield
+        finally:
+            for m in self._lora:
+                m.enable_adapters(False)
+
+    def transfer(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transfer head: normed hidden states (..., hidden) -> pre-RoPE K and V (..., kv_heads*head_dim)."""
+        attn = body(self.lm).layers[layer].self_attn
+        return _with_lora(attn.k_proj, TRANSFER, hidden), _with_lora(attn.v_proj, TRANSFER, hidden)
+
+    # -- files -------------------------------------------------------------------
+    def save(self, path: str | Path, extra: dict[str, str] | None = None) -> None:
+        meta = {"format": "tome-uio-adapter-1", "config": self.config.to_json(),
+                "base_fingerprint": self.base_fingerprint, "base_model": self.lm.name,
+                "fingerprint": self.fingerprint, **(extra or {})}
+        path = Path(path)
+        tmp = path.with_name(path.name + ".part")
+        save_file({n: t.contiguous() for n, t in self.state_dict().items()}, str(tmp), metadata=meta)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, lm: LoadedModel, path: str | Path) -> "UIOAdapter":
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "tome-uio-adapter-1":
+                raise MemoryMismatch(f"{path} is not a Tome UIO adapter file")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        base = base_fingerprint(lm)
+        if meta["base_fingerprint"] != base:
+            raise MemoryMismatch(f"adapter {Path(path).name} was trained for {meta.get('base_model')!r} "
+                                 f"({meta['base_fingerprint'][:12]}), not for the loaded {lm.name!r} ({base[:12]})")
+        adapter = cls(lm, MemoryConfig.from_json(meta["config"]))
+        adapter.load_state_dict(tensors)
+        return adapter
+
+
+def _with_lora(layer: LoraLayer, name: str, x: torch.Tensor) -> torch.Tensor:
+    out = layer.base_layer(x)
+    a, b = layer.lora_A[name], layer.lora_B[name]
+    return out + b(a(layer.lora_dropout[name](x.to(a.weight.dtype)))).to(out.dtype) * layer.scaling[name]

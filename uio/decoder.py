@@ -1,0 +1,137 @@
+"""Memories + recent tokens -> the frozen base model's cache, logits and streamed answers.
+
+The key sequence is [memories of the chosen segments, in the order given |
+recent raw tokens | new tokens]. Memories are stored before RoPE; every
+assembly rotates them to positions 0..m-1, so any subset of memories from any
+documents can be combined. A loaded ``Memory`` is never modified: the cache
+holds rotated copies, and generation only appends to that cache.
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from uio.adapter import body
+from uio.encoder import Encoder
+from uio.generate import Generation, stream_chat
+from uio.memory import Memory, MemoryMismatch
+from uio.model import LoadedModel
+
+
+class WindowExceeded(ValueError):
+    """Memories + prompt + answer do not fit the base model's position window."""
+
+
+def rotate_keys(lm: LoadedModel, keys: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Pre-RoPE keys (layers, slots, kv_heads, hd) -> rotated (layers, kv_heads, slots, hd) at start.. .
+
+    One batched op for all layers, with the model's own rotary embedding.
+    """
+    k = keys.transpose(1, 2)  # (layers, kv, slots, hd): layers play the batch dimension
+    positions = torch.arange(start, start + k.shape[2], device=k.device)[None]
+    cos, sin = body(lm).rotary_emb(k, positions)
+    apply = importlib.import_module(type(lm.model).__module__).apply_rotary_pos_emb
+    _, rotated = apply(k, k, cos, sin)
+    return rotated
+
+
+def check_window(lm: LoadedModel, memory_slots: int, prompt_tokens: int, new_tokens: int) -> None:
+    need = memory_slots + prompt_tokens + new_tokens
+    if need > lm.window:
+        raise WindowExceeded(f"{memory_slots} memory slots + {prompt_tokens} prompt tokens + {new_tokens} new "
+                             f"tokens = {need} exceeds {lm.name}'s window of {lm.window}; select fewer "
+                             "segments or books")
+
+
+def join(memories: Sequence[Memory], fingerprint: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of several memories in order; refuses memories of another adapter."""
+    for mem in memories:
+        if fingerprint is not None and mem.fingerprint != fingerprint:
+            raise MemoryMismatch(f"memories made by adapter {mem.fingerprint[:12]} cannot be used with "
+                                 f"adapter {fingerprint[:12]}; re-ingest the document")
+    return torch.cat([m.keys for m in memories], 1), torch.cat([m.values for m in memories], 1)
+
+
+def build_cache(lm: LoadedModel, memories: Sequence[Memory], fingerprint: str | None = None
+                ) -> tuple[DynamicCache | None, int]:
+    """A DynamicCache holding the memories at positions 0..m-1, and m. (None, 0) without memories."""
+    memories = [m for m in memories if m.num_slots]
+    if not memories:
+        return None, 0
+    keys, values = join(memories, fingerprint)
+    keys = keys.to(lm.device, lm.dtype)
+    values = values.to(lm.device, lm.dtype)
+    rotated = rotate_keys(lm, keys)
+    cache = DynamicCache(config=lm.model.config)
+    vals = values.transpose(1, 2)
+    for layer in range(rotated.shape[0]):
+        cache.update(rotated[layer:layer + 1], vals[layer:layer + 1], layer)
+    return cache, keys.shape[1]
+
+
+@torch.inference_mode()
+def logits_over_memories(lm: LoadedModel, memories: Sequence[Memory], input_ids: torch.Tensor,
+                         fingerprint: str | None = None) -> torch.Tensor:
+    """Logits of the frozen base model for ``input_ids`` (1, n) read after the memories."""
+    cache, m = build_cache(lm, memories, fingerprint)
+    check_window(lm, m, input_ids.shape[1], 0)
+    pos = torch.arange(m, m + input_ids.shape[1], device=lm.device)[None]
+    out = lm.model(input_ids=input_ids.to(lm.device), past_key_values=cache, position_ids=pos,
+                   cache_position=pos[0], use_cache=cache is not None)
+    return out.logits
+
+
+def stream_over_memories(lm: LoadedModel, memories: Sequence[Memory], messages: list[dict],
+                         max_new_tokens: int = 256, temperature: float = 0.0,
+                         stop: threading.Event | None = None, fingerprint: str | None = None) -> Generation:
+    """Answer chat ``messages`` while attending to ``memories``, streaming the text."""
+    cache, m = build_cache(lm, memories, fingerprint)
+    return stream_chat(lm, messages, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop,
+                       past_key_values=cache, prefix_len=m)
+
+
+class IncrementalReader:
+    """Reads a token stream of any length with a bounded cache.
+
+    Raw tokens accumulate until there are l of them; then they are compressed
+    into M memory slots and dropped. At any time the state is
+    ``memory`` (all compressed segments) + ``raw`` (< l recent tokens).
+    """
+
+    def __init__(self, encoder: Encoder):
+        self.encoder = encoder
+        self.parts: list[Memory] = []
+        self.raw: list[int] = []
+        self.read = 0  # tokens consumed so far
+
+    def feed(self, token_ids: Sequence[int]) -> None:
+        self.raw.extend(int(t) for t in token_ids)
+        l = self.encoder.config.segment_len
+        while len(self.raw) >= l:
+            seg, self.raw = self.raw[:l], self.raw[l:]
+            self.parts.append(self.encoder.compress([seg], segment_ids=[len(self.parts)],
+                                                    token_spans=[(self.read, self.read + l)]))
+            self.read += l
+
+    @property
+    def memory(self) -> Memory | None:
+        return Memory.concat(self.parts) if self.parts else None
+
+    @torch.inference_mode()
+    def cache(self) -> tuple[DynamicCache | None, int]:
+        """The decoder cache: memories, then the raw tokens' K/V; and its length."""
+        mems = [self.memory] if self.parts else []
+        cache, m = build_cache(self.encoder.lm, mems)
+        if not self.raw:
+            return cache, m
+        lm = self.encoder.lm
+        ids = torch.tensor([self.raw], device=lm.device)
+        pos = torch.arange(m, m + ids.shape[1], device=lm.device)[None]
+        cache = cache if cache is not None else DynamicCache(config=lm.model.config)
+        lm.model(input_ids=ids, past_key_values=cache, position_ids=pos, cache_position=pos[0], use_cache=True,
+                 logits_to_keep=1)
+        return cache, m + ids.shape[1]

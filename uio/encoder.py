@@ -1,0 +1,116 @@
+"""Segments -> memories. The ingestion hot path: a whole document goes through as batches.
+
+Input of one row: the segment's n tokens, padding up to the batch's longest
+segment, then M copies of the learned <mem> embedding. Ordinary tokens attend
+causally to each other. Memory slot i attends to ordinary tokens [0, c_i) and
+to itself only (not to other slots), at RoPE position c_i: each slot
+summarises a growing prefix, which spreads the segment over the slots.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from uio.adapter import UIOAdapter, body
+from uio.memory import Memory, slots_for, visible_prefix
+
+
+def encoder_inputs(lengths: Sequence[int], num_mem: int, dtype: torch.dtype, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Additive attention mask (B, 1, L, L), position ids (B, L) and slots per row, L = max(n) + M.
+
+    Padding rows and unused slots only see themselves, so no row is fully
+    masked (that would give NaN) and nothing real ever sees them.
+    """
+    n_max, m = max(lengths), num_mem
+    length = n_max + m
+    allowed = torch.zeros(len(lengths), length, length, dtype=torch.bool)
+    pos = torch.zeros(len(lengths), length, dtype=torch.long)
+    slots = []
+    diag = torch.arange(length)
+    allowed[:, diag, diag] = True
+    for b, n in enumerate(lengths):
+        allowed[b, :n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
+        pos[b, :n_max] = torch.arange(n_max)
+        s = slots_for(n, m)
+        for i, c in enumerate(visible_prefix(n, s)):
+            allowed[b, n_max + i, :c] = True
+            pos[b, n_max + i] = c
+        slots.append(s)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None].to(device), pos.to(device), slots
+
+
+class Encoder:
+    """Compresses token segments into a ``Memory`` with a base model and its UIO adapter."""
+
+    def __init__(self, adapter: UIOAdapter, batch_size: int = 4):
+        self.adapter, self.lm, self.batch_size = adapter, adapter.lm, batch_size
+
+    @property
+    def config(self):
+        return self.adapter.config
+
+    def compress(self, segments: Sequence[Sequence[int]], segment_ids: Sequence[int] | None = None,
+                 token_spans: Sequence[tuple[int, int]] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Memory:
+        """Memories of ``segments`` (token id lists of at most l tokens), in order, batched."""
+        if not segments:
+            raise ValueError("nothing to compress")
+        too_long = [len(s) for s in segments if len(s) > self.config.segment_len or len(s) == 0]
+        if too_long:
+            raise ValueError(f"segments must have 1..{self.config.segment_len} tokens, got {too_long[:3]}")
+        ids = list(segment_ids) if segment_ids is not None else list(range(len(segments)))
+        spans = list(token_spans) if token_spans is not None else []
+        parts = []
+        for start in range(0, len(segments), self.batch_size):
+            batch = segments[start:start + self.batch_size]
+            with torch.inference_mode():
+                keys, values, slots = self.forward(batch)
+            parts.append(Memory(keys, values, ids[start:start + len(batch)], slots,
+                                spans[start:start + len(batch)], self.adapter.fingerprint,
+                                self.config.ratio))
+            if progress:
+                progress(min(start + self.batch_size, len(segments)), len(segments))
+        return Memory.concat(parts)
+
+    def forward(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """One batch: returns keys, values (layers, total slots, kv_heads, head_dim) and slots per row.
+
+        Gradients flow when called with grad enabled (training); compress() runs it without.
+        """
+        lm, m = self.lm, self.config.num_mem
+        dev = lm.device
+        lengths = [len(s) for s in batch]
+        n_max = max(lengths)
+        pad = lm.tokenizer.pad_token_id or 0
+        ids = torch.full((len(batch), n_max), pad, dtype=torch.long)
+        for b, s in enumerate(batch):
+            ids[b, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        net = body(lm)
+        tokens = net.embed_tokens(ids.to(dev))
+        mem = self.adapter.mem_embedding.to(tokens.dtype).expand(len(batch), m, -1)
+        embeds = torch.cat([tokens, mem], dim=1)
+        mask, pos, slots = encoder_inputs(lengths, m, embeds.dtype, dev)
+
+        captured: list[torch.Tensor] = []
+
+        def grab(_module, _inputs, output):
+            captured.append(output[:, n_max:])  # the memory tokens, as k_proj/v_proj see them
+
+        hooks = [layer.input_layernorm.register_forward_hook(grab) for layer in net.layers]
+        try:
+            with self.adapter.encoding():
+                net(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        cfg = lm.model.config
+        kv, hd = cfg.num_key_value_heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        ks, vs = zip(*(self.adapter.transfer(i, h) for i, h in enumerate(captured)))
+        keys = torch.stack(ks).unflatten(-1, (kv, hd))  # (layers, B, M, kv, hd)
+        values = torch.stack(vs).unflatten(-1, (kv, hd))
+        keep = [keys[:, b, :s] for b, s in enumerate(slots)]
+        keepv = [values[:, b, :s] for b, s in enumerate(slots)]
+        return torch.cat(keep, 1), torch.cat(keepv, 1), slots

@@ -1,0 +1,151 @@
+"""Memories: the per-layer key/value slots a segment is compressed into, and their file format.
+
+A ``Memory`` holds the memories of some segments of one document: keys
+*before* RoPE (so they can be placed at any position later) and values, for
+every layer, with the bookkeeping needed to pick segments and to refuse
+memories made by another adapter.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+
+class MemoryMismatch(ValueError):
+    """Memories or an adapter do not belong to the model/adapter they are used with."""
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """How segments are compressed. Saved inside every adapter file."""
+
+    segment_len: int = 1024  # l: ordinary tokens per segment
+    num_mem: int = 128  # M: memory slots per full segment (128 -> 8x, 32 -> 32x)
+    enc_rank: int = 16  # LoRA rank of the encoder (q_proj, v_proj)
+    enc_alpha: int = 32
+    head_rank: int = 16  # LoRA rank of the transfer head (k_proj, v_proj)
+    head_alpha: int = 32
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.segment_len % self.num_mem:
+            raise ValueError(f"segment_len {self.segment_len} must be a multiple of num_mem {self.num_mem}")
+
+    @property
+    def ratio(self) -> int:
+        return self.segment_len // self.num_mem
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "MemoryConfig":
+        return cls(**json.loads(text))
+
+
+def slots_for(n_tokens: int, num_mem: int) -> int:
+    """Memory slots for a segment of ``n_tokens``: M, or fewer for a segment shorter than M tokens."""
+    return max(1, min(num_mem, n_tokens))
+
+
+def visible_prefix(n_tokens: int, slots: int) -> list[int]:
+    """c_i: memory slot i sees ordinary tokens [0, c_i) and sits at position c_i.
+
+    For a full segment c_i = (i+1)*l/M (interleaved positions); a shorter one
+    is scaled to its own length, so the last slot always sees the whole segment.
+    """
+    return [max(1, (i + 1) * n_tokens // slots) for i in range(slots)]
+
+
+@dataclass
+class Memory:
+    """Memories of ``len(segment_ids)`` segments of one document.
+
+    keys, values: (layers, slots, kv_heads, head_dim); keys are pre-RoPE.
+    Segment j owns slots [offsets[j], offsets[j+1]).
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    segment_ids: list[int]
+    slots: list[int]  # slots per segment
+    token_spans: list[tuple[int, int]] = field(default_factory=list)
+    fingerprint: str = ""  # of the adapter that made them
+    ratio: int = 0
+
+    def __post_init__(self) -> None:
+        if self.keys.shape != self.values.shape or self.keys.dim() != 4:
+            raise ValueError(f"keys {tuple(self.keys.shape)} and values {tuple(self.values.shape)} "
+                             "must both be (layers, slots, kv_heads, head_dim)")
+        if sum(self.slots) != self.keys.shape[1] or len(self.slots) != len(self.segment_ids):
+            raise ValueError("slots per segment do not add up to the memory's slots")
+
+    @property
+    def offsets(self) -> list[int]:
+        out = [0]
+        for s in self.slots:
+            out.append(out[-1] + s)
+        return out
+
+    @property
+    def num_slots(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.numel() * self.keys.element_size() * 2
+
+    def select(self, segment_ids: Sequence[int]) -> "Memory":
+        """The memories of some of this memory's segments, in the order given."""
+        pos = {s: j for j, s in enumerate(self.segment_ids)}
+        missing = [s for s in segment_ids if s not in pos]
+        if missing:
+            raise KeyError(f"segments {missing} are not in this memory")
+        off = self.offsets
+        idx = [torch.arange(off[pos[s]], off[pos[s] + 1]) for s in segment_ids]
+        index = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)
+        spans = [self.token_spans[pos[s]] for s in segment_ids] if self.token_spans else []
+        return Memory(self.keys[:, index], self.values[:, index], list(segment_ids),
+                      [self.slots[pos[s]] for s in segment_ids], spans, self.fingerprint, self.ratio)
+
+    @staticmethod
+    def concat(parts: Sequence["Memory"]) -> "Memory":
+        """Segments of one document compressed in several batches, joined in order."""
+        fps = {p.fingerprint for p in parts}
+        if len(fps) > 1:
+            raise MemoryMismatch("cannot join memories made by different adapters")
+        return Memory(torch.cat([p.keys for p in parts], 1), torch.cat([p.values for p in parts], 1),
+                      [s for p in parts for s in p.segment_ids], [s for p in parts for s in p.slots],
+                      [t for p in parts for t in p.token_spans], parts[0].fingerprint, parts[0].ratio)
+
+    # -- files -----------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """safetensors, written to a temporary name and renamed once whole."""
+        path = Path(path)
+        meta = {"format": "tome-memory-1", "fingerprint": self.fingerprint, "ratio": str(self.ratio),
+                "segment_ids": json.dumps(self.segment_ids), "slots": json.dumps(self.slots),
+                "token_spans": json.dumps(self.token_spans)}
+        tmp = path.with_name(path.name + ".part")
+        save_file({"keys": self.keys.contiguous(), "values": self.values.contiguous()}, str(tmp), metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path, expect_fingerprint: str | None = None, device: str = "cpu") -> "Memory":
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "tome-memory-1":
+            raise MemoryMismatch(f"{path} is not a Tome memory file")
+        if expect_fingerprint is not None and meta["fingerprint"] != expect_fingerprint:
+            raise MemoryMismatch(f"{path} was made by adapter {meta['fingerprint'][:12]}, not by the loaded "
+                                 f"adapter {expect_fingerprint[:12]}; re-ingest the document")
+        t = load_file(str(path), device=device)
+        return cls(t["keys"], t["values"], json.loads(meta["segment_ids"]), json.loads(meta["slots"]),
+                   [tuple(s) for s in json.loads(meta["token_spans"])], meta["fingerprint"], int(meta["ratio"]))
