@@ -35,8 +35,7 @@ def test_no_memories_decoder_equals_plain_base_model(lm):
 
 
 def test_mask_and_positions_follow_the_interleaving_rule():
-    mask, pos, slots = encoder_inputs([L, 20], M, torch.float32, torch.device("cpu"))
-    seen = mask[:, 0] == 0
+    seen, pos, slots = encoder_inputs([L, 20], M, torch.device("cpu"))
     assert slots == [M, M]
     assert visible_prefix(L, M) == [8 * (i + 1) for i in range(M)]
     for i, c in enumerate(visible_prefix(L, M)):
