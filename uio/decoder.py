@@ -27,16 +27,31 @@ class WindowExceeded(ValueError):
 
 
 def rotate_keys(lm: LoadedModel, keys: torch.Tensor, start: int = 0) -> torch.Tensor:
-    """Pre-RoPE keys (layers, slots, kv_heads, hd) -> rotated (layers, kv_heads, slots, hd) at start.. .
+    """Pre-RoPE keys (..., slots, kv_heads, hd) -> rotated (..., kv_heads, slots, hd) at start.. .
 
-    One batched op for all layers, with the model's own rotary embedding.
+    One batched op over all leading dimensions (layers, batch), with the model's own rotary embedding.
     """
-    k = keys.transpose(1, 2)  # (layers, kv, slots, hd): layers play the batch dimension
+    lead = keys.shape[:-3]
+    k = keys.transpose(-3, -2)
+    k = k.reshape(-1, *k.shape[-3:])  # (N, kv, slots, hd)
     positions = torch.arange(start, start + k.shape[2], device=k.device)[None]
     cos, sin = body(lm).rotary_emb(k, positions)
     apply = importlib.import_module(type(lm.model).__module__).apply_rotary_pos_emb
     _, rotated = apply(k, k, cos, sin)
-    return rotated
+    return rotated.reshape(*lead, *rotated.shape[1:])
+
+
+def cache_from(lm: LoadedModel, keys: torch.Tensor, values: torch.Tensor) -> DynamicCache:
+    """A cache from keys/values (layers, batch, slots, kv_heads, hd), keys pre-RoPE, at positions 0.. .
+
+    Differentiable: training builds it from memory leaves that require grad.
+    """
+    rotated = rotate_keys(lm, keys)  # (layers, batch, kv, slots, hd)
+    vals = values.transpose(-3, -2)
+    cache = DynamicCache(config=lm.model.config)
+    for layer in range(rotated.shape[0]):
+        cache.update(rotated[layer], vals[layer], layer)
+    return cache
 
 
 def check_window(lm: LoadedModel, memory_slots: int, prompt_tokens: int, new_tokens: int) -> None:
@@ -63,14 +78,9 @@ def build_cache(lm: LoadedModel, memories: Sequence[Memory], fingerprint: str | 
     if not memories:
         return None, 0
     keys, values = join(memories, fingerprint)
-    keys = keys.to(lm.device, lm.dtype)
-    values = values.to(lm.device, lm.dtype)
-    rotated = rotate_keys(lm, keys)
-    cache = DynamicCache(config=lm.model.config)
-    vals = values.transpose(1, 2)
-    for layer in range(rotated.shape[0]):
-        cache.update(rotated[layer:layer + 1], vals[layer:layer + 1], layer)
-    return cache, keys.shape[1]
+    keys = keys.to(lm.device, lm.dtype)[:, None]
+    values = values.to(lm.device, lm.dtype)[:, None]
+    return cache_from(lm, keys, values), keys.shape[2]
 
 
 @torch.inference_mode()

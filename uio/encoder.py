@@ -120,22 +120,25 @@ class Encoder:
                 progress(min(start + self.batch_size, len(segments)), len(segments))
         return Memory.concat(parts)
 
-    def forward(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def forward(self, batch: Sequence[Sequence[int]] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """One batch: returns keys, values (layers, total slots, kv_heads, head_dim) and slots per row.
 
         Gradients flow when called with grad enabled (training); compress() runs it without.
         """
         lm, m = self.lm, self.config.num_mem
         dev = lm.device
-        lengths = [len(s) for s in batch]
+        if isinstance(batch, torch.Tensor):  # training: (B, n) full segments, already a tensor
+            ids, lengths = batch, [batch.shape[1]] * batch.shape[0]
+        else:
+            lengths = [len(s) for s in batch]
+            pad = lm.tokenizer.pad_token_id or 0
+            ids = torch.full((len(batch), max(lengths)), pad, dtype=torch.long)
+            for b, s in enumerate(batch):
+                ids[b, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
         n_max = max(lengths)
-        pad = lm.tokenizer.pad_token_id or 0
-        ids = torch.full((len(batch), n_max), pad, dtype=torch.long)
-        for b, s in enumerate(batch):
-            ids[b, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
         net = body(lm)
         tokens = net.embed_tokens(ids.to(dev))
-        mem = self.adapter.mem_embedding.to(tokens.dtype).expand(len(batch), m, -1)
+        mem = self.adapter.mem_embedding.to(tokens.dtype).expand(len(lengths), m, -1)
         embeds = torch.cat([tokens, mem], dim=1)
         allowed, pos, slots = encoder_inputs(lengths, m, dev)
         memory_rows = allowed[:, None, n_max:]  # (B, 1, M, L)

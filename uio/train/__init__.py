@@ -1,0 +1,1 @@
+"""Training the memory model: objectives, reservoir TBPTT, the loop."""
