@@ -25,6 +25,8 @@ from safetensors.torch import save_file
 from uio.memory import MemoryConfig, MemoryMismatch
 from uio.model import LoadedModel
 
+# Tensor names in adapter files; inside a model each adapter's PEFT layers carry its own name, so
+# several adapters (8x and 32x, say) can live in one base model and be switched per use.
 ENCODER, TRANSFER = "uio_encoder", "uio_transfer"
 # Config fields that decide whether weights fit a model; the rest (paths, versions, dtype) do not.
 _STRUCTURAL = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -52,45 +54,67 @@ def base_fingerprint(lm: LoadedModel) -> str:
 class UIOAdapter:
     """Encoder LoRA (q_proj, v_proj) + transfer head LoRA (k_proj, v_proj) + <mem> embedding."""
 
-    def __init__(self, lm: LoadedModel, config: MemoryConfig | None = None):
+    def __init__(self, lm: LoadedModel, config: MemoryConfig | None = None, name: str | None = None):
         self.lm, self.config = lm, config or MemoryConfig()
-        if any(isinstance(m, LoraLayer) for m in lm.model.modules()):
-            raise RuntimeError("this model already carries an adapter; load a fresh base model for another")
         c = self.config
-        inject_adapter_in_model(LoraConfig(r=c.enc_rank, lora_alpha=c.enc_alpha, lora_dropout=c.dropout,
-                                           target_modules=["q_proj", "v_proj"]), lm.model, adapter_name=ENCODER)
-        with warnings.catch_warnings():  # PEFT warns that a second adapter is unusual; it is our design
+        taken = {n for m in lm.model.modules() if isinstance(m, LoraLayer) for n in m.lora_A}
+        name = name or f"{c.ratio}x"
+        base, k = name, 1
+        while f"{ENCODER}_{name}" in taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.name = name
+        self.enc_name, self.head_name = f"{ENCODER}_{name}", f"{TRANSFER}_{name}"
+        with warnings.catch_warnings():  # PEFT warns that several adapters are unusual; it is our design
             warnings.simplefilter("ignore", UserWarning)
+            inject_adapter_in_model(LoraConfig(r=c.enc_rank, lora_alpha=c.enc_alpha, lora_dropout=c.dropout,
+                                               target_modules=["q_proj", "v_proj"]), lm.model,
+                                    adapter_name=self.enc_name)
             inject_adapter_in_model(LoraConfig(r=c.head_rank, lora_alpha=c.head_alpha, lora_dropout=c.dropout,
                                                target_modules=["k_proj", "v_proj"]), lm.model,
-                                    adapter_name=TRANSFER)
+                                    adapter_name=self.head_name)
         self._lora = [m for m in lm.model.modules() if isinstance(m, LoraLayer)]
-        for m in self._lora:
-            m.set_adapter(ENCODER)  # the transfer head is applied by hand, never inside a forward
-            m.enable_adapters(False)
+        with self._keeping_grad_flags():
+            for m in self._lora:
+                m.enable_adapters(False)  # the frozen base model is the default state
         for p in self.lora_parameters():
             p.requires_grad_(False)
             p.data = p.data.to(lm.dtype)
         emb = body(lm).embed_tokens.weight
-        eos = lm.tokenizer.eos_token_id
-        self.mem_embedding = torch.nn.Parameter(emb[eos].detach().clone(), requires_grad=False)
+        init = emb[lm.tokenizer.eos_token_id].detach()
+        if not init.any():  # EOS doubling as the padding row (zeroed at init): a dead start for every slot
+            init = emb.detach().float().mean(0).to(emb.dtype)
+        self.mem_embedding = torch.nn.Parameter(init.clone(), requires_grad=False)
         self.base_fingerprint = base_fingerprint(lm)
         self._fingerprint: str | None = None
 
+    def _own(self, param_name: str) -> bool:
+        return f".{self.enc_name}." in param_name or f".{self.head_name}." in param_name
+
+    def _file_name(self, param_name: str) -> str:
+        """Parameter name in files: independent of the name the adapter has inside this model."""
+        return param_name.replace(f".{self.enc_name}.", f".{ENCODER}.").replace(f".{self.head_name}.",
+                                                                               f".{TRANSFER}.")
+
     # -- parameters ------------------------------------------------------------
     def lora_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for n, p in self.lm.model.named_parameters() if ENCODER in n or TRANSFER in n]
+        return [p for n, p in self.lm.model.named_parameters() if self._own(n)]
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [self.mem_embedding, *self.lora_parameters()]
 
+    def named_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Trainable parameters by their name in adapter files."""
+        out = {self._file_name(n): p for n, p in self.lm.model.named_parameters() if self._own(n)}
+        return {"mem_embedding": self.mem_embedding, **out}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        out = {n: p.detach() for n, p in self.lm.model.named_parameters() if ENCODER in n or TRANSFER in n}
+        out = {self._file_name(n): p.detach() for n, p in self.lm.model.named_parameters() if self._own(n)}
         out["mem_embedding"] = self.mem_embedding.detach()
         return out
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        own = dict(self.lm.model.named_parameters())
+        own = {self._file_name(n): p for n, p in self.lm.model.named_parameters() if self._own(n)}
         expected = set(self.state_dict())
         if set(tensors) != expected:
             raise MemoryMismatch("adapter tensors do not match this model's layers "
@@ -109,7 +133,7 @@ class UIOAdapter:
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for n, p in self.lm.model.named_parameters():
-                if (ENCODER in n or TRANSFER in n) and "lora_B" in n:
+                if self._own(n) and "lora_B" in n:
                     p.copy_(torch.randn(p.shape, generator=g) * std)
         self._fingerprint = None
         return self
@@ -132,19 +156,33 @@ class UIOAdapter:
     # -- use ---------------------------------------------------------------------
     @contextmanager
     def encoding(self) -> Iterator[None]:
-        """Switch the encoder LoRA on for the forwards inside the block."""
-        for m in self._lora:
-            m.enable_adapters(True)
+        """Switch this adapter's encoder LoRA on for the forwards inside the block."""
+        with self._keeping_grad_flags():
+            for m in self._lora:
+                m.set_adapter(self.enc_name)
+                m.enable_adapters(True)
         try:
             yield
         finally:
-            for m in self._lora:
-                m.enable_adapters(False)
+            with self._keeping_grad_flags():
+                for m in self._lora:
+                    m.enable_adapters(False)
+
+    @contextmanager
+    def _keeping_grad_flags(self) -> Iterator[None]:
+        """PEFT's set_adapter/enable_adapters also flip requires_grad; training needs them untouched."""
+        params = [p for m in self._lora for p in m.parameters()]
+        flags = [p.requires_grad for p in params]
+        try:
+            yield
+        finally:
+            for p, f in zip(params, flags):
+                p.requires_grad_(f)
 
     def transfer(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Transfer head: normed hidden states (..., hidden) -> pre-RoPE K and V (..., kv_heads*head_dim)."""
         attn = body(self.lm).layers[layer].self_attn
-        return _with_lora(attn.k_proj, TRANSFER, hidden), _with_lora(attn.v_proj, TRANSFER, hidden)
+        return _with_lora(attn.k_proj, self.head_name, hidden), _with_lora(attn.v_proj, self.head_name, hidden)
 
     # -- files -------------------------------------------------------------------
     def save(self, path: str | Path, extra: dict[str, str] | None = None) -> None:
@@ -157,7 +195,7 @@ class UIOAdapter:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, lm: LoadedModel, path: str | Path) -> "UIOAdapter":
+    def load(cls, lm: LoadedModel, path: str | Path, name: str | None = None) -> "UIOAdapter":
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != "tome-uio-adapter-1":
@@ -167,7 +205,7 @@ class UIOAdapter:
         if meta["base_fingerprint"] != base:
             raise MemoryMismatch(f"adapter {Path(path).name} was trained for {meta.get('base_model')!r} "
                                  f"({meta['base_fingerprint'][:12]}), not for the loaded {lm.name!r} ({base[:12]})")
-        adapter = cls(lm, MemoryConfig.from_json(meta["config"]))
+        adapter = cls(lm, MemoryConfig.from_json(meta["config"]), name=name)
         adapter.load_state_dict(tensors)
         return adapter
 

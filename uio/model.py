@@ -75,6 +75,13 @@ class LoadedModel:
         """The base model's position window in tokens."""
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of raw key/value cache one token costs across all layers, in the model's dtype."""
+        c = self.model.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * self.dtype.itemsize
+
 
 def embedded_key(name: str) -> str | None:
     key = ALIASES.get(name.lower(), name.lower())

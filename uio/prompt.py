@@ -15,6 +15,12 @@ SYSTEM_PROMPT = (
     "precisely. If the documents do not contain the answer, say that they do not."
 )
 
+MEMORY_PROMPT = (
+    "You answer questions about documents you have just read; their content comes before this "
+    "conversation. Answer from them, briefly and precisely. If they do not contain the answer, say so. "
+    "Documents: "
+)
+
 
 class TextSegment(Protocol):
     text: str
@@ -69,12 +75,21 @@ def fit_budget(books: Sequence[tuple[str, Sequence[TextSegment]]], budget: int) 
     return Selection(passages, truncated)
 
 
-def build_messages(selection: Selection, question: str,
-                   history: Sequence[dict] = ()) -> list[dict]:
-    """System prompt with the passages, then earlier turns, then the question."""
-    blocks = [f"[{p.title}, {p.pages}]\n{p.segment.text}" for p in selection.passages]
-    docs = "\n\n".join(blocks) if blocks else "(no documents selected)"
-    messages = [{"role": "system", "content": f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"}]
+def build_messages(selection: Selection, question: str, history: Sequence[dict] = (),
+                   memory_of: Sequence[str] = ()) -> list[dict]:
+    """System prompt with the passages, then earlier turns, then the question.
+
+    With ``memory_of`` (compressed mode) the documents are not in the text:
+    they sit in the cache as memories, before this prompt; the system prompt
+    only names them.
+    """
+    if memory_of:
+        system = MEMORY_PROMPT + " ".join(f"[{t}]" for t in memory_of)
+    else:
+        blocks = [f"[{p.title}, {p.pages}]\n{p.segment.text}" for p in selection.passages]
+        docs = "\n\n".join(blocks) if blocks else "(no documents selected)"
+        system = f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"
+    messages = [{"role": "system", "content": system}]
     messages += [{"role": m["role"], "content": m["content"]} for m in history
                  if m.get("role") in ("user", "assistant")]
     messages.append({"role": "user", "content": question})

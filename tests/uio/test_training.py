@@ -85,3 +85,26 @@ def test_peak_retained_graphs_stay_within_the_reservoir(setup):
     for s in (1, 2, 4):
         _, engine = gradient(encoder, segments, capacity=s, seed=3)
         assert engine.peak_graphs == s + 1 and engine.pushes == T - 1
+
+
+def test_every_trainable_group_receives_gradient_step_after_step(tokenizer):
+    """PEFT toggles requires_grad when adapters are switched; training must not lose any group."""
+    lm = _tiny("qwen2", tokenizer)
+    adapter = UIOAdapter(lm, CFG).randomize_(std=0.2)
+    for p in adapter.parameters():
+        p.requires_grad_(True)
+    encoder = Encoder(adapter)
+    segments = torch.randint(10, 3000, (2, 3, CFG.segment_len), generator=torch.Generator().manual_seed(1))
+    weights = ObjectiveWeights(continuation=1.0, autoencode=1.0, recall=0.0)
+    for step in range(2):  # the second step runs after encoding() was entered and left several times
+        for p in adapter.parameters():
+            p.grad = None
+        chain_step(encoder, segments, ReservoirTBPTT(2, rng=random.Random(step)), weights)
+        assert all(p.requires_grad for p in adapter.parameters())
+        grads = {n: p.grad for n, p in adapter.named_parameters().items()}
+        assert len(grads) == len(adapter.parameters())
+        last = f"layers.{lm.model.config.num_hidden_layers - 1}."
+        for n, g in grads.items():
+            if last in n and "uio_encoder" in n:
+                continue  # the last layer's encoder LoRA acts after the memories are read
+            assert g is not None and g.abs().sum() > 0, f"step {step}: no gradient for {n}"
