@@ -7,20 +7,25 @@ variables. The UI imports this module and nothing below it.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from ingest import IngestError, read_document, split_segments
-from storage import DocumentInfo, Store
+from storage import CorruptMemory, DocumentInfo, MemoryFiles, MemorySetInfo, Store
+from storage.files import sha256_file
 
 log = logging.getLogger("tome")
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
 
 
 @dataclass
@@ -34,6 +39,12 @@ class Config:
     device: str = "auto"  # "auto", "cpu", "cuda"
     dtype: str = "auto"  # "auto", "float32", "bfloat16", "float16"
     segment_len: int = 1024  # l: tokens per segment
+    ratio: int = 8  # compression ratio of the memories: 8 (M=128 slots per segment) or 32 (M=32)
+    compress: bool = True  # compress every ingested document into memories (the compressed mode needs it)
+    adapter: Path | None = None  # UIO adapter file; default: the one shipped for the model and ratio
+    compress_batch: int = 4  # segments per encoder batch
+    chunk_segments: int = 16  # segments per saved chunk: an interrupted ingestion resumes from the last one
+    memory_cache: int = 4  # documents' memories kept in RAM between questions
     context_budget: int = 3072  # max document tokens put in the prompt (keeps a CPU answer interactive)
     max_new_tokens: int = 256
     max_file_mb: int = 200
@@ -54,6 +65,10 @@ class Config:
     def uploads_path(self) -> Path:
         return self.data_dir / "uploads"
 
+    @property
+    def memories_path(self) -> Path:
+        return self.data_dir / "memories"
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "Config":
         env = os.environ if env is None else env
@@ -66,11 +81,15 @@ class Config:
             "TOME_DEVICE": ("device", str),
             "TOME_DTYPE": ("dtype", str),
             "TOME_SEGMENT_LEN": ("segment_len", int),
+            "TOME_RATIO": ("ratio", int),
+            "TOME_COMPRESS": ("compress", _flag),
+            "TOME_ADAPTER": ("adapter", Path),
+            "TOME_CHUNK_SEGMENTS": ("chunk_segments", int),
             "TOME_CONTEXT_BUDGET": ("context_budget", int),
             "TOME_MAX_NEW_TOKENS": ("max_new_tokens", int),
             "TOME_MAX_FILE_MB": ("max_file_mb", int),
             "TOME_THREADS": ("threads", int),
-            "TOME_TUNE_MALLOC": ("tune_malloc", lambda v: v.lower() not in ("0", "false", "no", "off")),
+            "TOME_TUNE_MALLOC": ("tune_malloc", _flag),
             "TOME_HOST": ("host", str),
             "TOME_PORT": ("port", int),
         }
@@ -94,6 +113,7 @@ class IngestResult:
     error: str | None = None
     duplicate: bool = False
     seconds: float = 0.0
+    timings: dict = field(default_factory=dict)  # extract_s, segment_s, compress_s, store_s
 
     @property
     def ok(self) -> bool:
@@ -128,12 +148,33 @@ class AnswerUpdate:
     stats: dict = field(default_factory=dict)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_file
+MODES = ("uncompressed", "compressed")
+ADAPTERS_DIR = Path(__file__).resolve().parent / "uio" / "adapters"
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What the start-up check found and did."""
+
+    resumed: list[str] = field(default_factory=list)  # documents whose ingestion was finished
+    removed: list[str] = field(default_factory=list)  # unfinished documents that could not be finished
+    orphans: list[str] = field(default_factory=list)  # files no row pointed at, deleted
+
+
+@dataclass(frozen=True)
+class _SlotSegment:
+    """A segment seen through its memory: its size in the context is its number of slots."""
+
+    text: str
+    page_start: int
+    page_end: int
+    index: int
+    slots: int
+
+    @property
+    def n_tokens(self) -> int:
+        return self.slots
 
 
 def _merge_sources(passages) -> list[Source]:
@@ -151,15 +192,17 @@ def _merge_sources(passages) -> list[Source]:
 class Tome:
     """Everything the UI and the CLI can do. One instance serves all users of a process."""
 
-    def __init__(self, config: Config, lm=None):
+    def __init__(self, config: Config, lm=None, adapter=None):
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.db)
-        self._lm = lm
+        self.files = MemoryFiles(config.memories_path)
+        self._lm, self._adapter = lm, adapter
         self._load_lock = threading.Lock()
-        # One generation or ingestion at a time uses the model: CPU cores are the bottleneck,
-        # and interleaving two would make both slow and mix nothing useful.
-        self.model_lock = threading.Lock()
+        # One generation or compression at a time uses the model: CPU cores are the bottleneck,
+        # and the encoder switches the model's adapters on while it runs.
+        self.model_lock = threading.RLock()
+        self._memories: OrderedDict[str, object] = OrderedDict()  # file sha256 -> Memory (LRU)
 
     # -- model ---------------------------------------------------------------
     @property
@@ -179,6 +222,41 @@ class Tome:
     def model_name(self) -> str:
         return self._lm.name if self._lm else self.config.model
 
+    def adapter_file(self) -> Path | None:
+        """The configured adapter, else the one shipped for this model and ratio (if any)."""
+        if self.config.adapter:
+            return self.config.adapter
+        from uio.model import embedded_key
+
+        key = embedded_key(self.config.model)
+        shipped = ADAPTERS_DIR / f"{key}-{self.config.ratio}x.safetensors" if key else None
+        return shipped if shipped and shipped.is_file() else None
+
+    @property
+    def adapter(self):
+        """The UIO adapter that makes (and must match) the memories; untrained when none is shipped."""
+        if self._adapter is None:
+            lm = self.lm
+            with self._load_lock:
+                if self._adapter is None:
+                    from uio.adapter import UIOAdapter
+                    from uio.memory import MemoryConfig
+
+                    path = self.adapter_file()
+                    if path:
+                        self._adapter = UIOAdapter.load(lm, path)
+                    else:
+                        log.warning("no trained UIO adapter for %s at %dx: compressed answers will be poor",
+                                    lm.name, self.config.ratio)
+                        self._adapter = UIOAdapter(lm, MemoryConfig(
+                            segment_len=self.config.segment_len,
+                            num_mem=self.config.segment_len // self.config.ratio))
+        return self._adapter
+
+    @property
+    def adapter_trained(self) -> bool:
+        return self.adapter_file() is not None
+
     # -- library -------------------------------------------------------------
     def documents(self) -> list[DocumentInfo]:
         return self.store.list_documents()
@@ -187,55 +265,183 @@ class Tome:
         return self.store.get_document(ref)
 
     def delete(self, doc_id: int) -> None:
+        """Remove a document's rows, memory files and kept upload."""
         doc = self.store.get_document(doc_id)
         self.store.delete_document(doc.id)
+        self.files.remove_document(doc.sha256)
         for f in self.config.uploads_path.glob(f"{doc.sha256}.*"):
             f.unlink(missing_ok=True)
 
     def ingest(self, path: str | Path, filename: str | None = None, password: str | None = None,
                progress: Progress | None = None) -> IngestResult:
-        """Read, segment and store one file. Errors come back in the result, never half-stored."""
+        """Read, segment, compress and store one file: all of it, or nothing.
+
+        Errors come back in the result. An ingestion killed half-way leaves the
+        document ``ingesting`` (never offered for questions); ``recover`` or the
+        next ingestion of the same file finishes it from its last saved chunk.
+        """
         path = Path(path)
         name = filename or path.name
         report = progress or (lambda frac, msg: None)
         t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        doc, sha = None, None
         try:
             report(0.0, f"{name}: reading")
             if not path.is_file():
                 raise IngestError(f"{name}: file not found")
             sha = file_sha256(path)
             existing = self.store.find_by_sha(sha)
-            if existing:
+            if existing and existing.ready:
                 report(1.0, f"{name}: already in the library")
                 return IngestResult(name, existing, duplicate=True, seconds=time.perf_counter() - t0)
             extracted = read_document(path, max_bytes=self.config.max_file_mb << 20, title=name,
                                       password=password)
-            report(0.3, f"{name}: {len(extracted.pages)} pages read; splitting into segments")
+            timings["extract_s"] = time.perf_counter() - t0
+            report(0.1, f"{name}: {len(extracted.pages)} pages read; splitting into segments")
+            t = time.perf_counter()
             segments = split_segments(extracted.pages, self.lm.tokenizer, self.config.segment_len)
-            report(0.8, f"{name}: storing {len(segments)} segments")
-            kept = self._keep_upload(path, sha, Path(name).suffix or ".pdf")
-            try:
-                doc = self.store.add_document(sha256=sha, title=extracted.title, filename=name,
-                                              kind=extracted.kind, pages=len(extracted.pages),
-                                              segments=segments)
-            except BaseException:
-                kept.unlink(missing_ok=True)
-                raise
+            if not segments:
+                raise IngestError(f"{name}: contains no text")
+            timings["segment_s"] = time.perf_counter() - t
+            self._keep_upload(path, sha, Path(name).suffix or ".pdf")
+            doc = existing or self.store.begin_document(
+                sha256=sha, title=extracted.title, filename=name, kind=extracted.kind,
+                pages=len(extracted.pages), segments=segments, extractor=extracted.extractor)
+            memset = None
+            if self.config.compress:
+                t = time.perf_counter()
+                memset = self._compress(doc, segments, name, report)
+                timings["compress_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            report(0.97, f"{name}: storing")
+            doc = self.store.finish_document(doc.id, memset)
+            for chunk in self.files.of_document(doc.sha256):
+                if ".chunk" in chunk.name:
+                    chunk.unlink(missing_ok=True)
+            timings["store_s"] = time.perf_counter() - t
         except IngestError as e:
             log.info("ingest refused: %s", e)
+            if doc is None and sha and not self.store.find_by_sha(sha):
+                self._drop_upload(sha)
             return IngestResult(name, error=str(e), seconds=time.perf_counter() - t0)
+        except Exception as e:
+            # Anything unexpected after rows exist: remove them, so nothing half-stored stays visible.
+            log.exception("ingestion of %s failed", name)
+            if doc is not None:
+                self.delete(doc.id)
+            return IngestResult(name, error=f"{name}: ingestion failed ({type(e).__name__}: {e})",
+                                seconds=time.perf_counter() - t0)
         report(1.0, f"{name}: done")
-        return IngestResult(name, doc, seconds=time.perf_counter() - t0)
+        return IngestResult(name, doc, seconds=time.perf_counter() - t0, timings=timings)
+
+    def _compress(self, doc: DocumentInfo, segments, name: str, report: Progress) -> MemorySetInfo:
+        """Compress all segments chunk by chunk (each chunk saved), then write the whole memory file."""
+        from uio.encoder import Encoder
+        from uio.memory import Memory
+
+        with self.model_lock:
+            adapter = self.adapter
+            fp, ratio = adapter.fingerprint, adapter.config.ratio
+            encoder = Encoder(adapter, batch_size=self.config.compress_batch)
+            n, size = len(segments), self.config.chunk_segments
+            parts = []
+            for c, start in enumerate(range(0, n, size)):
+                chunk = segments[start:start + size]
+                saved = self.files.root / self.files.part(doc.sha256, fp, ratio, c)
+                if saved.is_file():
+                    try:
+                        parts.append(Memory.load(saved, expect_fingerprint=fp))
+                        continue
+                    except Exception as e:  # a damaged chunk is simply made again
+                        log.warning("chunk %s unreadable (%s); recompressing", saved.name, e)
+
+                def step(done: int, _total: int, start: int = start) -> None:
+                    report(0.15 + 0.8 * (start + done) / n, f"{name}: compressed {start + done}/{n} segments")
+
+                mem = encoder.compress([s.token_ids for s in chunk], segment_ids=[s.index for s in chunk],
+                                       token_spans=[(s.token_start, s.token_end) for s in chunk],
+                                       progress=step)
+                mem.save(self.files.path(self.files.part(doc.sha256, fp, ratio, c)))
+                parts.append(mem)
+            rel = self.files.final(doc.sha256, fp, ratio)
+            final = self.files.path(rel)
+            Memory.concat(parts).save(final)
+        return MemorySetInfo(doc.id, fp, ratio, rel, final.stat().st_size, sha256_file(final))
 
     def _keep_upload(self, path: Path, sha: str, suffix: str) -> Path:
         """Copy the original out of any temporary upload folder, so it can be re-read later."""
         dest_dir = self.config.uploads_path
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / f"{sha}{suffix.lower()}"
-        tmp = dest.with_name(dest.name + ".part")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
+        if not dest.is_file():
+            tmp = dest.with_name(dest.name + ".part")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, dest)
         return dest
+
+    def _drop_upload(self, sha: str | None) -> None:
+        if sha:
+            for f in self.config.uploads_path.glob(f"{sha}.*"):
+                f.unlink(missing_ok=True)
+
+    def recover(self) -> Recovery:
+        """Start-up check: finish or remove unfinished ingestions, delete files no row points at."""
+        resumed, removed = [], []
+        for doc in self.store.unfinished_documents():
+            upload = next(iter(sorted(self.config.uploads_path.glob(f"{doc.sha256}.*"))), None)
+            if upload is not None and not upload.name.endswith(".part"):
+                r = self.ingest(upload, filename=doc.filename)
+                if r.ok:
+                    resumed.append(doc.title)
+                    continue
+            if self.store.find_by_sha(doc.sha256):
+                self.delete(doc.id)
+            removed.append(doc.title)
+        busy = [d.sha256 for d in self.store.unfinished_documents()]
+        orphans = self.files.orphans([m.path for m in self.store.memory_sets()], busy)
+        known = {d.sha256 for d in self.store.list_documents()}
+        if self.config.uploads_path.is_dir():
+            orphans += [f for f in self.config.uploads_path.iterdir()
+                        if f.is_file() and f.name.split(".")[0] not in known]
+        for f in orphans:
+            f.unlink(missing_ok=True)
+        if resumed or removed or orphans:
+            log.info("start-up check: finished %s, removed %s, deleted %d orphan files",
+                     resumed, removed, len(orphans))
+        return Recovery(resumed, removed, [str(f) for f in orphans])
+
+    # -- memories --------------------------------------------------------------
+    def memory(self, doc: DocumentInfo):
+        """A document's memories for the current adapter, checksum-verified (then kept in an LRU)."""
+        from uio.memory import Memory
+
+        fp = self.adapter.fingerprint
+        ms = self.store.memory_set(doc.id, fp)
+        if ms is None:
+            raise CorruptMemory(f"{doc.title!r} has no memories for the current adapter; re-ingest it")
+        if ms.sha256 in self._memories:
+            self._memories.move_to_end(ms.sha256)
+            return self._memories[ms.sha256]
+        mem = Memory.load(self.files.verify(ms.path, ms.sha256), expect_fingerprint=fp)
+        self._memories[ms.sha256] = mem
+        while len(self._memories) > max(0, self.config.memory_cache):
+            self._memories.popitem(last=False)
+        return mem
+
+    def reingest(self, doc_id: int, progress: Progress | None = None) -> IngestResult:
+        """Make a document again from its kept upload (after a corrupt or missing memory file)."""
+        doc = self.store.get_document(doc_id)
+        upload = next(iter(sorted(self.config.uploads_path.glob(f"{doc.sha256}.*"))), None)
+        if upload is None:
+            return IngestResult(doc.filename, error=f"{doc.title}: the original file is gone; upload it again")
+        keep = self.config.uploads_path / f".reingest-{upload.name}"
+        shutil.copyfile(upload, keep)
+        try:
+            self.delete(doc.id)
+            return self.ingest(keep, filename=doc.filename, progress=progress)
+        finally:
+            keep.unlink(missing_ok=True)
 
     # -- questions -----------------------------------------------------------
     def context_budget(self, prompt_tokens: int, max_new_tokens: int) -> int:
@@ -244,37 +450,74 @@ class Tome:
 
     def ask(self, doc_refs: Sequence[int | str], question: str, history: Sequence[dict] = (),
             conversation_id: int | None = None, max_new_tokens: int | None = None,
-            temperature: float = 0.0, stop: threading.Event | None = None) -> Iterator[AnswerUpdate]:
-        """Answer ``question`` over the chosen books, streaming; saves both turns to the conversation."""
-        from uio.generate import stream_chat
+            temperature: float = 0.0, stop: threading.Event | None = None,
+            mode: str = "uncompressed") -> Iterator[AnswerUpdate]:
+        """Answer ``question`` over the chosen books, streaming; saves both turns to the conversation.
+
+        ``uncompressed``: the books' raw text in the prompt (as much as fits);
+        ``compressed``: the books' stored memories in the cache (as many segments as fit the window).
+        """
         from uio.prompt import build_messages, count_tokens, fit_budget
 
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         question = question.strip()
         if not question:
             raise ValueError("the question is empty")
         docs = [self.store.get_document(r) for r in doc_refs]
+        not_ready = [d.title for d in docs if not d.ready]
+        if not_ready:
+            raise ValueError(f"still being ingested: {', '.join(not_ready)}")
         max_new = max_new_tokens or self.config.max_new_tokens
         lm = self.lm
-        bare = count_tokens(lm.tokenizer, build_messages(fit_budget([], 0), question, history))
-        budget = self.context_budget(bare, max_new)
-        books = [(d.title, self.store.segments(d.id)) for d in docs]
+        titles = [d.title for d in docs]
+        if mode == "compressed":
+            memories = [self.memory(d) for d in docs]
+            books = [(d.title, [_SlotSegment(s.text, s.page_start, s.page_end, s.index, mem.slots[j])
+                                for j, s in enumerate(self.store.segments(d.id))])
+                     for d, mem in zip(docs, memories)]
+            bare = count_tokens(lm.tokenizer, build_messages(fit_budget([], 0), question, history,
+                                                             memory_of=titles))
+            budget = max(0, lm.window - bare - max_new - 16)
+        else:
+            books = [(d.title, self.store.segments(d.id)) for d in docs]
+            bare = count_tokens(lm.tokenizer, build_messages(fit_budget([], 0), question, history))
+            budget = self.context_budget(bare, max_new)
         selection = fit_budget(books, budget)
         owner = {id(s): d.id for d, (_, segs) in zip(docs, books) for s in segs}
-        messages = build_messages(selection, question, history)
+        sources = _merge_sources((owner[id(p.segment)], p) for p in selection.passages)
         if conversation_id is None:
             conversation_id = self.store.new_conversation(question[:80], [d.id for d in docs])
         self.store.add_message(conversation_id, "user", question)
-        update = AnswerUpdate(text="", conversation_id=conversation_id,
-                              sources=_merge_sources((owner[id(p.segment)], p) for p in selection.passages),
+        update = AnswerUpdate(text="", mode=mode, conversation_id=conversation_id, sources=sources,
                               truncated=selection.truncated, context_tokens=selection.tokens)
+        per_token = lm.kv_bytes_per_token
         with self.model_lock:
-            gen = stream_chat(lm, messages, max_new_tokens=max_new, temperature=temperature, stop=stop)
+            if mode == "compressed":
+                from uio.decoder import stream_over_memories
+
+                chosen = [mem.select([p.segment.index for p in selection.passages if owner[id(p.segment)] == d.id])
+                          for d, mem in zip(docs, memories)]
+                messages = build_messages(fit_budget([], 0), question, history, memory_of=titles)
+                gen = stream_over_memories(lm, chosen, messages, max_new_tokens=max_new, temperature=temperature,
+                                           stop=stop, fingerprint=self.adapter.fingerprint)
+                memory_bytes = sum(m.nbytes for m in chosen)
+            else:
+                from uio.generate import stream_chat
+
+                messages = build_messages(selection, question, history)
+                gen = stream_chat(lm, messages, max_new_tokens=max_new, temperature=temperature, stop=stop)
+                memory_bytes = 0
             for piece in gen:
                 update.text += piece
                 yield replace(update)  # a snapshot: consumers may keep earlier updates
-        update.stats = gen.stats.as_dict() | {"model": lm.name, "context_tokens": selection.tokens}
+        stats = gen.stats
+        kv = memory_bytes + (stats.prompt_tokens + stats.new_tokens) * per_token
+        update.stats = stats.as_dict() | {"model": lm.name, "context_tokens": selection.tokens, "kv_bytes": kv}
+        if mode == "compressed":
+            update.stats["adapter_trained"] = self.adapter_trained
         update.done = True
-        self.store.add_message(conversation_id, "assistant", update.text.strip(), mode=update.mode,
-                               stats=update.stats | {"sources": [s.label() for s in update.sources]})
         update.text = update.text.strip()
+        self.store.add_message(conversation_id, "assistant", update.text, mode=mode,
+                               stats=update.stats | {"sources": [s.label() for s in update.sources]})
         yield update

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+import subprocess
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from ingest.errors import IngestError
+from ingest.quality import looks_merged, text_quality
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ class Extracted:
     title: str
     pages: list[Page]
     kind: str  # "pdf" or "text"
+    extractor: str = ""  # "pypdf", "pypdf-layout", "pdftotext" or "text"
 
     @property
     def text_chars(self) -> int:
@@ -79,7 +83,7 @@ def _read_text(path: Path, name: str) -> Extracted:
     pages = [Page(i + 1, normalize_text(chunk)) for i, chunk in enumerate(text.split("\f"))]
     if not any(p.text for p in pages):
         raise IngestError(f"{name}: contains no text")
-    return Extracted(title=Path(name).stem, pages=pages, kind="text")
+    return Extracted(title=Path(name).stem, pages=pages, kind="text", extractor="text")
 
 
 def _read_pdf(path: Path, name: str, password: str | None) -> Extracted:
@@ -90,7 +94,8 @@ def _read_pdf(path: Path, name: str, password: str | None) -> Extracted:
         reader = PdfReader(path, strict=False)
         if reader.is_encrypted:
             # Many "encrypted" PDFs only restrict printing and open with the empty password.
-            if not reader.decrypt(password or ""):
+            # A password given for a file that opens without one is not an error.
+            if not ((password and reader.decrypt(password)) or reader.decrypt("")):
                 hint = "the password is wrong" if password else "give its password"
                 raise IngestError(f"{name}: the PDF is encrypted; {hint}")
         n_pages = len(reader.pages)
@@ -99,6 +104,8 @@ def _read_pdf(path: Path, name: str, password: str | None) -> Extracted:
     except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, AttributeError,
             IndexError, RecursionError, OSError) as e:
         raise IngestError(f"{name}: the PDF is damaged or truncated and cannot be opened ({e})") from None
+    except Exception as e:  # hostile files reach odd corners of pypdf; the user gets our message
+        raise IngestError(f"{name}: the PDF cannot be opened ({type(e).__name__}: {e})") from None
     if n_pages == 0:
         raise IngestError(f"{name}: the PDF has no pages")
     pages, failed = [], 0
@@ -113,7 +120,43 @@ def _read_pdf(path: Path, name: str, password: str | None) -> Extracted:
         if failed == n_pages:
             raise IngestError(f"{name}: the PDF's pages cannot be read (broken content streams)")
         raise IngestError(f"{name}: the PDF has no text layer (scanned or image-only); OCR it first")
-    return Extracted(title=_pdf_title(reader) or Path(name).stem, pages=pages, kind="pdf")
+    pages, extractor = _best_extraction(path, reader, pages, password)
+    return Extracted(title=_pdf_title(reader) or Path(name).stem, pages=pages, kind="pdf", extractor=extractor)
+
+
+def _best_extraction(path: Path, reader, pages: list[Page], password: str | None) -> tuple[list[Page], str]:
+    """pypdf's plain text, unless it lost its word spaces; then the best-reading alternative."""
+    sample = "\n".join(p.text for p in pages[:50])
+    if not looks_merged(sample):
+        return pages, "pypdf"
+    candidates = [("pypdf", pages)]
+    try:
+        layout = [Page(i + 1, normalize_text(pg.extract_text(extraction_mode="layout") or ""))
+                  for i, pg in enumerate(reader.pages)]
+        candidates.append(("pypdf-layout", layout))
+    except Exception as e:  # layout mode is a fallback; its failure is not the book's
+        log.info("pypdf layout mode failed: %s", e)
+    poppler = _pdftotext(path, len(pages), password)
+    if poppler:
+        candidates.append(("pdftotext", poppler))
+    name, best = max(candidates, key=lambda c: text_quality("\n".join(p.text for p in c[1][:50])))
+    log.info("%s: pypdf text looked merged; using %s", path.name, name)
+    return best, name
+
+
+def _pdftotext(path: Path, n_pages: int, password: str | None) -> list[Page] | None:
+    """Poppler's pdftotext (Debian poppler-utils), if installed; pages split on form feeds."""
+    exe = shutil.which("pdftotext")
+    if not exe:
+        return None
+    cmd = [exe, "-enc", "UTF-8"] + (["-upw", password] if password else []) + [str(path), "-"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, timeout=300, check=True).stdout.decode("utf-8", "replace")
+    except (subprocess.SubprocessError, OSError) as e:
+        log.info("pdftotext failed: %s", e)
+        return None
+    chunks = out.split("\f")[:n_pages]
+    return [Page(i + 1, normalize_text(c)) for i, c in enumerate(chunks)]
 
 
 def _pdf_title(reader) -> str | None:

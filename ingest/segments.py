@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from ingest.pages import Page
@@ -24,6 +24,7 @@ class Segment:
     page_end: int  # last page, inclusive
     token_start: int  # token span in the whole document's tokenisation
     token_end: int
+    token_ids: tuple[int, ...] = field(default=(), repr=False, compare=False)  # what the encoder reads
 
     @property
     def n_tokens(self) -> int:
@@ -47,6 +48,7 @@ def split_segments(pages: Sequence[Page], tokenizer, max_tokens: int = 1024) -> 
         return []
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     offsets: list[tuple[int, int]] = enc["offset_mapping"]
+    ids: list[int] = enc["input_ids"]
     n = len(offsets)
 
     def page_of(char: int) -> int:
@@ -61,7 +63,7 @@ def split_segments(pages: Sequence[Page], tokenizer, max_tokens: int = 1024) -> 
         segments.append(Segment(
             index=len(segments), text=full[c0:c1].strip(),
             page_start=page_of(c0), page_end=page_of(max(c0, c1 - 1)),
-            token_start=start, token_end=end,
+            token_start=start, token_end=end, token_ids=tuple(ids[start:end]),
         ))
         start = end
     return segments

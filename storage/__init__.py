@@ -1,5 +1,7 @@
 """The store: documents, segments and conversations in a SQL database (SQLite by default)."""
-from storage.store import (ConversationInfo, DocumentInfo, MessageRecord, NotFound, SegmentRecord,
-                           Store)
+from storage.files import CorruptMemory, MemoryFiles
+from storage.store import (ConversationInfo, DocumentInfo, MemorySetInfo, MessageRecord, NotFound,
+                           SegmentRecord, Store)
 
-__all__ = ["Store", "DocumentInfo", "SegmentRecord", "ConversationInfo", "MessageRecord", "NotFound"]
+__all__ = ["Store", "DocumentInfo", "SegmentRecord", "ConversationInfo", "MessageRecord", "NotFound",
+           "MemorySetInfo", "MemoryFiles", "CorruptMemory"]

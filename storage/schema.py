@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -23,15 +23,20 @@ class Document(Base):
     title: Mapped[str] = mapped_column(String(500))
     filename: Mapped[str] = mapped_column(String(500))
     kind: Mapped[str] = mapped_column(String(16), default="pdf")
+    extractor: Mapped[str] = mapped_column(String(32), default="")  # which text extractor read it
     pages: Mapped[int] = mapped_column(Integer)
     tokens: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="ready")  # ingesting | ready | failed
+    # ingesting: rows exist but memories are not complete (never offered for questions);
+    # ready: everything is stored and checksummed.
+    status: Mapped[str] = mapped_column(String(16), default="ingesting")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
     segments: Mapped[list["Segment"]] = relationship(
         back_populates="document", cascade="all, delete-orphan", passive_deletes=True,
         order_by="Segment.idx")
+    memory_sets: Mapped[list["MemorySet"]] = relationship(
+        back_populates="document", cascade="all, delete-orphan", passive_deletes=True)
 
 
 class Segment(Base):
@@ -46,8 +51,27 @@ class Segment(Base):
     token_start: Mapped[int] = mapped_column(Integer)
     token_end: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # for retrieval
 
     document: Mapped[Document] = relationship(back_populates="segments")
+
+
+class MemorySet(Base):
+    """The memories of one document made by one adapter: a safetensors file under the data dir."""
+
+    __tablename__ = "memory_sets"
+    __table_args__ = (UniqueConstraint("document_id", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # of the adapter that made them
+    ratio: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(1000))  # relative to the memory root
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+    document: Mapped[Document] = relationship(back_populates="memory_sets")
 
 
 class Conversation(Base):

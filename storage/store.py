@@ -14,7 +14,8 @@ from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.schema import Base, Conversation, Document, Message, Segment
+from storage import migrate
+from storage.schema import Conversation, Document, MemorySet, Message, Segment
 
 
 class NotFound(LookupError):
@@ -42,6 +43,11 @@ class DocumentInfo:
     status: str
     error: str | None
     created_at: datetime
+    extractor: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,16 @@ class SegmentRecord:
     @property
     def n_tokens(self) -> int:
         return self.token_end - self.token_start
+
+
+@dataclass(frozen=True)
+class MemorySetInfo:
+    document_id: int
+    fingerprint: str
+    ratio: int
+    path: str  # relative to the memory root (storage.files.MemoryFiles)
+    bytes: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,11 @@ class MessageRecord:
 
 def _doc_info(d: Document) -> DocumentInfo:
     return DocumentInfo(d.id, d.sha256, d.title, d.filename, d.kind, d.pages, d.tokens, d.status,
-                        d.error, d.created_at)
+                        d.error, d.created_at, d.extractor)
+
+
+def _memset_info(m: MemorySet) -> MemorySetInfo:
+    return MemorySetInfo(m.document_id, m.fingerprint, m.ratio, m.path, m.bytes, m.sha256)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -103,7 +123,7 @@ class Store:
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        migrate.upgrade(self.engine)  # the schema always comes from the migrations
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
@@ -115,18 +135,61 @@ class Store:
             d = s.scalar(select(Document).where(Document.sha256 == sha256))
             return _doc_info(d) if d else None
 
-    def add_document(self, *, sha256: str, title: str, filename: str, kind: str, pages: int,
-                     segments: Sequence[SegmentLike]) -> DocumentInfo:
-        """Store a document and all its segments in one transaction: all or nothing."""
+    def begin_document(self, *, sha256: str, title: str, filename: str, kind: str, pages: int,
+                       segments: Sequence[SegmentLike], extractor: str = "") -> DocumentInfo:
+        """Store a document and all its segments in one transaction, status ``ingesting``.
+
+        It is offered for questions only once ``finish_document`` marks it ready.
+        """
         tokens = segments[-1].token_end if segments else 0
         with self._session.begin() as s:
             d = Document(sha256=sha256, title=title, filename=filename, kind=kind, pages=pages,
-                         tokens=tokens, status="ready")
+                         tokens=tokens, status="ingesting", extractor=extractor)
             d.segments = [Segment(idx=g.index, text=g.text, page_start=g.page_start, page_end=g.page_end,
                                   token_start=g.token_start, token_end=g.token_end) for g in segments]
             s.add(d)
             s.flush()
             return _doc_info(d)
+
+    def finish_document(self, doc_id: int, memory: MemorySetInfo | None = None) -> DocumentInfo:
+        """Record the (whole, checksummed) memory file and mark the document ready, atomically."""
+        with self._session.begin() as s:
+            d = s.get(Document, doc_id)
+            if d is None:
+                raise NotFound(f"no document with id {doc_id}")
+            if memory is not None:
+                old = s.scalar(select(MemorySet).where(MemorySet.document_id == doc_id,
+                                                       MemorySet.fingerprint == memory.fingerprint))
+                if old is not None:
+                    s.delete(old)
+                    s.flush()
+                s.add(MemorySet(document_id=doc_id, fingerprint=memory.fingerprint, ratio=memory.ratio,
+                                path=memory.path, bytes=memory.bytes, sha256=memory.sha256))
+            d.status, d.error = "ready", None
+            s.flush()
+            return _doc_info(d)
+
+    def add_document(self, **kwargs) -> DocumentInfo:
+        """Store a document with no memories and mark it ready (uncompressed use only)."""
+        doc = self.begin_document(**kwargs)
+        return self.finish_document(doc.id)
+
+    def unfinished_documents(self) -> list[DocumentInfo]:
+        with self._session() as s:
+            return [_doc_info(d) for d in s.scalars(select(Document).where(Document.status != "ready"))]
+
+    def memory_set(self, doc_id: int, fingerprint: str) -> MemorySetInfo | None:
+        with self._session() as s:
+            m = s.scalar(select(MemorySet).where(MemorySet.document_id == doc_id,
+                                                 MemorySet.fingerprint == fingerprint))
+            return _memset_info(m) if m else None
+
+    def memory_sets(self, doc_id: int | None = None) -> list[MemorySetInfo]:
+        with self._session() as s:
+            q = select(MemorySet).order_by(MemorySet.id)
+            if doc_id is not None:
+                q = q.where(MemorySet.document_id == doc_id)
+            return [_memset_info(m) for m in s.scalars(q)]
 
     def list_documents(self) -> list[DocumentInfo]:
         with self._session() as s:
@@ -153,6 +216,13 @@ class Store:
             if d is None:
                 raise NotFound(f"no document with id {doc_id}")
             s.delete(d)
+
+    def delete_memory_set(self, doc_id: int, fingerprint: str) -> None:
+        with self._session.begin() as s:
+            m = s.scalar(select(MemorySet).where(MemorySet.document_id == doc_id,
+                                                 MemorySet.fingerprint == fingerprint))
+            if m is not None:
+                s.delete(m)
 
     def segments(self, doc_id: int) -> list[SegmentRecord]:
         with self._session() as s:

@@ -2,6 +2,7 @@
 and PDFs made on the spot. Prepared real models are cached in .cache/models between runs."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -75,20 +76,42 @@ def tiny_qwen(tokenizer):
 
 
 @pytest.fixture
-def tome_tiny(tmp_path, tiny_llama):
-    """A Tome service on a fresh data dir with the tiny Llama (answers are gibberish, flows are real)."""
+def db_url(tmp_path):
+    """SQLite in the test's folder; a real PostgreSQL (emptied first) when TOME_TEST_PG holds its URL."""
+    pg = os.environ.get("TOME_TEST_PG")
+    if not pg:
+        yield f"sqlite:///{tmp_path / 'tome.sqlite'}"
+        return
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(pg)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    yield pg
+
+
+def make_tome(tmp_path, db_url, lm, **config):
     from tome import Config, Tome
 
-    t = Tome(Config(data_dir=tmp_path / "data", models_dir=MODELS_DIR, max_new_tokens=8), lm=tiny_llama)
+    cfg = Config(data_dir=tmp_path / "data", db_url=db_url, models_dir=MODELS_DIR, **config)
+    return Tome(cfg, lm=lm)
+
+
+@pytest.fixture
+def tome_tiny(tmp_path, db_url, tokenizer):
+    """A Tome service on a fresh data dir with a fresh tiny Llama (answers are gibberish, flows are real).
+
+    Small segments (64 tokens, 8x: 8 slots) so documents have several segments and chunks.
+    """
+    t = make_tome(tmp_path, db_url, _tiny("llama", tokenizer), max_new_tokens=8, segment_len=64,
+                  chunk_segments=2, context_budget=3072)
     yield t
     t.store.close()
 
 
 @pytest.fixture
-def tome_smol(tmp_path, smollm2):
-    from tome import Config, Tome
-
-    t = Tome(Config(data_dir=tmp_path / "data", models_dir=MODELS_DIR, model="smollm2", max_new_tokens=40),
-             lm=smollm2)
+def tome_smol(tmp_path, db_url, smollm2):
+    t = make_tome(tmp_path, db_url, smollm2, model="smollm2", max_new_tokens=40)
     yield t
     t.store.close()

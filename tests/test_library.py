@@ -1,0 +1,148 @@
+"""The library never loses or corrupts a book: memories on disk, checksums, deletion, recovery."""
+import pytest
+import torch
+
+from storage import CorruptMemory
+from tests.conftest import make_pdf
+
+PAGES = [f"Page {i}. " + "The tide came in over the rocks and the gulls rose from the wall. " * 12
+         for i in range(1, 7)]
+
+
+def book(tmp_path, name="tides.pdf", pages=PAGES):
+    return make_pdf(tmp_path / name, pages)
+
+
+def files_of(tome):
+    root = tome.config.memories_path
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def test_ingest_stores_a_checksummed_memory_file_per_document(tome_tiny, tmp_path):
+    r = tome_tiny.ingest(book(tmp_path))
+    assert r.ok and r.document.ready and r.document.extractor == "pypdf"
+    assert set(r.timings) == {"extract_s", "segment_s", "compress_s", "store_s"}
+    sets = tome_tiny.store.memory_sets(r.document.id)
+    assert len(sets) == 1 and sets[0].ratio == 8 and sets[0].fingerprint == tome_tiny.adapter.fingerprint
+    assert files_of(tome_tiny) == [sets[0].path]  # chunks are gone once the whole file is in place
+    segs = tome_tiny.store.segments(r.document.id)
+    assert len(segs) > 4
+    mem = tome_tiny.memory(r.document)
+    assert mem.segment_ids == [s.index for s in segs]
+    assert mem.token_spans == [(s.token_start, s.token_end) for s in segs]
+    assert mem.nbytes < sets[0].bytes < mem.nbytes + 4096  # tensors plus a small header
+
+
+def test_compressed_answer_reads_memories_and_cites_pages(tome_tiny, tmp_path):
+    r = tome_tiny.ingest(book(tmp_path))
+    final = list(tome_tiny.ask([r.document.id], "What rose from the wall?", mode="compressed"))[-1]
+    n_slots = tome_tiny.memory(r.document).num_slots
+    assert final.mode == "compressed" and final.stats["prefix_len"] == n_slots == final.context_tokens
+    assert final.sources[0].page_start == 1 and final.sources[-1].page_end == 6
+    plain = list(tome_tiny.ask([r.document.id], "What rose from the wall?"))[-1]
+    assert plain.stats["kv_bytes"] > final.stats["kv_bytes"]  # compressed attends to fewer bytes
+    assert tome_tiny.store.messages(final.conversation_id)[1].mode == "compressed"
+
+
+def test_corrupt_or_missing_memory_file_is_reported_and_reingest_repairs_it(tome_tiny, tmp_path):
+    r = tome_tiny.ingest(book(tmp_path))
+    path = tome_tiny.config.memories_path / tome_tiny.store.memory_sets(r.document.id)[0].path
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    tome_tiny._memories.clear()
+    with pytest.raises(CorruptMemory, match="corrupt.*re-ingest"):
+        list(tome_tiny.ask([r.document.id], "Anything?", mode="compressed"))
+    path.unlink()
+    with pytest.raises(CorruptMemory, match="missing"):
+        tome_tiny.memory(r.document)
+    fixed = tome_tiny.reingest(r.document.id)
+    assert fixed.ok and fixed.document.sha256 == r.document.sha256
+    assert tome_tiny.memory(fixed.document).num_slots > 0
+    assert [d.title for d in tome_tiny.documents()] == ["tides"]
+
+
+def test_delete_removes_rows_memory_files_and_the_kept_upload(tome_tiny, tmp_path):
+    a = tome_tiny.ingest(book(tmp_path, "a.pdf")).document
+    b = tome_tiny.ingest(book(tmp_path, "b.pdf", PAGES[:3])).document
+    tome_tiny.delete(a.id)
+    assert [d.id for d in tome_tiny.documents()] == [b.id]
+    assert all(a.sha256 not in f for f in files_of(tome_tiny)) and files_of(tome_tiny)
+    assert not list(tome_tiny.config.uploads_path.glob(f"{a.sha256}.*"))
+    assert list(tome_tiny.config.uploads_path.glob(f"{b.sha256}.*"))
+
+
+def test_failure_during_compression_leaves_nothing_behind(tome_tiny, tmp_path, monkeypatch):
+    from uio.encoder import Encoder
+
+    calls = {"n": 0}
+    real = Encoder.compress
+
+    def flaky(self, *a, **k):  # fault injection: the second chunk fails
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("disk on fire")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Encoder, "compress", flaky)
+    r = tome_tiny.ingest(book(tmp_path))
+    assert not r.ok and "disk on fire" in r.error
+    assert tome_tiny.documents() == [] and tome_tiny.store.count_segments() == 0
+    assert files_of(tome_tiny) == [] and not list(tome_tiny.config.uploads_path.glob("*"))
+
+
+def test_start_up_check_finishes_interrupted_ingestion_and_removes_orphans(tome_tiny, tmp_path):
+    pdf = book(tmp_path)
+    whole = tome_tiny.ingest(pdf)
+    reference = tome_tiny.memory(whole.document)
+    # Simulate a crash after the first chunk: rows 'ingesting', one chunk file, no final file.
+    tome_tiny.store.delete_memory_set(whole.document.id, tome_tiny.adapter.fingerprint)
+    final = tome_tiny.config.memories_path / tome_tiny.files.final(whole.document.sha256,
+                                                                   tome_tiny.adapter.fingerprint, 8)
+    final.unlink()
+    from sqlalchemy import update
+
+    from storage.schema import Document
+    with tome_tiny.store.engine.begin() as conn:
+        conn.execute(update(Document).values(status="ingesting"))
+    first = reference.select(reference.segment_ids[:2])
+    first.save(tome_tiny.files.path(tome_tiny.files.part(whole.document.sha256, tome_tiny.adapter.fingerprint, 8, 0)))
+    orphan = tome_tiny.config.memories_path / "zz" / "zz-orphan.safetensors"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"left over")
+    assert [d.status for d in tome_tiny.documents()] == ["ingesting"]
+    with pytest.raises(ValueError, match="still being ingested"):
+        list(tome_tiny.ask([whole.document.id], "Anything?"))
+
+    report = tome_tiny.recover()
+    assert report.resumed == ["tides"] and report.removed == [] and report.orphans == [str(orphan)]
+    doc = tome_tiny.documents()[0]
+    assert doc.ready
+    tome_tiny._memories.clear()
+    again = tome_tiny.memory(doc)
+    assert torch.equal(again.keys, reference.keys) and torch.equal(again.values, reference.values)
+    assert not orphan.exists()
+
+
+def test_start_up_check_removes_unfinished_documents_it_cannot_finish(tome_tiny, tmp_path):
+    r = tome_tiny.ingest(book(tmp_path))
+    for f in tome_tiny.config.uploads_path.iterdir():
+        f.unlink()
+    from sqlalchemy import update
+
+    from storage.schema import Document
+    with tome_tiny.store.engine.begin() as conn:
+        conn.execute(update(Document).values(status="ingesting"))
+    report = tome_tiny.recover()
+    assert report.removed == ["tides"] and tome_tiny.documents() == [] and files_of(tome_tiny) == []
+
+
+def test_memories_of_another_adapter_are_not_used(tome_tiny, tmp_path, tokenizer):
+    from tests.conftest import _tiny
+    from uio.adapter import UIOAdapter
+    from uio.memory import MemoryConfig
+
+    r = tome_tiny.ingest(book(tmp_path))
+    tome_tiny._adapter = UIOAdapter(tome_tiny.lm, MemoryConfig(segment_len=64, num_mem=8)).randomize_()
+    with pytest.raises(CorruptMemory, match="no memories for the current adapter"):
+        tome_tiny.memory(r.document)
