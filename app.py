@@ -53,11 +53,26 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "serve"
     if command == "list":
         return _list(tome)
+    _recover(tome)
     if command == "ingest":
         return _ingest(tome, args.files, args.password)
     if command == "ask":
         return _ask(tome, args.doc, args.question, args.max_new_tokens)
     return _serve(tome, getattr(args, "share", False))
+
+
+def _recover(tome) -> None:
+    """Finish ingestions a crash interrupted and delete files no row points at."""
+    if not tome.store.unfinished_documents() and not tome.config.memories_path.exists():
+        return
+    report = tome.recover()
+    for title in report.resumed:
+        print(f"finished the interrupted ingestion of {title!r}")
+    for title in report.removed:
+        print(f"removed {title!r}: its ingestion was interrupted and the original file is gone",
+              file=sys.stderr)
+    if report.orphans:
+        print(f"deleted {len(report.orphans)} memory file(s) that no document pointed at")
 
 
 def _list(tome) -> int:

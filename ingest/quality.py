@@ -34,4 +34,4 @@ def text_quality(text: str) -> float:
 
 def looks_merged(text: str) -> bool:
     """True when prose extraction probably lost its word spaces."""
-    return len(text.split()) >= 50 and text_quality(text) < 0.3
+    return len(text) >= 400 and text_quality(text) < 0.3  # short texts say too little to judge
