@@ -75,15 +75,18 @@ def tiny_qwen(tokenizer):
     return _tiny("qwen2", tokenizer)
 
 
-@pytest.fixture
-def db_url(tmp_path):
-    """SQLite in the test's folder; a real PostgreSQL (emptied first) when TOME_TEST_PG holds its URL."""
-    pg = os.environ.get("TOME_TEST_PG")
-    if not pg:
+DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get("TOME_TEST_PG") else [])
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request, tmp_path):
+    """SQLite in the test's folder; also a real PostgreSQL (emptied first) when TOME_TEST_PG holds its URL."""
+    if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'tome.sqlite'}"
         return
     from sqlalchemy import create_engine, text
 
+    pg = os.environ["TOME_TEST_PG"]
     engine = create_engine(pg)
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
