@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="bind address [127.0.0.1]")
     s.add_argument("--port", type=int, help="port [7860]")
     s.add_argument("--share", action="store_true", help="ask Gradio for a public link (off by default)")
+    s.add_argument("--auth", help="user:password required to open the UI [TOME_AUTH]")
     i = sub.add_parser("ingest", help="add files to the library")
     i.add_argument("files", nargs="+", type=Path)
     i.add_argument("--password", help="password of encrypted PDFs")
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     from tome import Config, Tome
 
     config = Config.from_env(model=args.model, data_dir=args.data_dir,
-                             host=getattr(args, "host", None), port=getattr(args, "port", None))
+                             host=getattr(args, "host", None), port=getattr(args, "port", None),
+                             auth=getattr(args, "auth", None))
     if config.tune_malloc:
         tune_allocator()
     tome = Tome(config)
@@ -130,10 +132,17 @@ def _ask(tome, docs: list[str], question: str, max_new_tokens: int | None) -> in
 def _serve(tome, share: bool) -> int:
     from ui.app import build_app
 
+    auth = None
+    if tome.config.auth:
+        user, sep, password = tome.config.auth.partition(":")
+        if not sep or not user or not password:
+            print("error: --auth / TOME_AUTH must be user:password", file=sys.stderr)
+            return 2
+        auth = (user, password)
     _ = tome.lm  # load (and on first run prepare) the model before the page opens
     app = build_app(tome)
     app.queue(default_concurrency_limit=1)
-    app.launch(server_name=tome.config.host, server_port=tome.config.port, share=share,
+    app.launch(server_name=tome.config.host, server_port=tome.config.port, share=share, auth=auth,
                max_file_size=f"{tome.config.max_file_mb}mb")
     return 0
 

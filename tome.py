@@ -52,6 +52,7 @@ class Config:
     tune_malloc: bool = True  # glibc allocator tuning at start-up (see uio/runtime.py)
     host: str = "127.0.0.1"
     port: int = 7860
+    auth: str = ""  # "user:password" protects the UI; empty: no login (it binds to loopback by default)
 
     @property
     def db(self) -> str:
@@ -92,6 +93,7 @@ class Config:
             "TOME_TUNE_MALLOC": ("tune_malloc", _flag),
             "TOME_HOST": ("host", str),
             "TOME_PORT": ("port", int),
+            "TOME_AUTH": ("auth", str),
         }
         for var, (name, kind) in readers.items():
             if env.get(var):
@@ -128,6 +130,7 @@ class Source:
     title: str
     page_start: int
     page_end: int
+    snippet: str = ""  # the beginning of the first segment used from this range
 
     def label(self) -> str:
         pages = f"p. {self.page_start}" if self.page_start == self.page_end else f"pp. {self.page_start}-{self.page_end}"
@@ -185,7 +188,8 @@ def _merge_sources(passages) -> list[Source]:
         if last and last.document_id == doc_id and p.segment.page_start <= last.page_end + 1:
             out[-1] = replace(last, page_end=max(last.page_end, p.segment.page_end))
         else:
-            out.append(Source(doc_id, p.title, p.segment.page_start, p.segment.page_end))
+            out.append(Source(doc_id, p.title, p.segment.page_start, p.segment.page_end,
+                              " ".join(p.segment.text.split())[:240]))
     return out
 
 
@@ -197,7 +201,8 @@ class Tome:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.db)
         self.files = MemoryFiles(config.memories_path)
-        self._lm, self._adapter = lm, adapter
+        self._lm = lm
+        self._adapters: dict[int, object] = {adapter.config.ratio: adapter} if adapter else {}
         self._load_lock = threading.Lock()
         # One generation or compression at a time uses the model: CPU cores are the bottleneck,
         # and the encoder switches the model's adapters on while it runs.
@@ -222,40 +227,56 @@ class Tome:
     def model_name(self) -> str:
         return self._lm.name if self._lm else self.config.model
 
-    def adapter_file(self) -> Path | None:
+    def adapter_file(self, ratio: int | None = None) -> Path | None:
         """The configured adapter, else the one shipped for this model and ratio (if any)."""
-        if self.config.adapter:
+        ratio = ratio or self.config.ratio
+        if self.config.adapter and ratio == self.config.ratio:
             return self.config.adapter
         from uio.model import embedded_key
 
         key = embedded_key(self.config.model)
-        shipped = ADAPTERS_DIR / f"{key}-{self.config.ratio}x.safetensors" if key else None
+        shipped = ADAPTERS_DIR / f"{key}-{ratio}x.safetensors" if key else None
         return shipped if shipped and shipped.is_file() else None
 
-    @property
-    def adapter(self):
-        """The UIO adapter that makes (and must match) the memories; untrained when none is shipped."""
-        if self._adapter is None:
+    def adapter_for(self, ratio: int | None = None):
+        """The UIO adapter for a compression ratio (loaded once); untrained when none is shipped."""
+        ratio = ratio or self.config.ratio
+        if ratio not in self._adapters:
             lm = self.lm
             with self._load_lock:
-                if self._adapter is None:
+                if ratio not in self._adapters:
                     from uio.adapter import UIOAdapter
                     from uio.memory import MemoryConfig
 
-                    path = self.adapter_file()
+                    if self.config.segment_len % ratio:
+                        raise ValueError(f"ratio {ratio} does not divide the segment length "
+                                         f"{self.config.segment_len}")
+                    path = self.adapter_file(ratio)
                     if path:
-                        self._adapter = UIOAdapter.load(lm, path)
+                        self._adapters[ratio] = UIOAdapter.load(lm, path)
                     else:
                         log.warning("no trained UIO adapter for %s at %dx: compressed answers will be poor",
-                                    lm.name, self.config.ratio)
-                        self._adapter = UIOAdapter(lm, MemoryConfig(
-                            segment_len=self.config.segment_len,
-                            num_mem=self.config.segment_len // self.config.ratio))
-        return self._adapter
+                                    lm.name, ratio)
+                        self._adapters[ratio] = UIOAdapter(lm, MemoryConfig(
+                            segment_len=self.config.segment_len, num_mem=self.config.segment_len // ratio))
+        return self._adapters[ratio]
 
     @property
-    def adapter_trained(self) -> bool:
-        return self.adapter_file() is not None
+    def adapter(self):
+        """The adapter of the configured ratio: it makes the memories stored at ingestion."""
+        return self.adapter_for(self.config.ratio)
+
+    def adapter_trained(self, ratio: int | None = None) -> bool:
+        return self.adapter_file(ratio) is not None
+
+    def use_model(self, name: str) -> None:
+        """Switch the base model for everyone (one model serves all sessions); memories follow lazily."""
+        with self.model_lock, self._load_lock:
+            if name == self.config.model and self._lm is not None:
+                return
+            self.config = replace(self.config, model=name, adapter=None)
+            self._lm, self._adapters = None, {}
+            self._memories.clear()
 
     # -- library -------------------------------------------------------------
     def documents(self) -> list[DocumentInfo]:
@@ -335,13 +356,14 @@ class Tome:
         report(1.0, f"{name}: done")
         return IngestResult(name, doc, seconds=time.perf_counter() - t0, timings=timings)
 
-    def _compress(self, doc: DocumentInfo, segments, name: str, report: Progress) -> MemorySetInfo:
+    def _compress(self, doc: DocumentInfo, segments, name: str, report: Progress,
+                  adapter=None) -> MemorySetInfo:
         """Compress all segments chunk by chunk (each chunk saved), then write the whole memory file."""
         from uio.encoder import Encoder
         from uio.memory import Memory
 
         with self.model_lock:
-            adapter = self.adapter
+            adapter = adapter or self.adapter
             fp, ratio = adapter.fingerprint, adapter.config.ratio
             encoder = Encoder(adapter, batch_size=self.config.compress_batch)
             n, size = len(segments), self.config.chunk_segments
@@ -412,14 +434,19 @@ class Tome:
         return Recovery(resumed, removed, [str(f) for f in orphans])
 
     # -- memories --------------------------------------------------------------
-    def memory(self, doc: DocumentInfo):
-        """A document's memories for the current adapter, checksum-verified (then kept in an LRU)."""
+    def memory(self, doc: DocumentInfo, ratio: int | None = None, progress: Progress | None = None):
+        """A document's memories for the adapter of ``ratio``, checksum-verified, kept in an LRU.
+
+        Memories missing for this adapter (another ratio, a new adapter, another
+        model) are made now from the stored segments and recorded.
+        """
         from uio.memory import Memory
 
-        fp = self.adapter.fingerprint
+        adapter = self.adapter_for(ratio)
+        fp = adapter.fingerprint
         ms = self.store.memory_set(doc.id, fp)
         if ms is None:
-            raise CorruptMemory(f"{doc.title!r} has no memories for the current adapter; re-ingest it")
+            ms = self._compress_stored(doc, adapter, progress)
         if ms.sha256 in self._memories:
             self._memories.move_to_end(ms.sha256)
             return self._memories[ms.sha256]
@@ -428,6 +455,22 @@ class Tome:
         while len(self._memories) > max(0, self.config.memory_cache):
             self._memories.popitem(last=False)
         return mem
+
+    def _compress_stored(self, doc: DocumentInfo, adapter, progress: Progress | None) -> MemorySetInfo:
+        from ingest import Segment
+
+        limit = adapter.config.segment_len
+        tok = self.lm.tokenizer
+        segments = [Segment(r.index, r.text, r.page_start, r.page_end, r.token_start, r.token_end,
+                            tuple(tok(r.text, add_special_tokens=False)["input_ids"][:limit]) or (tok.eos_token_id,))
+                    for r in self.store.segments(doc.id)]
+        log.info("making %dx memories of %r for the current adapter", adapter.config.ratio, doc.title)
+        ms = self._compress(doc, segments, doc.title, progress or (lambda f, m: None), adapter)
+        self.store.finish_document(doc.id, ms)
+        for chunk in self.files.of_document(doc.sha256):
+            if ".chunk" in chunk.name:
+                chunk.unlink(missing_ok=True)
+        return ms
 
     def reingest(self, doc_id: int, progress: Progress | None = None) -> IngestResult:
         """Make a document again from its kept upload (after a corrupt or missing memory file)."""
@@ -451,7 +494,7 @@ class Tome:
     def ask(self, doc_refs: Sequence[int | str], question: str, history: Sequence[dict] = (),
             conversation_id: int | None = None, max_new_tokens: int | None = None,
             temperature: float = 0.0, stop: threading.Event | None = None,
-            mode: str = "uncompressed") -> Iterator[AnswerUpdate]:
+            mode: str = "uncompressed", ratio: int | None = None) -> Iterator[AnswerUpdate]:
         """Answer ``question`` over the chosen books, streaming; saves both turns to the conversation.
 
         ``uncompressed``: the books' raw text in the prompt (as much as fits);
@@ -472,7 +515,7 @@ class Tome:
         lm = self.lm
         titles = [d.title for d in docs]
         if mode == "compressed":
-            memories = [self.memory(d) for d in docs]
+            memories = [self.memory(d, ratio) for d in docs]
             books = [(d.title, [_SlotSegment(s.text, s.page_start, s.page_end, s.index, mem.slots[j])
                                 for j, s in enumerate(self.store.segments(d.id))])
                      for d, mem in zip(docs, memories)]
@@ -500,7 +543,7 @@ class Tome:
                           for d, mem in zip(docs, memories)]
                 messages = build_messages(fit_budget([], 0), question, history, memory_of=titles)
                 gen = stream_over_memories(lm, chosen, messages, max_new_tokens=max_new, temperature=temperature,
-                                           stop=stop, fingerprint=self.adapter.fingerprint)
+                                           stop=stop, fingerprint=self.adapter_for(ratio).fingerprint)
                 memory_bytes = sum(m.nbytes for m in chosen)
             else:
                 from uio.generate import stream_chat
@@ -515,7 +558,8 @@ class Tome:
         kv = memory_bytes + (stats.prompt_tokens + stats.new_tokens) * per_token
         update.stats = stats.as_dict() | {"model": lm.name, "context_tokens": selection.tokens, "kv_bytes": kv}
         if mode == "compressed":
-            update.stats["adapter_trained"] = self.adapter_trained
+            update.stats["adapter_trained"] = self.adapter_trained(ratio)
+            update.stats["ratio"] = ratio or self.config.ratio
         update.done = True
         update.text = update.text.strip()
         self.store.add_message(conversation_id, "assistant", update.text, mode=mode,

@@ -137,12 +137,15 @@ def test_start_up_check_removes_unfinished_documents_it_cannot_finish(tome_tiny,
     assert report.removed == ["tides"] and tome_tiny.documents() == [] and files_of(tome_tiny) == []
 
 
-def test_memories_of_another_adapter_are_not_used(tome_tiny, tmp_path, tokenizer):
-    from tests.conftest import _tiny
-    from uio.adapter import UIOAdapter
-    from uio.memory import MemoryConfig
-
+def test_memories_of_another_adapter_are_never_used_but_made_on_demand(tome_tiny, tmp_path):
     r = tome_tiny.ingest(book(tmp_path))
-    tome_tiny._adapter = UIOAdapter(tome_tiny.lm, MemoryConfig(segment_len=64, num_mem=8)).randomize_()
-    with pytest.raises(CorruptMemory, match="no memories for the current adapter"):
-        tome_tiny.memory(r.document)
+    first = tome_tiny.memory(r.document)
+    # 32x for the same book: not stored at ingestion, made from the stored segments when first asked.
+    mem32 = tome_tiny.memory(r.document, ratio=32)
+    assert mem32.fingerprint != first.fingerprint and mem32.ratio == 32
+    assert mem32.num_slots * 4 == first.num_slots  # 2 instead of 8 slots per 64-token segment
+    assert {m.ratio for m in tome_tiny.store.memory_sets(r.document.id)} == {8, 32}
+    final = list(tome_tiny.ask([r.document.id], "Anything?", mode="compressed", ratio=32))[-1]
+    assert final.stats["prefix_len"] == mem32.num_slots and final.stats["ratio"] == 32
+    tome_tiny.delete(r.document.id)
+    assert files_of(tome_tiny) == []

@@ -1,26 +1,63 @@
-"""What each UI event does, as plain functions of the service, so tests can call them directly."""
+"""What each UI event does, as plain functions of the service, so tests can call them directly.
+
+Model output is shown as text: it is HTML-escaped before it reaches the
+chat, so a model (or a book) cannot inject markup into the page.
+"""
 from __future__ import annotations
 
+import html
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from tome import AnswerUpdate, Tome
+from tome import MODES, AnswerUpdate, Tome
 
-LIBRARY_HEADERS = ["ID", "Title", "Pages", "Tokens", "Status", "Added"]
+LIBRARY_HEADERS = ["ID", "Title", "Pages", "Tokens", "Memories on disk", "Status", "Added"]
+CHAT_MODES = ("compressed", "uncompressed", "compare")
+MODEL_CHOICES = [("Qwen2.5-Coder-0.5B-Instruct (default)", "qwen"), ("SmolLM2-135M-Instruct (fast)", "smollm2")]
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """One browser session's choices; every field has a default that works untouched."""
+
+    mode: str = "uncompressed"
+    ratio: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+
+
+def default_settings(tome: Tome) -> ChatSettings:
+    # Compressed answers are only worth showing first once a trained adapter exists.
+    mode = "compressed" if tome.adapter_trained() else "uncompressed"
+    return ChatSettings(mode=mode, ratio=tome.config.ratio, max_new_tokens=tome.config.max_new_tokens)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"
 
 
 def library_rows(tome: Tome) -> list[list]:
-    return [[d.id, d.title, d.pages, d.tokens, d.status, d.created_at.strftime("%Y-%m-%d %H:%M")]
-            for d in tome.documents()]
+    rows = []
+    for d in tome.documents():
+        sets = tome.store.memory_sets(d.id)
+        memories = " · ".join(f"{m.ratio}x {_size(m.bytes)}" for m in sorted(sets, key=lambda m: m.ratio))
+        rows.append([d.id, d.title, d.pages, d.tokens, memories or "–", d.status,
+                     d.created_at.strftime("%Y-%m-%d %H:%M")])
+    return rows
 
 
 def document_choices(tome: Tome) -> list[tuple[str, int]]:
-    return [(f"{d.title} ({d.pages} p.)", d.id) for d in tome.documents() if d.status == "ready"]
+    return [(f"{d.title} ({d.pages} p.)", d.id) for d in tome.documents() if d.ready]
 
 
-def upload(tome: Tome, files: Sequence[str] | None,
-           progress: Callable[[float, str], None] | None = None) -> str:
+def conversation_choices(tome: Tome) -> list[tuple[str, int]]:
+    return [(f"{c.title} · {c.created_at.strftime('%Y-%m-%d %H:%M')}", c.id) for c in tome.store.list_conversations()]
+
+
+def upload(tome: Tome, files: Sequence[str] | None, progress: Callable[[float, str], None] | None = None,
+           password: str | None = None) -> str:
     """Ingest each uploaded file; one bad file does not stop the others. Returns a report in Markdown."""
     if not files:
         return "Choose one or more PDF, TXT or MD files first."
@@ -33,31 +70,43 @@ def upload(tome: Tome, files: Sequence[str] | None,
             if progress:
                 progress((i + frac) / n, msg)
 
-        r = tome.ingest(path, filename=path.name, progress=step)
+        r = tome.ingest(path, filename=path.name, progress=step, password=password or None)
         if r.error:
-            lines.append(f"- ❌ {r.error}")
+            lines.append(f"- ❌ {html.escape(r.error)}")
         elif r.duplicate:
-            lines.append(f"- ↺ **{r.document.title}** is already in the library")
+            lines.append(f"- ↺ **{html.escape(r.document.title)}** is already in the library")
         else:
             d = r.document
-            lines.append(f"- ✅ **{d.title}**: {d.pages} pages, {d.tokens:,} tokens ({r.seconds:.1f} s)")
+            lines.append(f"- ✅ **{html.escape(d.title)}**: {d.pages} pages, {d.tokens:,} tokens ({r.seconds:.1f} s)")
     return "\n".join(lines)
 
 
 def delete(tome: Tome, doc_id: int | float | None) -> str:
     if doc_id is None:
-        return "Pick a book to delete."
+        return "Pick a book first."
     try:
         doc = tome.document(int(doc_id))
         tome.delete(doc.id)
     except LookupError as e:
         return str(e)
-    return f"Deleted **{doc.title}**."
+    return f"Deleted **{html.escape(doc.title)}**."
+
+
+def reingest(tome: Tome, doc_id: int | float | None, progress: Callable[[float, str], None] | None = None) -> str:
+    if doc_id is None:
+        return "Pick a book first."
+    try:
+        r = tome.reingest(int(doc_id), progress=progress)
+    except LookupError as e:
+        return str(e)
+    if r.error:
+        return f"❌ {html.escape(r.error)}"
+    return f"✅ **{html.escape(r.document.title)}** read again: {r.document.pages} pages, {r.document.tokens:,} tokens."
 
 
 def _plain_history(history: Sequence[dict]) -> list[dict]:
     """Turns to send back to the model: user/assistant text, without the sources/figure notes."""
-    return [{"role": m["role"], "content": _text(m["content"])} for m in history
+    return [{"role": m["role"], "content": html.unescape(_text(m["content"]))} for m in history
             if m.get("role") in ("user", "assistant") and not (m.get("metadata") or {}).get("title")]
 
 
@@ -71,37 +120,113 @@ def _text(content) -> str:
 
 def figures_line(u: AnswerUpdate) -> str:
     s = u.stats
-    return (f"{u.mode} · {u.context_tokens:,} context tokens · first token {s.get('ttft_s', 0):.2f} s · "
-            f"{s.get('decode_tok_s', 0):.1f} tok/s · {s.get('new_tokens', 0)} tokens"
-            + (" · stopped" if s.get("stopped") else ""))
+    what = (f"compressed {s.get('ratio', '')}x · {u.context_tokens:,} memory slots" if u.mode == "compressed"
+            else f"uncompressed · {u.context_tokens:,} document tokens")
+    untrained = " · untrained adapter" if u.mode == "compressed" and not s.get("adapter_trained", True) else ""
+    return (f"{what} · first token {s.get('ttft_s', 0):.2f} s · {s.get('decode_tok_s', 0):.1f} tok/s · "
+            f"KV {_size(s.get('kv_bytes', 0))} · {s.get('new_tokens', 0)} tokens"
+            + (" · stopped" if s.get("stopped") else "") + untrained)
 
 
-def chat(tome: Tome, message: str, history: list[dict] | None, doc_ids: Sequence[int] | None,
-         conversation_id: int | None, stop: threading.Event | None = None
-         ) -> Iterator[tuple[list[dict], int | None, str]]:
-    """Stream an answer: yields (chat history, conversation id, notice) as text arrives."""
-    history = list(history or [])
-    message = (message or "").strip()
-    if not message:
-        yield history, conversation_id, "Type a question."
-        return
-    if not doc_ids:
-        yield history, conversation_id, "Select at least one book in the list above."
-        return
-    turns = _plain_history(history)
-    history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": "…"}]
+def sources_message(u: AnswerUpdate) -> dict:
+    """The citations as a collapsible note under the answer: click it to see each passage's start."""
+    lines = [f"- **{html.escape(s.label())}**: “{html.escape(s.snippet)}…”" for s in u.sources] or ["- (none)"]
+    if u.truncated:
+        lines.append(f"- only part of {html.escape(', '.join(u.truncated))} fitted the window")
+    return {"role": "assistant", "content": "\n".join(lines) + f"\n\n{figures_line(u)}",
+            "metadata": {"title": "Sources: " + "; ".join(html.escape(s.label()) for s in u.sources[:3])
+                         + (" …" if len(u.sources) > 3 else ""), "status": "done"}}
+
+
+def _stream(tome: Tome, mode: str, message: str, turns: list[dict], history: list[dict], doc_ids,
+            conversation_id, settings: ChatSettings, stop) -> Iterator[tuple[list[dict], int | None, str]]:
+    history = history + [{"role": "user", "content": html.escape(message)}, {"role": "assistant", "content": "…"}]
     yield history, conversation_id, ""
     notice, u = "", None
     for u in tome.ask([int(d) for d in doc_ids], message, history=turns, conversation_id=conversation_id,
-                      stop=stop):
+                      max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, stop=stop,
+                      mode=mode, ratio=settings.ratio):
         if u.truncated and not notice:
-            notice = ("⚠️ Too long for the context window, only the beginning was read: "
-                      + ", ".join(u.truncated))
-        history[-1] = {"role": "assistant", "content": u.text or "…"}
+            notice = "⚠️ Too long for the context window, only part was read: " + html.escape(", ".join(u.truncated))
+        history[-1] = {"role": "assistant", "content": html.escape(u.text) or "…"}
         yield history, u.conversation_id, notice
-    if u is None:
+    if u is not None:
+        history.append(sources_message(u))
+        yield history, u.conversation_id, notice
+
+
+def _check(message: str, doc_ids) -> str | None:
+    if not (message or "").strip():
+        return "Type a question."
+    if not doc_ids:
+        return "Select at least one book in the list above."
+    return None
+
+
+def chat(tome: Tome, message: str, history: list[dict] | None, doc_ids: Sequence[int] | None,
+         conversation_id: int | None, stop: threading.Event | None = None,
+         settings: ChatSettings | None = None) -> Iterator[tuple[list[dict], int | None, str]]:
+    """Stream an answer in one mode: yields (chat history, conversation id, notice) as text arrives."""
+    history = list(history or [])
+    settings = settings or default_settings(tome)
+    problem = _check(message, doc_ids)
+    if problem:
+        yield history, conversation_id, problem
         return
-    sources = "\n".join(f"- {s.label()}" for s in u.sources) or "- (none)"
-    history.append({"role": "assistant", "content": f"{sources}\n\n{figures_line(u)}",
-                    "metadata": {"title": "Sources and figures", "status": "done"}})
-    yield history, u.conversation_id, notice
+    mode = settings.mode if settings.mode in MODES else "uncompressed"
+    try:
+        yield from _stream(tome, mode, message.strip(), _plain_history(history), history, doc_ids,
+                           conversation_id, settings, stop)
+    except (ValueError, LookupError, RuntimeError) as e:  # window, missing memories, not ready: say so
+        yield history, conversation_id, f"❌ {html.escape(str(e))}"
+
+
+def compare(tome: Tome, message: str, left: list[dict] | None, right: list[dict] | None,
+            doc_ids: Sequence[int] | None, conversation_id: int | None, stop: threading.Event | None = None,
+            settings: ChatSettings | None = None) -> Iterator[tuple[list[dict], list[dict], int | None, str]]:
+    """The same question answered compressed (left) then uncompressed (right), each with its figures."""
+    left, right = list(left or []), list(right or [])
+    settings = settings or default_settings(tome)
+    problem = _check(message, doc_ids)
+    if problem:
+        yield left, right, conversation_id, problem
+        return
+    message = message.strip()
+    try:
+        for left_now, conversation_id, notice in _stream(tome, "compressed", message, _plain_history(left), left,
+                                                          doc_ids, conversation_id, settings, stop):
+            yield left_now, right, conversation_id, notice
+        left = left_now
+        if stop is not None and stop.is_set():
+            return
+        for right_now, conversation_id, notice in _stream(tome, "uncompressed", message, _plain_history(right),
+                                                           right, doc_ids, conversation_id, settings, stop):
+            yield left, right_now, conversation_id, notice
+    except (ValueError, LookupError, RuntimeError) as e:
+        yield left, right, conversation_id, f"❌ {html.escape(str(e))}"
+
+
+def open_conversation(tome: Tome, conversation_id: int | None) -> tuple[list[dict], list[dict], list[int]]:
+    """A stored conversation as (compressed-or-single history, uncompressed history, its books)."""
+    if conversation_id is None:
+        return [], [], []
+    conv = next((c for c in tome.store.list_conversations() if c.id == int(conversation_id)), None)
+    if conv is None:
+        return [], [], []
+    left, right, question = [], [], None
+    messages = tome.store.messages(conv.id)
+    both = {m.mode for m in messages if m.role == "assistant"} == {"compressed", "uncompressed"}
+    for m in messages:
+        if m.role == "user":
+            question = {"role": "user", "content": html.escape(m.content)}
+            continue
+        target = right if both and m.mode == "uncompressed" else left
+        if question:
+            target.append(question)
+        target.append({"role": "assistant", "content": html.escape(m.content)})
+        sources = m.stats.get("sources") or []
+        if sources:
+            target.append({"role": "assistant", "content": "\n".join(f"- {html.escape(s)}" for s in sources),
+                           "metadata": {"title": "Sources", "status": "done"}})
+    ready = {d.id for d in tome.documents() if d.ready}
+    return left, right, [d for d in conv.document_ids if d in ready]

@@ -5,12 +5,15 @@ from tests.conftest import make_pdf
 from ui import handlers
 from ui.app import build_app
 
+UNCOMPRESSED = handlers.ChatSettings(mode="uncompressed", max_new_tokens=6)
 
-def test_app_builds_with_library_and_chat(tome_tiny):
+
+def test_app_builds_with_library_chat_compare_and_settings(tome_tiny):
     app = build_app(tome_tiny)
     assert isinstance(app, gr.Blocks)
     ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
-    assert {"upload", "library", "books", "chat", "question", "ask-btn", "stop-btn"} <= ids
+    assert {"upload", "library", "books", "chat", "chat-raw", "mode", "question", "ask-btn", "stop-btn",
+            "past", "confirm-delete"} <= ids
 
 
 def test_upload_reports_each_file_and_goes_on_after_a_bad_one(tome_tiny, tmp_path):
@@ -24,24 +27,43 @@ def test_upload_reports_each_file_and_goes_on_after_a_bad_one(tome_tiny, tmp_pat
     assert lines[1].startswith("- ✅ **good**: 2 pages")
     assert seen == sorted(seen) and seen[-1] == 1.0
     rows = handlers.library_rows(tome_tiny)
-    assert [r[1:4] for r in rows] == [["good", 2, rows[0][3]]] and rows[0][3] > 0
+    assert len(rows) == 1 and rows[0][1:4] == ["good", 2, rows[0][3]] and rows[0][3] > 0
+    assert rows[0][4].startswith("8x ") and rows[0][5] == "ready"
     assert handlers.document_choices(tome_tiny) == [("good (2 p.)", rows[0][0])]
     assert "already in the library" in handlers.upload(tome_tiny, [str(good)])
 
 
-def test_chat_streams_and_ends_with_sources(tome_tiny, tmp_path):
+def test_chat_streams_escapes_html_and_ends_with_cited_sources(tome_tiny, tmp_path):
     r = tome_tiny.ingest(make_pdf(tmp_path / "g.pdf", ["Gulls nest on page one."]))
-    steps = list(handlers.chat(tome_tiny, "Where do gulls nest?", [], [r.document.id], None))
+    steps = list(handlers.chat(tome_tiny, "Where do <b>gulls</b> nest?", [], [r.document.id], None,
+                               settings=UNCOMPRESSED))
     history, conv, notice = steps[-1]
-    assert history[0] == {"role": "user", "content": "Where do gulls nest?"}
+    assert len(steps) > 2  # streamed: several updates before the sources note
+    assert history[0] == {"role": "user", "content": "Where do &lt;b&gt;gulls&lt;/b&gt; nest?"}
     assert history[1]["role"] == "assistant" and history[1]["content"]
-    assert history[2]["metadata"]["title"] == "Sources and figures"
-    assert "g, p. 1" in history[2]["content"] and "first token" in history[2]["content"]
+    assert history[2]["metadata"]["title"] == "Sources: g, p. 1"
+    assert "Gulls nest on page one" in history[2]["content"] and "first token" in history[2]["content"]
     assert conv is not None and notice == ""
     # A follow-up in the same conversation sends the earlier turn (not the sources note) back.
-    steps = list(handlers.chat(tome_tiny, "And then?", history, [r.document.id], conv))
+    steps = list(handlers.chat(tome_tiny, "And then?", history, [r.document.id], conv, settings=UNCOMPRESSED))
     assert steps[-1][1] == conv
     assert [m.role for m in tome_tiny.store.messages(conv)] == ["user", "assistant"] * 2
+
+
+def test_compare_gives_two_answers_with_their_figures(tome_tiny, tmp_path):
+    r = tome_tiny.ingest(make_pdf(tmp_path / "c.pdf", ["Tides " * 200, "Gulls " * 200]))
+    settings = handlers.ChatSettings(mode="compare", max_new_tokens=5)
+    left, right, conv, notice = list(handlers.compare(tome_tiny, "What happens?", [], [], [r.document.id], None,
+                                                      settings=settings))[-1]
+    assert "compressed 8x" in left[-1]["content"] and "memory slots" in left[-1]["content"]
+    assert "uncompressed" in right[-1]["content"] and "document tokens" in right[-1]["content"]
+    assert "untrained adapter" in left[-1]["content"]
+    modes = [m.mode for m in tome_tiny.store.messages(conv) if m.role == "assistant"]
+    assert modes == ["compressed", "uncompressed"]
+    again_left, again_right, books = handlers.open_conversation(tome_tiny, conv)
+    assert books == [r.document.id]
+    assert [m["role"] for m in again_left][:2] == ["user", "assistant"] and again_right[0]["role"] == "user"
+    assert handlers.conversation_choices(tome_tiny)[0][1] == conv
 
 
 def test_chat_asks_for_a_book_and_a_question(tome_tiny):
@@ -49,8 +71,17 @@ def test_chat_asks_for_a_book_and_a_question(tome_tiny):
     assert list(handlers.chat(tome_tiny, "  ", [], [1], None))[-1][2] == "Type a question."
 
 
-def test_delete_handler(tome_tiny, tmp_path):
+def test_errors_during_an_answer_are_shown_not_raised(tome_tiny, tmp_path):
+    r = tome_tiny.ingest(make_pdf(tmp_path / "w.pdf", ["Some text."]))
+    huge = handlers.ChatSettings(mode="uncompressed", max_new_tokens=10_000)  # beyond the tiny window
+    notice = list(handlers.chat(tome_tiny, "Hi?", [], [r.document.id], None, settings=huge))[-1][2]
+    assert notice.startswith("❌") and "window" in notice
+
+
+def test_delete_and_reingest_handlers(tome_tiny, tmp_path):
     r = tome_tiny.ingest(make_pdf(tmp_path / "d.pdf", ["Delete me."]))
-    assert handlers.delete(tome_tiny, r.document.id) == "Deleted **d**."
+    assert handlers.reingest(tome_tiny, r.document.id).startswith("✅ **d** read again")
+    doc = tome_tiny.documents()[0]
+    assert handlers.delete(tome_tiny, doc.id) == "Deleted **d**."
     assert handlers.library_rows(tome_tiny) == []
-    assert "no document" in handlers.delete(tome_tiny, r.document.id)
+    assert "no document" in handlers.delete(tome_tiny, doc.id)
