@@ -64,9 +64,11 @@ def read_document(path: str | Path, max_bytes: int | None = None, title: str | N
         raise IngestError(f"{name}: the file is {size / 2**20:.1f} MB, over the limit of {max_bytes / 2**20:.0f} MB")
     with open(path, "rb") as f:
         head = f.read(1024)
-    if b"%PDF-" in head:
+    is_text = path.suffix.lower() in TEXT_SUFFIXES
+    # A PDF may carry junk before its header, but a text file merely mentioning "%PDF-" is text.
+    if (b"%PDF-" in head and not is_text) or head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"%PDF-"):
         return _read_pdf(path, name, password)
-    if path.suffix.lower() in TEXT_SUFFIXES:
+    if is_text:
         return _read_text(path, name)
     raise IngestError(f"{name}: not a PDF, text or Markdown file")
 

@@ -60,8 +60,13 @@ def split_segments(pages: Sequence[Page], tokenizer, max_tokens: int = 1024) -> 
         if end < n:
             end = _best_cut(full, offsets, start, end)
         c0, c1 = offsets[start][0], offsets[end - 1][1]
+        raw = full[c0:c1]
+        text = raw.strip()
+        if text:  # pages from the stripped text: a cut inside the page separator must not add a page
+            c0 += len(raw) - len(raw.lstrip())
+            c1 -= len(raw) - len(raw.rstrip())
         segments.append(Segment(
-            index=len(segments), text=full[c0:c1].strip(),
+            index=len(segments), text=text,
             page_start=page_of(c0), page_end=page_of(max(c0, c1 - 1)),
             token_start=start, token_end=end, token_ids=tuple(ids[start:end]),
         ))

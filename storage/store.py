@@ -216,6 +216,11 @@ class Store:
             if d is None:
                 raise NotFound(f"no document with id {doc_id}")
             s.delete(d)
+            # SQLite may give a deleted document's id to the next one: conversations must not
+            # point at a book they never discussed.
+            for c in s.scalars(select(Conversation)):
+                if doc_id in (c.document_ids or []):
+                    c.document_ids = [i for i in c.document_ids if i != doc_id]
 
     def delete_memory_set(self, doc_id: int, fingerprint: str) -> None:
         with self._session.begin() as s:
