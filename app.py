@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ask", help="ask a question about one or more books")
     a.add_argument("--doc", action="append", required=True, help="book id or title (repeat for several)")
     a.add_argument("--max-new-tokens", type=int)
+    a.add_argument("--mode", choices=["uncompressed", "compressed"], default="uncompressed",
+                   help="raw text in the prompt, or the books' stored memories")
     a.add_argument("question")
     sub.add_parser("list", help="list the library")
     return p
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "ingest":
         return _ingest(tome, args.files, args.password)
     if command == "ask":
-        return _ask(tome, args.doc, args.question, args.max_new_tokens)
+        return _ask(tome, args.doc, args.question, args.max_new_tokens, args.mode)
     return _serve(tome, getattr(args, "share", False))
 
 
@@ -108,7 +110,7 @@ def _ingest(tome, files: list[Path], password: str | None) -> int:
     return 1 if failed else 0
 
 
-def _ask(tome, docs: list[str], question: str, max_new_tokens: int | None) -> int:
+def _ask(tome, docs: list[str], question: str, max_new_tokens: int | None, mode: str) -> int:
     from storage import NotFound
 
     try:
@@ -117,7 +119,7 @@ def _ask(tome, docs: list[str], question: str, max_new_tokens: int | None) -> in
         print(f"error: {e}", file=sys.stderr)
         return 2
     u = None
-    for u in tome.ask(ids, question, max_new_tokens=max_new_tokens):
+    for u in tome.ask(ids, question, max_new_tokens=max_new_tokens, mode=mode):
         pass  # the CLI prints the final text; streaming to a terminal would interleave with logs
     print(u.text)
     if u.truncated:
