@@ -55,6 +55,12 @@ def delete(tome: Tome, doc_id: int | float | None) -> str:
     return f"Deleted **{doc.title}**."
 
 
+def _source_line(s) -> str:
+    score = f" ({s.score:.2f})" if s.score is not None else ""
+    snippet = f": “{s.snippet}”" if s.snippet else ""
+    return f"- {s.label()}{score}{snippet}"
+
+
 def _plain_history(history: Sequence[dict]) -> list[dict]:
     """Turns to send back to the model: user/assistant text, without the sources/figure notes."""
     return [{"role": m["role"], "content": _text(m["content"])} for m in history
@@ -95,13 +101,13 @@ def chat(tome: Tome, message: str, history: list[dict] | None, doc_ids: Sequence
     for u in tome.ask([int(d) for d in doc_ids], message, history=turns, conversation_id=conversation_id,
                       stop=stop):
         if u.truncated and not notice:
-            notice = ("⚠️ Too long for the context window, only the beginning was read: "
+            notice = ("⚠️ Too long for the context window, only the passages closest to the question were read: "
                       + ", ".join(u.truncated))
         history[-1] = {"role": "assistant", "content": u.text or "…"}
         yield history, u.conversation_id, notice
     if u is None:
         return
-    sources = "\n".join(f"- {s.label()}" for s in u.sources) or "- (none)"
+    sources = "\n".join(_source_line(s) for s in u.sources) or "- (none)"
     history.append({"role": "assistant", "content": f"{sources}\n\n{figures_line(u)}",
                     "metadata": {"title": "Sources and figures", "status": "done"}})
     yield history, u.conversation_id, notice
