@@ -120,7 +120,7 @@ class IngestResult:
     error: str | None = None
     duplicate: bool = False
     seconds: float = 0.0
-    timings: dict = field(default_factory=dict)  # extract_s, segment_s, compress_s, store_s
+    timings: dict = field(default_factory=dict)  # extract_s, segment_s, embed_s, compress_s, store_s
 
     @property
     def ok(self) -> bool:

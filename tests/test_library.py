@@ -21,7 +21,7 @@ def files_of(tome):
 def test_ingest_stores_a_checksummed_memory_file_per_document(tome_tiny, tmp_path):
     r = tome_tiny.ingest(book(tmp_path))
     assert r.ok and r.document.ready and r.document.extractor == "pypdf"
-    assert set(r.timings) == {"extract_s", "segment_s", "compress_s", "store_s"}
+    assert set(r.timings) == {"extract_s", "segment_s", "embed_s", "compress_s", "store_s"}
     sets = tome_tiny.store.memory_sets(r.document.id)
     assert len(sets) == 1 and sets[0].ratio == 8 and sets[0].fingerprint == tome_tiny.adapter.fingerprint
     assert files_of(tome_tiny) == [sets[0].path]  # chunks are gone once the whole file is in place
