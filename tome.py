@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -212,14 +213,24 @@ class _SlotSegment:
 SNIPPET_CHARS = 200
 
 
-def _snippet(text: str) -> str:
+_WORD = re.compile(r"\w{3,}")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _snippet(text: str, question: str = "") -> str:
+    """A short quote of a segment: from the sentence sharing most words with the question (else its start)."""
     flat = " ".join(text.split())
-    return flat if len(flat) <= SNIPPET_CHARS else flat[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …"
+    asked = {w.lower() for w in _WORD.findall(question)}
+    sentences = _SENTENCE.split(flat)
+    best = max(range(len(sentences)), key=lambda i: (len(asked & {w.lower() for w in _WORD.findall(sentences[i])}), -i))
+    quote = " ".join(sentences[best:])
+    lead = "… " if best else ""
+    return lead + (quote if len(quote) <= SNIPPET_CHARS else quote[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …")
 
 
-def _sources(passages) -> list[Source]:
+def _sources(passages, question: str = "") -> list[Source]:
     """Every segment used, best score first (document order among equals): the answer's citations."""
-    out = [Source(doc_id, p.title, p.segment.page_start, p.segment.page_end, _snippet(p.segment.text),
+    out = [Source(doc_id, p.title, p.segment.page_start, p.segment.page_end, _snippet(p.segment.text, question),
                   p.score, getattr(p.segment, "index", None)) for doc_id, p in passages]
     return sorted(out, key=lambda s: -s.score if s.score is not None else float("inf"))
 
@@ -601,7 +612,7 @@ class Tome:
         scores = self.scores(docs, question)
         selection = select_segments(books, [scores[d.id] for d in docs], budget, self.config.neighbours)
         owner = {id(s): d.id for d, (_, segs) in zip(docs, books) for s in segs}
-        sources = _sources((owner[id(p.segment)], p) for p in selection.passages)
+        sources = _sources(((owner[id(p.segment)], p) for p in selection.passages), question)
         if conversation_id is None:
             conversation_id = self.store.new_conversation(question[:80], [d.id for d in docs])
         self.store.add_message(conversation_id, "user", question)
