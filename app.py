@@ -123,7 +123,7 @@ def _ask(tome, docs: list[str], question: str, max_new_tokens: int | None, mode:
         pass  # the CLI prints the final text; streaming to a terminal would interleave with logs
     print(u.text)
     if u.truncated:
-        print(f"(only the beginning fitted the window: {', '.join(u.truncated)})", file=sys.stderr)
+        print(f"(too long for the window; read the passages closest to the question: {', '.join(u.truncated)})", file=sys.stderr)
     print("sources: " + "; ".join(s.label() for s in u.sources), file=sys.stderr)
     s = u.stats
     print(f"figures: first token {s['ttft_s']} s, {s['decode_tok_s']} tok/s, {s['prompt_tokens']} prompt tokens",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 from ingest import IngestError, read_document, split_segments
 from storage import CorruptMemory, DocumentInfo, MemoryFiles, MemorySetInfo, Store
 from storage.files import sha256_file
+from storage.search import VectorSearch
 
 log = logging.getLogger("tome")
 
@@ -46,6 +48,9 @@ class Config:
     chunk_segments: int = 16  # segments per saved chunk: an interrupted ingestion resumes from the last one
     memory_cache: int = 4  # documents' memories kept in RAM between questions
     context_budget: int = 3072  # max document tokens put in the prompt (keeps a CPU answer interactive)
+    embedder: str = "minilm"  # segment embedder: "minilm" (all-MiniLM-L6-v2, shipped in a wheel), a hub id or a path
+    neighbours: int = 1  # segments on each side of a retrieved one that come with it, when they fit
+    vector_index_min: int = 100_000  # above this many segments (SQLite), search through the sqlite-vec index
     max_new_tokens: int = 256
     max_file_mb: int = 200
     threads: int = 0  # torch intra-op threads; 0 = torch's default
@@ -87,6 +92,9 @@ class Config:
             "TOME_ADAPTER": ("adapter", Path),
             "TOME_CHUNK_SEGMENTS": ("chunk_segments", int),
             "TOME_CONTEXT_BUDGET": ("context_budget", int),
+            "TOME_EMBEDDER": ("embedder", str),
+            "TOME_NEIGHBOURS": ("neighbours", int),
+            "TOME_VECTOR_INDEX_MIN": ("vector_index_min", int),
             "TOME_MAX_NEW_TOKENS": ("max_new_tokens", int),
             "TOME_MAX_FILE_MB": ("max_file_mb", int),
             "TOME_THREADS": ("threads", int),
@@ -115,7 +123,7 @@ class IngestResult:
     error: str | None = None
     duplicate: bool = False
     seconds: float = 0.0
-    timings: dict = field(default_factory=dict)  # extract_s, segment_s, compress_s, store_s
+    timings: dict = field(default_factory=dict)  # extract_s, segment_s, embed_s, compress_s, store_s
 
     @property
     def ok(self) -> bool:
@@ -124,17 +132,41 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class Source:
-    """Where an answer's context came from: a book and a page range."""
+    """One segment an answer's context came from: book, page range, the start of its text, its score."""
 
     document_id: int
     title: str
     page_start: int
     page_end: int
-    snippet: str = ""  # the beginning of the first segment used from this range
+    snippet: str = ""
+    score: float | None = None  # cosine similarity to the question (None: not ranked)
+    segment: int | None = None  # the segment's index in its document
+
+    @property
+    def pages(self) -> str:
+        return f"p. {self.page_start}" if self.page_start == self.page_end else f"pp. {self.page_start}-{self.page_end}"
 
     def label(self) -> str:
-        pages = f"p. {self.page_start}" if self.page_start == self.page_end else f"pp. {self.page_start}-{self.page_end}"
-        return f"{self.title}, {pages}"
+        return f"{self.title}, {self.pages}"
+
+    def as_dict(self) -> dict:
+        """What is stored with the answer's message (JSON)."""
+        return {"document_id": self.document_id, "title": self.title, "page_start": self.page_start,
+                "page_end": self.page_end, "segment": self.segment, "label": self.label(),
+                "score": None if self.score is None else round(self.score, 4), "snippet": self.snippet}
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """A segment found for a query (``Tome.retrieve``): its book, text, pages and score."""
+
+    document_id: int
+    title: str
+    index: int
+    text: str
+    page_start: int
+    page_end: int
+    score: float
 
 
 @dataclass
@@ -180,17 +212,29 @@ class _SlotSegment:
         return self.slots
 
 
-def _merge_sources(passages) -> list[Source]:
-    """Contiguous passages of one book become one page range."""
-    out: list[Source] = []
-    for doc_id, p in passages:
-        last = out[-1] if out else None
-        if last and last.document_id == doc_id and p.segment.page_start <= last.page_end + 1:
-            out[-1] = replace(last, page_end=max(last.page_end, p.segment.page_end))
-        else:
-            out.append(Source(doc_id, p.title, p.segment.page_start, p.segment.page_end,
-                              " ".join(p.segment.text.split())[:240]))
-    return out
+SNIPPET_CHARS = 200
+
+
+_WORD = re.compile(r"\w{3,}")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _snippet(text: str, question: str = "") -> str:
+    """A short quote of a segment: from the sentence sharing most words with the question (else its start)."""
+    flat = " ".join(text.split())
+    asked = {w.lower() for w in _WORD.findall(question)}
+    sentences = _SENTENCE.split(flat)
+    best = max(range(len(sentences)), key=lambda i: (len(asked & {w.lower() for w in _WORD.findall(sentences[i])}), -i))
+    quote = " ".join(sentences[best:])
+    lead = "… " if best else ""
+    return lead + (quote if len(quote) <= SNIPPET_CHARS else quote[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …")
+
+
+def _sources(passages, question: str = "") -> list[Source]:
+    """Every segment used, best score first (document order among equals): the answer's citations."""
+    out = [Source(doc_id, p.title, p.segment.page_start, p.segment.page_end, _snippet(p.segment.text, question),
+                  p.score, getattr(p.segment, "index", None)) for doc_id, p in passages]
+    return sorted(out, key=lambda s: -s.score if s.score is not None else float("inf"))
 
 
 class Tome:
@@ -201,8 +245,10 @@ class Tome:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.db)
         self.files = MemoryFiles(config.memories_path)
+        self.vectors = VectorSearch(self.store, index_threshold=config.vector_index_min)
         self._lm = lm
         self._adapters: dict[int, object] = {adapter.config.ratio: adapter} if adapter else {}
+        self._embedder = None
         self._load_lock = threading.Lock()
         # One generation or compression at a time uses the model: CPU cores are the bottleneck,
         # and the encoder switches the model's adapters on while it runs.
@@ -278,6 +324,17 @@ class Tome:
             self._lm, self._adapters = None, {}
             self._memories.clear()
 
+    @property
+    def embedder(self):
+        """The segment/question embedder (sentence-transformers), loaded on first use."""
+        if self._embedder is None:
+            from ingest.embed import load_embedder
+
+            with self._load_lock:
+                if self._embedder is None:
+                    self._embedder = load_embedder(self.config.embedder)
+        return self._embedder
+
     # -- library -------------------------------------------------------------
     def documents(self) -> list[DocumentInfo]:
         return self.store.list_documents()
@@ -326,9 +383,20 @@ class Tome:
                 raise IngestError(f"{name}: contains no text")
             timings["segment_s"] = time.perf_counter() - t
             self._keep_upload(path, sha, Path(name).suffix or ".pdf")
-            doc = existing or self.store.begin_document(
-                sha256=sha, title=extracted.title, filename=name, kind=extracted.kind,
-                pages=len(extracted.pages), segments=segments, extractor=extracted.extractor)
+            embeddings = None
+            if existing is None or existing.embedder != self.embedder.name:
+                t = time.perf_counter()
+                embeddings = self._embed(segments, name, report)
+                timings["embed_s"] = time.perf_counter() - t
+            if existing is None:
+                doc = self.store.begin_document(
+                    sha256=sha, title=extracted.title, filename=name, kind=extracted.kind,
+                    pages=len(extracted.pages), segments=segments, extractor=extracted.extractor,
+                    embeddings=embeddings, embedder=self.embedder.name)
+            else:  # resuming an interrupted ingestion (rows were stored before it stopped)
+                doc = existing
+                if embeddings is not None:
+                    doc = self.store.set_embeddings(doc.id, self.embedder.name, embeddings)
             memset = None
             if self.config.compress:
                 t = time.perf_counter()
@@ -355,6 +423,59 @@ class Tome:
                                 seconds=time.perf_counter() - t0)
         report(1.0, f"{name}: done")
         return IngestResult(name, doc, seconds=time.perf_counter() - t0, timings=timings)
+
+    def _embed(self, segments, name: str, report: Progress) -> list[bytes]:
+        """One embedding per segment (for choosing segments and citing pages), with progress."""
+        from ingest.embed import to_bytes
+
+        n = len(segments)
+
+        def step(done: int, _total: int) -> None:
+            report(0.1 + 0.05 * done / n, f"{name}: embedded {done}/{n} segments")
+
+        vectors = self.embedder.encode([s.text for s in segments], progress=step)
+        return [to_bytes(v) for v in vectors]
+
+    def _embedded(self, docs: Sequence[DocumentInfo]) -> list[DocumentInfo]:
+        """``docs`` with embeddings from the current embedder, made now where missing or stale.
+
+        Documents stored before embeddings existed (or embedded by another model)
+        are embedded lazily, on the first question that uses them: their text is
+        in the store, so this costs one pass of the small embedder, not a re-ingestion.
+        """
+        out = []
+        for d in docs:
+            if d.embedder != self.embedder.name:
+                log.info("embedding %s with %s (first use)", d.title, self.embedder.name)
+                d = self.store.set_embeddings(d.id, self.embedder.name,
+                                              self._embed(self.store.segments(d.id), d.title, lambda *_: None))
+            out.append(d)
+        return out
+
+    def scores(self, docs: Sequence[DocumentInfo], question: str, k: int | None = None) -> dict[int, dict[int, float]]:
+        """Similarity of ``question`` to the segments of ``docs``: {document id: {segment index: cosine}}.
+
+        ``k``: only the best k segments (default: all of them, up to the vector index's k limit).
+        """
+        docs = self._embedded(docs)
+        n = self.store.count_segments([d.id for d in docs])
+        hits = self.vectors.search(self.embedder.encode_one(question), docs, k or n)
+        out: dict[int, dict[int, float]] = {d.id: {} for d in docs}
+        for h in hits:
+            out[h.document_id][h.index] = h.score
+        return out
+
+    def retrieve(self, doc_refs: Sequence[int | str], query: str, k: int = 4) -> list[Retrieved]:
+        """The ``k`` segments of the chosen books closest to ``query``, best first (no model needed)."""
+        docs = [self.store.get_document(r) for r in doc_refs]
+        docs = [d for d in docs if d.ready]
+        scores = self.scores(docs, query, k)
+        out = []
+        for d in docs:
+            segs = self.store.segments(d.id)
+            out += [Retrieved(d.id, d.title, j, segs[j].text, segs[j].page_start, segs[j].page_end, sc)
+                    for j, sc in scores[d.id].items()]
+        return sorted(out, key=lambda r: -r.score)
 
     def _compress(self, doc: DocumentInfo, segments, name: str, report: Progress,
                   adapter=None) -> MemorySetInfo:
@@ -497,10 +618,13 @@ class Tome:
             mode: str = "uncompressed", ratio: int | None = None) -> Iterator[AnswerUpdate]:
         """Answer ``question`` over the chosen books, streaming; saves both turns to the conversation.
 
-        ``uncompressed``: the books' raw text in the prompt (as much as fits);
-        ``compressed``: the books' stored memories in the cache (as many segments as fit the window).
+        ``uncompressed``: the books' raw text in the prompt; ``compressed``: the books' stored
+        memories in the cache. Either way all of it when it fits the budget, else the segments
+        closest to the question with their neighbours (``uio.select``); the sources list every
+        segment used, best first.
         """
         from uio.prompt import build_messages, count_tokens, fit_budget
+        from uio.select import select_segments
 
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
@@ -526,9 +650,10 @@ class Tome:
             books = [(d.title, self.store.segments(d.id)) for d in docs]
             bare = count_tokens(lm.tokenizer, build_messages(fit_budget([], 0), question, history))
             budget = self.context_budget(bare, max_new)
-        selection = fit_budget(books, budget)
+        scores = self.scores(docs, question)
+        selection = select_segments(books, [scores[d.id] for d in docs], budget, self.config.neighbours)
         owner = {id(s): d.id for d, (_, segs) in zip(docs, books) for s in segs}
-        sources = _merge_sources((owner[id(p.segment)], p) for p in selection.passages)
+        sources = _sources(((owner[id(p.segment)], p) for p in selection.passages), question)
         if conversation_id is None:
             conversation_id = self.store.new_conversation(question[:80], [d.id for d in docs])
         self.store.add_message(conversation_id, "user", question)
@@ -563,5 +688,5 @@ class Tome:
         update.done = True
         update.text = update.text.strip()
         self.store.add_message(conversation_id, "assistant", update.text, mode=mode,
-                               stats=update.stats | {"sources": [s.label() for s in update.sources]})
+                               stats=update.stats | {"sources": [s.as_dict() for s in update.sources]})
         yield update

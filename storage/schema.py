@@ -30,6 +30,9 @@ class Document(Base):
     # ready: everything is stored and checksummed.
     status: Mapped[str] = mapped_column(String(16), default="ingesting")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the sentence-transformers model that made the segments' embeddings (vectors of
+    # different models are never compared); NULL: not embedded yet
+    embedder: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
     segments: Mapped[list["Segment"]] = relationship(

@@ -44,6 +44,7 @@ class DocumentInfo:
     error: str | None
     created_at: datetime
     extractor: str = ""
+    embedder: str | None = None  # model of the stored segment embeddings; None: not embedded
 
     @property
     def ready(self) -> bool:
@@ -93,7 +94,7 @@ class MessageRecord:
 
 def _doc_info(d: Document) -> DocumentInfo:
     return DocumentInfo(d.id, d.sha256, d.title, d.filename, d.kind, d.pages, d.tokens, d.status,
-                        d.error, d.created_at, d.extractor)
+                        d.error, d.created_at, d.extractor, d.embedder)
 
 
 def _memset_info(m: MemorySet) -> MemorySetInfo:
@@ -136,17 +137,24 @@ class Store:
             return _doc_info(d) if d else None
 
     def begin_document(self, *, sha256: str, title: str, filename: str, kind: str, pages: int,
-                       segments: Sequence[SegmentLike], extractor: str = "") -> DocumentInfo:
+                       segments: Sequence[SegmentLike], extractor: str = "",
+                       embeddings: Sequence[bytes] | None = None, embedder: str | None = None) -> DocumentInfo:
         """Store a document and all its segments in one transaction, status ``ingesting``.
 
+        ``embeddings`` (one blob per segment, made by ``embedder``) are stored with the segments.
         It is offered for questions only once ``finish_document`` marks it ready.
         """
+        if embeddings is not None and len(embeddings) != len(segments):
+            raise ValueError(f"{len(embeddings)} embeddings for {len(segments)} segments")
         tokens = segments[-1].token_end if segments else 0
+        vecs = list(embeddings) if embeddings is not None else [None] * len(segments)
         with self._session.begin() as s:
             d = Document(sha256=sha256, title=title, filename=filename, kind=kind, pages=pages,
-                         tokens=tokens, status="ingesting", extractor=extractor)
+                         tokens=tokens, status="ingesting", extractor=extractor,
+                         embedder=embedder if embeddings is not None else None)
             d.segments = [Segment(idx=g.index, text=g.text, page_start=g.page_start, page_end=g.page_end,
-                                  token_start=g.token_start, token_end=g.token_end) for g in segments]
+                                  token_start=g.token_start, token_end=g.token_end, embedding=v)
+                          for g, v in zip(segments, vecs)]
             s.add(d)
             s.flush()
             return _doc_info(d)
@@ -235,9 +243,37 @@ class Store:
             return [SegmentRecord(r.document_id, r.idx, r.text, r.page_start, r.page_end, r.token_start,
                                   r.token_end) for r in rows]
 
-    def count_segments(self) -> int:
+    def embeddings(self, doc_id: int) -> list[bytes | None]:
+        """The stored embedding of each segment, in document order (None where there is none)."""
         with self._session() as s:
-            return s.scalar(select(func.count(Segment.id))) or 0
+            return list(s.scalars(select(Segment.embedding).where(Segment.document_id == doc_id)
+                                  .order_by(Segment.idx)))
+
+    def set_embeddings(self, doc_id: int, embedder: str, embeddings: Sequence[bytes]) -> DocumentInfo:
+        """Replace all of a document's segment embeddings (made by ``embedder``), atomically."""
+        with self._session.begin() as s:
+            d = s.get(Document, doc_id)
+            if d is None:
+                raise NotFound(f"no document with id {doc_id}")
+            if len(embeddings) != len(d.segments):
+                raise ValueError(f"{len(embeddings)} embeddings for {len(d.segments)} segments")
+            for seg, v in zip(d.segments, embeddings):
+                seg.embedding = v
+            d.embedder = embedder
+            s.flush()
+            return _doc_info(d)
+
+    def segment_ids(self, doc_id: int) -> list[int]:
+        """Row ids of a document's segments, in document order (keys of the vector index)."""
+        with self._session() as s:
+            return list(s.scalars(select(Segment.id).where(Segment.document_id == doc_id).order_by(Segment.idx)))
+
+    def count_segments(self, doc_ids: Iterable[int] | None = None) -> int:
+        q = select(func.count(Segment.id))
+        if doc_ids is not None:
+            q = q.where(Segment.document_id.in_(list(doc_ids)))
+        with self._session() as s:
+            return s.scalar(q) or 0
 
     # -- conversations -----------------------------------------------------
     def new_conversation(self, title: str, document_ids: Iterable[int]) -> int:

@@ -21,7 +21,7 @@ def files_of(tome):
 def test_ingest_stores_a_checksummed_memory_file_per_document(tome_tiny, tmp_path):
     r = tome_tiny.ingest(book(tmp_path))
     assert r.ok and r.document.ready and r.document.extractor == "pypdf"
-    assert set(r.timings) == {"extract_s", "segment_s", "compress_s", "store_s"}
+    assert set(r.timings) == {"extract_s", "segment_s", "embed_s", "compress_s", "store_s"}
     sets = tome_tiny.store.memory_sets(r.document.id)
     assert len(sets) == 1 and sets[0].ratio == 8 and sets[0].fingerprint == tome_tiny.adapter.fingerprint
     assert files_of(tome_tiny) == [sets[0].path]  # chunks are gone once the whole file is in place
@@ -38,7 +38,10 @@ def test_compressed_answer_reads_memories_and_cites_pages(tome_tiny, tmp_path):
     final = list(tome_tiny.ask([r.document.id], "What rose from the wall?", mode="compressed"))[-1]
     n_slots = tome_tiny.memory(r.document).num_slots
     assert final.mode == "compressed" and final.stats["prefix_len"] == n_slots == final.context_tokens
-    assert final.sources[0].page_start == 1 and final.sources[-1].page_end == 6
+    # every segment fits: all are cited, best score first, covering pages 1-6
+    assert {s.segment for s in final.sources} == set(range(len(tome_tiny.store.segments(r.document.id))))
+    assert min(s.page_start for s in final.sources) == 1 and max(s.page_end for s in final.sources) == 6
+    assert [s.score for s in final.sources] == sorted((s.score for s in final.sources), reverse=True)
     plain = list(tome_tiny.ask([r.document.id], "What rose from the wall?"))[-1]
     assert plain.stats["kv_bytes"] > final.stats["kv_bytes"]  # compressed attends to fewer bytes
     assert tome_tiny.store.messages(final.conversation_id)[1].mode == "compressed"

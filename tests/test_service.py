@@ -16,17 +16,23 @@ def test_ingest_and_ask_records_conversation_and_sources(tome_tiny, tmp_path):
     msgs = tome_tiny.store.messages(final.conversation_id)
     assert [m.role for m in msgs] == ["user", "assistant"]
     assert msgs[0].content == "What about gulls?" and msgs[1].mode == "uncompressed"
-    assert msgs[1].stats["sources"] == ["b, pp. 1-2"]
+    cited = msgs[1].stats["sources"]
+    assert [c["label"] for c in cited] == ["b, pp. 1-2"]
+    assert cited[0]["document_id"] == r.document.id and "gulls" in cited[0]["snippet"]
+    assert isinstance(cited[0]["score"], float)
 
 
-def test_long_book_is_truncated_to_the_budget(tome_tiny, tmp_path):
+def test_long_book_is_cut_to_the_budget_around_the_closest_segments(tome_tiny, tmp_path):
     pages = [f"Page {i}. " + "The tide came in over the rocks and went out again. " * 40 for i in range(12)]
+    pages[9] = "Page 9. The lighthouse keeper kept a tame falcon called Ossian. " * 12 + pages[9]
     r = tome_tiny.ingest(make_pdf(tmp_path / "long.pdf", pages))
     assert r.document.tokens > tome_tiny.config.context_budget
-    final = list(tome_tiny.ask([r.document.id], "What happened?", max_new_tokens=3))[-1]
+    final = list(tome_tiny.ask([r.document.id], "What was the keeper's falcon called?", max_new_tokens=3))[-1]
     assert final.truncated == [r.document.title]
     assert 0 < final.context_tokens <= tome_tiny.config.context_budget
-    assert final.sources[0].page_start == 1 and final.sources[-1].page_end < 12
+    # the best-ranked citation is the falcon page, although it lies past the leading segments
+    assert final.sources[0].page_start <= 10 <= final.sources[0].page_end
+    assert "falcon" in final.sources[0].snippet
 
 
 def test_empty_question_and_unknown_book_are_refused(tome_tiny):

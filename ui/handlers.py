@@ -104,6 +104,12 @@ def reingest(tome: Tome, doc_id: int | float | None, progress: Callable[[float, 
     return f"✅ **{html.escape(r.document.title)}** read again: {r.document.pages} pages, {r.document.tokens:,} tokens."
 
 
+def _source_line(s) -> str:
+    score = f" ({s.score:.2f})" if s.score is not None else ""
+    snippet = f": “{html.escape(s.snippet)}”" if s.snippet else ""
+    return f"- **{html.escape(s.label())}**{score}{snippet}"
+
+
 def _plain_history(history: Sequence[dict]) -> list[dict]:
     """Turns to send back to the model: user/assistant text, without the sources/figure notes."""
     return [{"role": m["role"], "content": html.unescape(_text(m["content"]))} for m in history
@@ -130,7 +136,7 @@ def figures_line(u: AnswerUpdate) -> str:
 
 def sources_message(u: AnswerUpdate) -> dict:
     """The citations as a collapsible note under the answer: click it to see each passage's start."""
-    lines = [f"- **{html.escape(s.label())}**: “{html.escape(s.snippet)}…”" for s in u.sources] or ["- (none)"]
+    lines = [_source_line(s) for s in u.sources] or ["- (none)"]
     if u.truncated:
         lines.append(f"- only part of {html.escape(', '.join(u.truncated))} fitted the window")
     return {"role": "assistant", "content": "\n".join(lines) + f"\n\n{figures_line(u)}",
@@ -147,7 +153,8 @@ def _stream(tome: Tome, mode: str, message: str, turns: list[dict], history: lis
                       max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, stop=stop,
                       mode=mode, ratio=settings.ratio):
         if u.truncated and not notice:
-            notice = "⚠️ Too long for the context window, only part was read: " + html.escape(", ".join(u.truncated))
+            notice = ("⚠️ Too long for the context window, only the passages closest to the question were read: "
+                      + html.escape(", ".join(u.truncated)))
         history[-1] = {"role": "assistant", "content": html.escape(u.text) or "…"}
         yield history, u.conversation_id, notice
     if u is not None:
@@ -226,7 +233,8 @@ def open_conversation(tome: Tome, conversation_id: int | None) -> tuple[list[dic
         target.append({"role": "assistant", "content": html.escape(m.content)})
         sources = m.stats.get("sources") or []
         if sources:
-            target.append({"role": "assistant", "content": "\n".join(f"- {html.escape(s)}" for s in sources),
+            labels = [s["label"] if isinstance(s, dict) else str(s) for s in sources]
+            target.append({"role": "assistant", "content": "\n".join(f"- {html.escape(x)}" for x in labels),
                            "metadata": {"title": "Sources", "status": "done"}})
     ready = {d.id for d in tome.documents() if d.ready}
     return left, right, [d for d in conv.document_ids if d in ready]

