@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.books import prose as book_prose  # noqa: E402
+
 WORDS = ("the harbour keeper tide boat stone wall morning evening storm rope lantern island north south "
          "wind wave gull market village road field winter summer house window letter chapter reader "
          "voice silence night fire water salt bread cart mill orchard fence meadow barn well").split()
@@ -75,13 +77,7 @@ class Fact:
 
 
 def prose(rng: random.Random, words: int) -> str:
-    out, sentence = [], []
-    for _ in range(words):
-        sentence.append(rng.choice(WORDS))
-        if len(sentence) >= rng.randint(8, 16):
-            out.append(" ".join(sentence).capitalize() + ".")
-            sentence = []
-    return " ".join(out)
+    return book_prose(rng, words, WORDS, longest=16)
 
 
 def make_books(folder: Path, rng: random.Random, pages: int, words: int) -> tuple[list[Path], list[Fact]]:

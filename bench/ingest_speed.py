@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 import time
@@ -20,33 +19,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-WORDS = ("the harbour keeper light tide boat stone wall morning evening storm rope lantern island "
-         "north south wind wave gull market village road bridge river field winter summer house "
-         "window door letter book chapter reader voice silence night fire water salt bread").split()
-
-
-def prose(rng: random.Random, words: int) -> str:
-    out, sentence = [], []
-    for _ in range(words):
-        sentence.append(rng.choice(WORDS))
-        if len(sentence) >= rng.randint(8, 18):
-            out.append(" ".join(sentence).capitalize() + ".")
-            sentence = []
-    return " ".join(out)
-
-
-def make_book(path: Path, pages: int, words_per_page: int = 380) -> Path:
-    from fpdf import FPDF
-
-    rng = random.Random(0)
-    pdf = FPDF()
-    pdf.set_font("Helvetica", size=10)
-    for _ in range(pages):
-        pdf.add_page()
-        pdf.multi_cell(0, 5, prose(rng, words_per_page))
-    pdf.output(str(path))
-    return path
 
 
 def main() -> None:
@@ -57,6 +29,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
 
+    from bench.books import make_book
     from tome import Config, Tome
     from uio.model import load_model
 
