@@ -173,7 +173,9 @@ def test_four_sessions_at_once_each_get_their_own_answer(server, browser, book):
     for page in pages:  # all four questions are queued before any answer is done
         page.locator("#ask-btn").click()
     for i, (page, (place, (_, name))) in enumerate(zip(pages, FACTS.items())):
-        page.wait_for_function("document.querySelector('#chat').innerText.includes('Sources:')", timeout=600_000)
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('Sources:')"
+                               " || document.querySelector('#notice').innerText.includes('❌')", timeout=600_000)
+        assert "❌" not in page.locator("#notice").inner_text(), page.locator("#notice").inner_text()
         chat = page.locator("#chat").inner_text()
         others = [n for _, (_, n) in FACTS.items() if n != name]
         assert name in chat, chat
