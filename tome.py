@@ -255,6 +255,7 @@ class Tome:
         self.files = MemoryFiles(config.memories_path)
         self.vectors = VectorSearch(self.store, index_threshold=config.vector_index_min)
         self._lm = lm
+        self._lm_given = lm is not None  # a model handed over in code travels to Ray actors; a named one is loaded there
         self._adapters: dict[int, object] = {adapter.config.ratio: adapter} if adapter else {}
         self._embedder = None
         self._load_lock = threading.Lock()
@@ -538,7 +539,8 @@ class Tome:
 
                 self._encoders[key] = RayPool.start(adapter, address=c.ray_address, actors=c.ray_actors,
                                                     batch_size=c.compress_batch, int8=c.int8_ingest,
-                                                    model=c.model, models_dir=c.models_path, dtype=c.dtype)
+                                                    model=self.lm if self._lm_given else c.model,
+                                                    models_dir=c.models_path, dtype=c.dtype)
             return self._encoders[key]
         if c.int8_ingest and self.lm.device.type == "cpu":
             key = (adapter.fingerprint, "int8")
