@@ -4,12 +4,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from uio.model import LoadedModel
+
+PREFILL_CHUNK = 32  # tokens per prefill step under a policy: eviction also applies within long prompts
 
 
 @dataclass
@@ -19,7 +21,13 @@ class GenerationStats:
     new_tokens: int = 0
     ttft_s: float = 0.0  # prompt prefill + first token
     total_s: float = 0.0
+    prefill_s: float = 0.0  # the first forward: the prompt (after any cached prefix)
+    first_decode_s: float = 0.0  # from the prefill's logits to the first token handed out
+    first_token_at: float = 0.0  # perf_counter() when the first token came (callers measure end to end)
     stopped: bool = False  # the user stopped it
+    policy: str | None = None  # the recent-cache policy; None: plain generate()
+    eviction_rate: float = 0.0  # share of the recent tokens' K/V no longer held at the end
+    kv_bytes_held: list[int] = field(default_factory=list)  # per layer, after eviction (pads included)
 
     @property
     def prefill_tok_s(self) -> float:
@@ -34,7 +42,8 @@ class GenerationStats:
         return {"prompt_tokens": self.prompt_tokens, "prefix_len": self.prefix_len, "new_tokens": self.new_tokens,
                 "ttft_s": round(self.ttft_s, 3), "total_s": round(self.total_s, 3),
                 "prefill_tok_s": round(self.prefill_tok_s, 1), "decode_tok_s": round(self.decode_tok_s, 1),
-                "stopped": self.stopped}
+                "stopped": self.stopped, "policy": self.policy, "eviction_rate": round(self.eviction_rate, 4),
+                "kv_bytes_held": sum(self.kv_bytes_held)}
 
 
 class _TimedStreamer(TextIteratorStreamer):
@@ -50,7 +59,8 @@ class _TimedStreamer(TextIteratorStreamer):
             self._prompt_seen = True  # the first put is the prompt itself
         else:
             if self.stats.new_tokens == 0:
-                self.stats.ttft_s = time.perf_counter() - self.start
+                self.stats.first_token_at = time.perf_counter()
+                self.stats.ttft_s = self.stats.first_token_at - self.start
             self.stats.new_tokens += value.numel()
         super().put(value)
 
@@ -75,46 +85,49 @@ class Generation:
         return self.pieces
 
 
-def stream_chat(lm: LoadedModel, messages: list[dict], max_new_tokens: int = 256,
-                temperature: float = 0.0, stop: threading.Event | None = None,
-                past_key_values=None, prefix_len: int = 0) -> Generation:
-    """Generate an answer to chat ``messages`` in a background thread, streaming its text.
-
-    ``past_key_values`` may hold ``prefix_len`` positions already (memories):
-    the prompt then continues after them.
-    """
+def _encode(lm: LoadedModel, messages: list[dict], prefix_len: int, max_new_tokens: int
+            ) -> tuple[dict, GenerationStats]:
+    """The chat prompt's tokens and fresh stats; refuses what does not fit the window."""
     enc = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                            return_dict=True)
     stats = GenerationStats(prompt_tokens=int(enc["input_ids"].shape[1]), prefix_len=prefix_len)
     if prefix_len + stats.prompt_tokens + max_new_tokens > lm.window:
         raise ValueError(f"{prefix_len} cached positions + prompt of {stats.prompt_tokens} tokens + "
                          f"{max_new_tokens} new ones exceeds the model's window of {lm.window}")
-    if prefix_len:
-        # generate() skips the input positions the cache already covers; placeholders stand for them.
-        filler = torch.full((1, prefix_len), lm.tokenizer.pad_token_id, dtype=torch.long)
-        enc = {"input_ids": torch.cat([filler, enc["input_ids"]], 1),
-               "attention_mask": torch.ones(1, prefix_len + stats.prompt_tokens, dtype=torch.long)}
-    enc = {k: v.to(lm.device) for k, v in enc.items()}
+    return dict(enc), stats
+
+
+def _streamed(lm: LoadedModel, stats: GenerationStats, stop: threading.Event | None,
+              work: Callable[[_TimedStreamer, threading.Event], None]) -> Generation:
+    """Run ``work(streamer, stop)`` in a background thread; the Generation yields the streamer's text."""
     stop = stop or threading.Event()
     start = time.perf_counter()
     streamer = _TimedStreamer(lm.tokenizer, stats, start)
-    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    kwargs = dict(**enc, max_new_tokens=max_new_tokens, streamer=streamer, past_key_values=past_key_values,
-                  stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
-                  pad_token_id=lm.tokenizer.pad_token_id, **sampling)
-    if not sampling["do_sample"]:
-        # The shipped generation configs carry sampling defaults; greedy must not warn about them.
-        kwargs.update(temperature=None, top_p=None, top_k=None)
     failure: list[BaseException] = []
+    forwards: list[float] = []  # start and end of the first forward (the prefill)
+
+    def before(_module, _args) -> None:
+        if not forwards:
+            forwards.append(time.perf_counter())
+
+    def after(_module, _args, _output) -> None:
+        if len(forwards) == 1:
+            forwards.append(time.perf_counter())
+            stats.prefill_s = forwards[1] - forwards[0]
 
     def run() -> None:
+        hooks = [lm.model.register_forward_pre_hook(before), lm.model.register_forward_hook(after)]
         try:
             with torch.inference_mode():
-                lm.model.generate(**kwargs)
+                work(streamer, stop)
         except BaseException as e:  # re-raised in the consumer's thread
             failure.append(e)
         finally:
+            for h in hooks:
+                h.remove()
             streamer.end()
+            if len(forwards) == 2 and stats.first_token_at:
+                stats.first_decode_s = max(0.0, stats.first_token_at - forwards[1])
 
     def pieces() -> Iterator[str]:
         thread = threading.Thread(target=run, name="tome-generate", daemon=True)
@@ -135,3 +148,80 @@ def stream_chat(lm: LoadedModel, messages: list[dict], max_new_tokens: int = 256
             raise failure[0]
 
     return Generation(pieces(), stats)
+
+
+def stream_chat(lm: LoadedModel, messages: list[dict], max_new_tokens: int = 256,
+                temperature: float = 0.0, stop: threading.Event | None = None,
+                past_key_values=None, prefix_len: int = 0) -> Generation:
+    """Generate an answer to chat ``messages`` in a background thread, streaming its text.
+
+    ``past_key_values`` may hold ``prefix_len`` positions already (memories):
+    the prompt then continues after them.
+    """
+    enc, stats = _encode(lm, messages, prefix_len, max_new_tokens)
+    if prefix_len:
+        # generate() skips the input positions the cache already covers; placeholders stand for them.
+        filler = torch.full((1, prefix_len), lm.tokenizer.pad_token_id, dtype=torch.long)
+        enc = {"input_ids": torch.cat([filler, enc["input_ids"]], 1),
+               "attention_mask": torch.ones(1, prefix_len + stats.prompt_tokens, dtype=torch.long)}
+    enc = {k: v.to(lm.device) for k, v in enc.items()}
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    kwargs = dict(**enc, max_new_tokens=max_new_tokens, past_key_values=past_key_values,
+                  pad_token_id=lm.tokenizer.pad_token_id, **sampling)
+    if not sampling["do_sample"]:
+        # The shipped generation configs carry sampling defaults; greedy must not warn about them.
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+
+    def work(streamer: _TimedStreamer, stop: threading.Event) -> None:
+        lm.model.generate(**kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
+
+    return _streamed(lm, stats, stop, work)
+
+
+def _eos_ids(lm: LoadedModel) -> set[int]:
+    eos = lm.model.generation_config.eos_token_id
+    if eos is None:
+        eos = lm.tokenizer.eos_token_id
+    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+
+
+def stream_with_policy(lm: LoadedModel, messages: list[dict], policy, past_key_values=None, prefix_len: int = 0,
+                       max_new_tokens: int = 256, temperature: float = 0.0, stop: threading.Event | None = None,
+                       chunk: int = PREFILL_CHUNK) -> Generation:
+    """Like ``stream_chat``, with a recent-cache ``policy`` (uio.cache) applied as the cache grows.
+
+    The prompt is prefilled ``chunk`` tokens at a time and the policy evicts after each chunk and every
+    ``chunk`` decoded tokens; the ``prefix_len`` memory slots in ``past_key_values`` are never evicted.
+    """
+    from uio.cache import PolicyCache
+
+    enc, stats = _encode(lm, messages, prefix_len, max_new_tokens)
+    stats.policy = policy.name
+    ids = enc["input_ids"].to(lm.device)
+    eos = _eos_ids(lm)
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        if temperature > 0:
+            return torch.multinomial((logits.float() / temperature).softmax(-1), 1)[:, 0]
+        return logits.argmax(-1)
+
+    def work(streamer: _TimedStreamer, stop: threading.Event) -> None:
+        pc = PolicyCache(lm.model, policy, past_key_values, prefix_len)
+        streamer.put(ids.cpu())  # the prompt (the streamer skips it)
+        try:
+            for i in range(0, ids.shape[1], chunk):
+                out = pc.forward(ids[:, i:i + chunk], logits_to_keep=1)
+                pc.evict()
+            for n in range(1, max_new_tokens + 1):
+                token = pick(out.logits[:, -1])
+                streamer.put(token.cpu())
+                if int(token) in eos or stop.is_set() or n == max_new_tokens:
+                    break
+                out = pc.forward(token[:, None], logits_to_keep=1)
+                if n % chunk == 0:
+                    pc.evict()
+        finally:
+            stats.eviction_rate = pc.eviction_rate()
+            stats.kv_bytes_held = pc.kv_bytes_held()
+
+    return _streamed(lm, stats, stop, work)

@@ -1,0 +1,191 @@
+"""Cache policies on tiny random models: they keep exactly what they say, and eviction is real."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from uio.cache import H2O, POLICIES, FullCache, PolicyCache, StreamingLLM, make_policy
+from uio.decoder import cache_from
+from uio.generate import stream_chat, stream_with_policy
+
+
+def _ids(lm, n: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, lm.model.config.vocab_size, (1, n), generator=g)
+
+
+def _run(lm, policy, ids, chunk=32, cache=None, prefix_len=0) -> PolicyCache:
+    pc = PolicyCache(lm.model, policy, cache, prefix_len)
+    with torch.no_grad():
+        for i in range(0, ids.shape[1], chunk):
+            pc.forward(ids[:, i:i + chunk])
+            pc.evict()
+    return pc
+
+
+def _memory_cache(lm, slots: int):
+    """A cache holding ``slots`` random memory entries (pre-RoPE keys), as the memory decoder builds it."""
+    c = lm.model.config
+    hd = c.hidden_size // c.num_attention_heads
+    g = torch.Generator().manual_seed(7)
+    keys = torch.randn(c.num_hidden_layers, 1, slots, c.num_key_value_heads, hd, generator=g)
+    values = torch.randn(c.num_hidden_layers, 1, slots, c.num_key_value_heads, hd, generator=g)
+    return cache_from(lm, keys, values)
+
+
+def test_full_cache_in_chunks_gives_the_logits_of_one_forward(tiny_llama):
+    ids = _ids(tiny_llama, 100)
+    with torch.no_grad():
+        ref = tiny_llama.model(ids).logits
+        pc = PolicyCache(tiny_llama.model, FullCache())
+        got = torch.cat([pc.forward(ids[:, i:i + 32]).logits for i in range(0, 100, 32)], 1)
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert pc.eviction_rate() == 0.0
+
+
+def test_streaming_keeps_sinks_and_the_window(tiny_llama):
+    pc = _run(tiny_llama, StreamingLLM(sink=4, window=20), _ids(tiny_llama, 96))
+    expect = list(range(4)) + list(range(76, 96))
+    for pos in pc.positions:
+        assert (pos == torch.tensor(expect)).all()
+    assert pc.layer_len(0) == 24
+    assert pc.eviction_rate() == pytest.approx(1 - 24 / 96)
+
+
+def test_budgets_follow_the_target_eviction(tiny_llama):
+    for policy in (StreamingLLM(target_eviction=0.6), H2O(target_eviction=0.6)):
+        pc = _run(tiny_llama, policy, _ids(tiny_llama, 128))
+        budget = policy.budget(128)
+        assert budget == 52  # ceil(0.4 * 128)
+        assert all(p.shape[1] == budget and bool((p >= 0).all()) for p in pc.positions)
+        assert pc.eviction_rate() == pytest.approx(1 - 52 / 128)
+
+
+def test_h2o_keeps_recent_plus_most_attended(tiny_llama):
+    policy = H2O(budget_tokens=24, recent_ratio=0.5)
+    ids = _ids(tiny_llama, 64)
+    pc = PolicyCache(tiny_llama.model, policy)
+    with torch.no_grad():
+        pc.forward(ids[:, :32])
+        pc.evict()
+        pc.forward(ids[:, 32:])
+        scores = pc.scores[0].clone()
+        positions = pc.positions[0].clone()
+        pc.evict()
+    for h in range(positions.shape[0]):
+        held = positions[h][positions[h] >= 0]
+        recent = set(range(64 - 12, 64))
+        older = [(float(scores[h, j]), int(held[j])) for j in range(len(held)) if int(held[j]) not in recent]
+        heavy = {p for _, p in sorted(older, reverse=True)[:12]}
+        assert set(pc.positions[0][h].tolist()) == recent | heavy
+
+
+def test_h2o_scores_are_the_attention_the_model_gives(tiny_llama):
+    """One decode step's accumulated score per KV head equals that step's attention weights, summed over its group."""
+    model = tiny_llama.model
+    ids = _ids(tiny_llama, 10)
+    pc = PolicyCache(model, H2O(budget_tokens=100))
+    with torch.no_grad():
+        pc.forward(ids[:, :9])
+        before = pc.scores[1][:, :9].clone()
+        pc.forward(ids[:, 9:])
+        eager = model.config._attn_implementation
+        model.config._attn_implementation = "eager"
+        try:
+            att = model(ids, output_attentions=True).attentions[1][0, :, -1]  # (heads, 10)
+        finally:
+            model.config._attn_implementation = eager
+    kv = model.config.num_key_value_heads
+    expect = att.view(kv, -1, 10).sum(1)
+    assert torch.allclose(pc.scores[1][:, :9] - before, expect[:, :9], atol=1e-5)
+
+
+def test_memory_prefix_is_never_evicted(tiny_llama):
+    slots = 16
+    cache = _memory_cache(tiny_llama, slots)
+    prefix_keys = cache.layers[0].keys.clone()
+    pc = _run(tiny_llama, StreamingLLM(sink=2, window=8), _ids(tiny_llama, 64), cache=cache, prefix_len=slots)
+    layer = pc.cache.layers[0]
+    assert layer.keys.shape[2] == slots + 10
+    assert torch.equal(layer.keys[:, :, :slots], prefix_keys)
+    assert pc.positions[0][0].tolist() == [16, 17] + list(range(72, 80))
+
+
+def test_evicted_cache_gives_the_logits_of_masked_full_attention(tiny_qwen):
+    """Per-head eviction (heads keep different tokens, padded) == full attention with those entries masked."""
+    model = tiny_qwen.model
+    ids = _ids(tiny_qwen, 48)
+
+    class OddEven(FullCache):
+        """Head 0 keeps even positions, head 1 odd ones below 20 (different counts: pads)."""
+
+        def keep(self, layer, view):
+            keep = view.valid.clone()
+            keep[0] &= view.positions[0] % 2 == 0
+            keep[1] &= (view.positions[1] % 2 == 1) & (view.positions[1] < 20)
+            return keep
+
+    pc = PolicyCache(model, OddEven())
+    with torch.no_grad():
+        pc.forward(ids[:, :32])
+        full_bytes = sum(pc.kv_bytes_held())
+        pc.evict()
+        got = pc.forward(ids[:, 32:]).logits
+    assert pc.positions[0][1, 10:16].tolist() == [-1] * 6  # head 1 keeps 10, head 0 16: pads
+    assert sum(pc.kv_bytes_held()) < full_bytes * 48 / 32  # fewer entries held than without eviction
+
+    heads, kv = model.config.num_attention_heads, model.config.num_key_value_heads
+    allowed = torch.ones(48, 48).tril().bool()[None].repeat(heads, 1, 1)
+    per_kv = torch.ones(kv, 48, dtype=torch.bool)
+    per_kv[0, :32] = torch.arange(32) % 2 == 0
+    per_kv[1, :32] = (torch.arange(32) % 2 == 1) & (torch.arange(32) < 20)
+    allowed[:, 32:, :32] &= per_kv.repeat_interleave(heads // kv, 0)[:, None, :32]
+    mask = torch.zeros(1, heads, 48, 48).masked_fill(~allowed[None], torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits[:, 32:]
+    assert torch.allclose(got, ref, atol=1e-4)
+
+
+def test_bytes_held_drop_with_eviction(tiny_llama):
+    ids = _ids(tiny_llama, 128)
+    full = sum(_run(tiny_llama, FullCache(), ids).kv_bytes_held())
+    held = sum(_run(tiny_llama, StreamingLLM(target_eviction=0.7), ids).kv_bytes_held())
+    assert full == 128 * tiny_llama.kv_bytes_per_token
+    assert held == 39 * tiny_llama.kv_bytes_per_token  # ceil(0.3 * 128)
+
+
+def _text(gen) -> str:
+    return "".join(gen)
+
+
+def test_policy_generation_with_full_cache_equals_stream_chat(tiny_llama):
+    messages = [{"role": "user", "content": "Tell me about the sea and the ships that sail on it, please."}]
+    plain = stream_chat(tiny_llama, messages, max_new_tokens=16)
+    text = _text(plain)
+    gen = stream_with_policy(tiny_llama, messages, FullCache(), max_new_tokens=16, chunk=8)
+    assert _text(gen) == text
+    assert gen.stats.new_tokens == plain.stats.new_tokens
+    assert gen.stats.policy == "full" and gen.stats.eviction_rate == 0.0
+    assert len(gen.stats.kv_bytes_held) == tiny_llama.model.config.num_hidden_layers
+
+
+def test_policy_generation_after_memories_reports_eviction(tiny_llama):
+    messages = [{"role": "user", "content": "word " * 120}]
+    cache = _memory_cache(tiny_llama, 8)
+    gen = stream_with_policy(tiny_llama, messages, StreamingLLM(target_eviction=0.5), past_key_values=cache,
+                             prefix_len=8, max_new_tokens=40, chunk=16)
+    _text(gen)
+    assert gen.stats.prefix_len == 8
+    assert 0.4 < gen.stats.eviction_rate < 0.6
+    assert gen.stats.kv_bytes_held[0] < (8 + gen.stats.prompt_tokens) * tiny_llama.kv_bytes_per_token / 2
+
+
+def test_make_policy_names():
+    assert POLICIES == ("full", "streaming", "h2o", "gate")
+    assert isinstance(make_policy("full"), FullCache)
+    assert make_policy("streaming", 0.3).budget(100) == 70
+    assert make_policy("h2o", 0.7).budget(100) == 30
+    with pytest.raises(ValueError):
+        make_policy("lru", 0.5)
+    with pytest.raises(FileNotFoundError, match="uio.train.gate"):
+        make_policy("gate", 0.5, model_name="no-such-model")

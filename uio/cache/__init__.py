@@ -1,0 +1,49 @@
+"""Policies for the recent cache (the stored memories are never evicted) and the cache that applies them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from uio.cache.attention_gate import AttentionGate
+from uio.cache.base import CachePolicy, LayerView, PolicyCache
+from uio.cache.full import FullCache
+from uio.cache.h2o import H2O
+from uio.cache.streaming import StreamingLLM
+
+POLICIES = ("full", "streaming", "h2o", "gate")
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+def gate_weights_path(model_name: str) -> Path:
+    """Where the shipped gate of a base model lives (uio/weights/gate-<name>.safetensors)."""
+    return WEIGHTS_DIR / f"gate-{model_name}.safetensors"
+
+
+def make_policy(name: str, target_eviction: float | None = None, gate_path: Path | None = None,
+                model_name: str | None = None, sink: int = 4) -> CachePolicy:
+    """A policy by name. ``target_eviction`` (0..1) sets every policy's budget so they compare at equal eviction.
+
+    "gate" loads ``gate_path`` (default: the shipped gate of ``model_name``); a missing file raises
+    FileNotFoundError saying how to train one.
+    """
+    if name == "full":
+        return FullCache()
+    if target_eviction is not None and not 0.0 <= target_eviction < 1.0:
+        raise ValueError(f"target_eviction must be in [0, 1), not {target_eviction}")
+    if name == "streaming":
+        return StreamingLLM(target_eviction=target_eviction if target_eviction is not None else 0.5, sink=sink)
+    if name == "h2o":
+        return H2O(target_eviction=target_eviction if target_eviction is not None else 0.5)
+    if name == "gate":
+        from uio.gate import AttentionGates
+
+        if gate_path is None:
+            if model_name is None:
+                raise ValueError("the gate policy needs gate_path or model_name")
+            gate_path = gate_weights_path(model_name)
+        return AttentionGate(target_eviction=target_eviction,
+                             weights=AttentionGates.load(gate_path, base_model=model_name))
+    raise ValueError(f"unknown cache policy {name!r}; choose one of {', '.join(POLICIES)}")
+
+
+__all__ = ["POLICIES", "AttentionGate", "CachePolicy", "FullCache", "H2O", "LayerView", "PolicyCache",
+           "StreamingLLM", "gate_weights_path", "make_policy"]
