@@ -13,7 +13,6 @@ import re
 import shutil
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -22,6 +21,8 @@ from ingest import IngestError, read_document, split_segments
 from storage import CorruptMemory, DocumentInfo, MemoryFiles, MemorySetInfo, Store
 from storage.files import sha256_file
 from storage.search import VectorSearch
+from uio.lru import ByteLRU
+from uio.timing import Timer, maybe
 
 log = logging.getLogger("tome")
 
@@ -46,12 +47,20 @@ class Config:
     adapter: Path | None = None  # UIO adapter file; default: the one shipped for the model and ratio
     compress_batch: int = 4  # segments per encoder batch
     chunk_segments: int = 16  # segments per saved chunk: an interrupted ingestion resumes from the last one
-    memory_cache: int = 4  # documents' memories kept in RAM between questions
+    memory_cache_mb: int = 1024  # MB of documents' memories kept between questions (in RAM; on the GPU if used)
+    int8_ingest: bool = False  # CPU ingestion through an int8 copy of the model (faster; see uio/quant.py)
+    ray_address: str = ""  # ingest over Ray: "local" (start one here), "auto", or ray://host:port; empty: off
+    ray_actors: int = 2  # Ray actors (one per GPU when the cluster has GPUs), each holding model + adapter
     context_budget: int = 3072  # max document tokens put in the prompt (keeps a CPU answer interactive)
     embedder: str = "minilm"  # segment embedder: "minilm" (all-MiniLM-L6-v2, shipped in a wheel), a hub id or a path
     neighbours: int = 1  # segments on each side of a retrieved one that come with it, when they fit
     vector_index_min: int = 100_000  # above this many segments (SQLite), search through the sqlite-vec index
     max_new_tokens: int = 256
+    # Policy for the recent (uncompressed) cache: "auto" (the Attention-Gate where weights ship for
+    # the model, else full), "full", "streaming", "h2o" or "gate"; eviction is the share of recent
+    # tokens each policy drops (stored memories are never evicted).
+    cache_policy: str = "auto"
+    cache_eviction: float = 0.6
     max_file_mb: int = 200
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     tune_malloc: bool = True  # glibc allocator tuning at start-up (see uio/runtime.py)
@@ -91,11 +100,17 @@ class Config:
             "TOME_COMPRESS": ("compress", _flag),
             "TOME_ADAPTER": ("adapter", Path),
             "TOME_CHUNK_SEGMENTS": ("chunk_segments", int),
+            "TOME_MEMORY_CACHE_MB": ("memory_cache_mb", int),
+            "TOME_INT8_INGEST": ("int8_ingest", _flag),
+            "TOME_RAY_ADDRESS": ("ray_address", str),
+            "TOME_RAY_ACTORS": ("ray_actors", int),
             "TOME_CONTEXT_BUDGET": ("context_budget", int),
             "TOME_EMBEDDER": ("embedder", str),
             "TOME_NEIGHBOURS": ("neighbours", int),
             "TOME_VECTOR_INDEX_MIN": ("vector_index_min", int),
             "TOME_MAX_NEW_TOKENS": ("max_new_tokens", int),
+            "TOME_CACHE_POLICY": ("cache_policy", str),
+            "TOME_CACHE_EVICTION": ("cache_eviction", float),
             "TOME_MAX_FILE_MB": ("max_file_mb", int),
             "TOME_THREADS": ("threads", int),
             "TOME_TUNE_MALLOC": ("tune_malloc", _flag),
@@ -186,6 +201,7 @@ class AnswerUpdate:
 file_sha256 = sha256_file
 MODES = ("uncompressed", "compressed")
 ADAPTERS_DIR = Path(__file__).resolve().parent / "uio" / "adapters"
+CACHE_POLICIES = ("auto", "full", "streaming", "h2o", "gate")
 
 
 @dataclass(frozen=True)
@@ -247,13 +263,16 @@ class Tome:
         self.files = MemoryFiles(config.memories_path)
         self.vectors = VectorSearch(self.store, index_threshold=config.vector_index_min)
         self._lm = lm
+        self._lm_given = lm is not None  # a model handed over in code travels to Ray actors; a named one is loaded there
         self._adapters: dict[int, object] = {adapter.config.ratio: adapter} if adapter else {}
         self._embedder = None
         self._load_lock = threading.Lock()
         # One generation or compression at a time uses the model: CPU cores are the bottleneck,
         # and the encoder switches the model's adapters on while it runs.
         self.model_lock = threading.RLock()
-        self._memories: OrderedDict[str, object] = OrderedDict()  # file sha256 -> Memory (LRU)
+        # file sha256 -> Memory, bounded in bytes: one big book must not push RAM over the edge
+        self._memories = ByteLRU(config.memory_cache_mb << 20, size=lambda m: m.nbytes)
+        self._encoders: dict[tuple, object] = {}  # (adapter fingerprint, kind) -> int8 encoder / Ray pool
 
     # -- model ---------------------------------------------------------------
     @property
@@ -283,6 +302,37 @@ class Tome:
         key = embedded_key(self.config.model)
         shipped = ADAPTERS_DIR / f"{key}-{ratio}x.safetensors" if key else None
         return shipped if shipped and shipped.is_file() else None
+
+    def gate_file(self) -> Path | None:
+        """The Attention-Gate weights shipped for the current model, if any."""
+        from uio.cache import gate_weights_path
+        from uio.model import embedded_key
+
+        key = embedded_key(self.config.model)
+        path = gate_weights_path(key) if key else None
+        return path if path and path.is_file() else None
+
+    def cache_policy(self, name: str | None = None, eviction: float | None = None):
+        """The recent-cache policy object for ``name`` ("auto": the gate where it ships, else full).
+
+        None means the full cache (plain generation, no policy machinery in the way).
+        """
+        name = (name or self.config.cache_policy).lower()
+        eviction = self.config.cache_eviction if eviction is None else eviction
+        if name not in CACHE_POLICIES:
+            raise ValueError(f"unknown cache policy {name!r}; use one of {', '.join(CACHE_POLICIES)}")
+        if name == "auto":
+            name = "gate" if self.gate_file() else "full"
+        if name == "full":
+            return None
+        if not 0.0 <= eviction < 1.0:
+            raise ValueError(f"cache eviction must be in [0, 1), got {eviction}")
+        if name == "gate" and self.gate_file() is None:
+            raise ValueError(f"no Attention-Gate weights ship for {self.model_name}; pick another cache policy "
+                             "(docs/GATE.md says how to train them)")
+        from uio.cache import make_policy
+
+        return make_policy(name, eviction, gate_path=self.gate_file() if name == "gate" else None)
 
     def adapter_for(self, ratio: int | None = None):
         """The UIO adapter for a compression ratio (loaded once); untrained when none is shipped."""
@@ -323,6 +373,7 @@ class Tome:
             self.config = replace(self.config, model=name, adapter=None)
             self._lm, self._adapters = None, {}
             self._memories.clear()
+            self._encoders.clear()
 
     @property
     def embedder(self):
@@ -486,7 +537,7 @@ class Tome:
         with self.model_lock:
             adapter = adapter or self.adapter
             fp, ratio = adapter.fingerprint, adapter.config.ratio
-            encoder = Encoder(adapter, batch_size=self.config.compress_batch)
+            encoder = self._encoder(adapter)
             n, size = len(segments), self.config.chunk_segments
             parts = []
             for c, start in enumerate(range(0, n, size)):
@@ -511,6 +562,33 @@ class Tome:
             final = self.files.path(rel)
             Memory.concat(parts).save(final)
         return MemorySetInfo(doc.id, fp, ratio, rel, final.stat().st_size, sha256_file(final))
+
+    def _encoder(self, adapter):
+        """What compresses segments: the model itself, its int8 copy, or a pool of Ray actors.
+
+        All three have ``compress(token lists, segment_ids, token_spans, progress) -> Memory``.
+        """
+        from uio.encoder import Encoder
+
+        c = self.config
+        if c.ray_address:
+            key = (adapter.fingerprint, "ray")
+            if key not in self._encoders:
+                from uio.ray_pool import RayPool
+
+                self._encoders[key] = RayPool.start(adapter, address=c.ray_address, actors=c.ray_actors,
+                                                    batch_size=c.compress_batch, int8=c.int8_ingest,
+                                                    model=self.lm if self._lm_given else c.model,
+                                                    models_dir=c.models_path, dtype=c.dtype)
+            return self._encoders[key]
+        if c.int8_ingest and self.lm.device.type == "cpu":
+            key = (adapter.fingerprint, "int8")
+            if key not in self._encoders:
+                from uio.quant import int8_encoder
+
+                self._encoders[key] = int8_encoder(adapter, batch_size=c.compress_batch)
+            return self._encoders[key]
+        return Encoder(adapter, batch_size=c.compress_batch)
 
     def _keep_upload(self, path: Path, sha: str, suffix: str) -> Path:
         """Copy the original out of any temporary upload folder, so it can be re-read later."""
@@ -555,26 +633,29 @@ class Tome:
         return Recovery(resumed, removed, [str(f) for f in orphans])
 
     # -- memories --------------------------------------------------------------
-    def memory(self, doc: DocumentInfo, ratio: int | None = None, progress: Progress | None = None):
-        """A document's memories for the adapter of ``ratio``, checksum-verified, kept in an LRU.
+    def memory(self, doc: DocumentInfo, ratio: int | None = None, progress: Progress | None = None,
+               timer: Timer | None = None):
+        """A document's memories for the adapter of ``ratio``, checksum-verified, kept in a byte-bounded LRU.
 
         Memories missing for this adapter (another ratio, a new adapter, another
-        model) are made now from the stored segments and recorded.
+        model) are made now from the stored segments and recorded. The file is
+        memory-mapped and loaded straight onto the model's device.
         """
         from uio.memory import Memory
 
         adapter = self.adapter_for(ratio)
         fp = adapter.fingerprint
-        ms = self.store.memory_set(doc.id, fp)
+        with maybe(timer, "lookup"):
+            ms = self.store.memory_set(doc.id, fp)
         if ms is None:
             ms = self._compress_stored(doc, adapter, progress)
-        if ms.sha256 in self._memories:
-            self._memories.move_to_end(ms.sha256)
-            return self._memories[ms.sha256]
-        mem = Memory.load(self.files.verify(ms.path, ms.sha256), expect_fingerprint=fp)
-        self._memories[ms.sha256] = mem
-        while len(self._memories) > max(0, self.config.memory_cache):
-            self._memories.popitem(last=False)
+        mem = self._memories.get(ms.sha256)
+        if mem is not None:
+            return mem
+        with maybe(timer, "read"):
+            mem = Memory.load(self.files.verify(ms.path, ms.sha256), expect_fingerprint=fp,
+                              device=str(self.lm.device))
+        self._memories.put(ms.sha256, mem)
         return mem
 
     def _compress_stored(self, doc: DocumentInfo, adapter, progress: Progress | None) -> MemorySetInfo:
@@ -615,43 +696,52 @@ class Tome:
     def ask(self, doc_refs: Sequence[int | str], question: str, history: Sequence[dict] = (),
             conversation_id: int | None = None, max_new_tokens: int | None = None,
             temperature: float = 0.0, stop: threading.Event | None = None,
-            mode: str = "uncompressed", ratio: int | None = None) -> Iterator[AnswerUpdate]:
+            mode: str = "uncompressed", ratio: int | None = None, cache_policy: str | None = None,
+            cache_eviction: float | None = None) -> Iterator[AnswerUpdate]:
         """Answer ``question`` over the chosen books, streaming; saves both turns to the conversation.
 
         ``uncompressed``: the books' raw text in the prompt; ``compressed``: the books' stored
         memories in the cache. Either way all of it when it fits the budget, else the segments
         closest to the question with their neighbours (``uio.select``); the sources list every
-        segment used, best first.
+        segment used, best first. ``cache_policy``/``cache_eviction`` prune the recent cache
+        (prompt and generated tokens; never the memories), defaulting to the config's.
         """
         from uio.prompt import build_messages, count_tokens, fit_budget
         from uio.select import select_segments
 
+        timer = Timer()  # stats["timing"]: where the time to the first token went
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         question = question.strip()
         if not question:
             raise ValueError("the question is empty")
-        docs = [self.store.get_document(r) for r in doc_refs]
+        with timer.phase("lookup"):
+            docs = [self.store.get_document(r) for r in doc_refs]
         not_ready = [d.title for d in docs if not d.ready]
         if not_ready:
             raise ValueError(f"still being ingested: {', '.join(not_ready)}")
         max_new = max_new_tokens or self.config.max_new_tokens
         lm = self.lm
+        policy = self.cache_policy(cache_policy, cache_eviction)
         titles = [d.title for d in docs]
         if mode == "compressed":
-            memories = [self.memory(d, ratio) for d in docs]
+            memories = [self.memory(d, ratio, timer=timer) for d in docs]
+            with timer.phase("lookup"):
+                stored = [self.store.segments(d.id) for d in docs]
             books = [(d.title, [_SlotSegment(s.text, s.page_start, s.page_end, s.index, mem.slots[j])
-                                for j, s in enumerate(self.store.segments(d.id))])
-                     for d, mem in zip(docs, memories)]
+                                for j, s in enumerate(segs)])
+                     for d, mem, segs in zip(docs, memories, stored)]
             bare = count_tokens(lm.tokenizer, build_messages(fit_budget([], 0), question, history,
                                                              memory_of=titles))
             budget = max(0, lm.window - bare - max_new - 16)
         else:
-            books = [(d.title, self.store.segments(d.id)) for d in docs]
+            with timer.phase("lookup"):
+                books = [(d.title, self.store.segments(d.id)) for d in docs]
             bare = count_tokens(lm.tokenizer, build_messages(fit_budget([], 0), question, history))
             budget = self.context_budget(bare, max_new)
-        scores = self.scores(docs, question)
-        selection = select_segments(books, [scores[d.id] for d in docs], budget, self.config.neighbours)
+        with timer.phase("select"):
+            scores = self.scores(docs, question)
+            selection = select_segments(books, [scores[d.id] for d in docs], budget, self.config.neighbours)
         owner = {id(s): d.id for d, (_, segs) in zip(docs, books) for s in segs}
         sources = _sources(((owner[id(p.segment)], p) for p in selection.passages), question)
         if conversation_id is None:
@@ -661,27 +751,41 @@ class Tome:
                               truncated=selection.truncated, context_tokens=selection.tokens)
         per_token = lm.kv_bytes_per_token
         with self.model_lock:
-            if mode == "compressed":
-                from uio.decoder import stream_over_memories
+            from uio.decoder import build_cache
+            from uio.generate import stream_chat
 
-                chosen = [mem.select([p.segment.index for p in selection.passages if owner[id(p.segment)] == d.id])
-                          for d, mem in zip(docs, memories)]
+            cache, prefix, memory_bytes = None, 0, 0
+            if mode == "compressed":
+                with timer.phase("assembly"):
+                    chosen = [mem.select([p.segment.index for p in selection.passages
+                                          if owner[id(p.segment)] == d.id]) for d, mem in zip(docs, memories)]
+                    cache, prefix = build_cache(lm, chosen, self.adapter_for(ratio).fingerprint)
                 messages = build_messages(fit_budget([], 0), question, history, memory_of=titles)
-                gen = stream_over_memories(lm, chosen, messages, max_new_tokens=max_new, temperature=temperature,
-                                           stop=stop, fingerprint=self.adapter_for(ratio).fingerprint)
                 memory_bytes = sum(m.nbytes for m in chosen)
             else:
-                from uio.generate import stream_chat
-
                 messages = build_messages(selection, question, history)
-                gen = stream_chat(lm, messages, max_new_tokens=max_new, temperature=temperature, stop=stop)
-                memory_bytes = 0
+            if policy is None:
+                gen = stream_chat(lm, messages, max_new_tokens=max_new, temperature=temperature, stop=stop,
+                                  past_key_values=cache, prefix_len=prefix)
+            else:
+                from uio.generate import stream_with_policy
+
+                gen = stream_with_policy(lm, messages, policy, past_key_values=cache, prefix_len=prefix,
+                                         max_new_tokens=max_new, temperature=temperature, stop=stop)
             for piece in gen:
                 update.text += piece
                 yield replace(update)  # a snapshot: consumers may keep earlier updates
         stats = gen.stats
-        kv = memory_bytes + (stats.prompt_tokens + stats.new_tokens) * per_token
-        update.stats = stats.as_dict() | {"model": lm.name, "context_tokens": selection.tokens, "kv_bytes": kv}
+        if policy is not None and stats.kv_bytes_held:
+            kv = sum(stats.kv_bytes_held)  # what the policy really held at the end, memories included
+        else:
+            kv = memory_bytes + (stats.prompt_tokens + stats.new_tokens) * per_token
+        update.stats = stats.as_dict() | {"model": lm.name, "context_tokens": selection.tokens, "kv_bytes": kv,
+                                          "cache_policy": policy.name if policy is not None else "full"}
+        timer.add("prefill", stats.prefill_s)
+        timer.add("first_decode", stats.first_decode_s)
+        update.stats["timing"] = timer.as_dict() | {
+            "ttft_s": round(timer.since_start(stats.first_token_at), 4) if stats.first_token_at else None}
         if mode == "compressed":
             update.stats["adapter_trained"] = self.adapter_trained(ratio)
             update.stats["ratio"] = ratio or self.config.ratio

@@ -8,6 +8,8 @@ in-progress part of a document still ``ingesting`` or an orphan.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -23,6 +25,23 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# Files whose checksum matched in this process, keyed by what a rewrite changes (path, size, mtime, inode).
+# A memory file is never rewritten in place (temporary name + rename gives a new inode), so hashing a
+# 200 MB file again on every question buys nothing; the first load of each file still hashes it all.
+_VERIFIED: set[tuple] = set()
+_VERIFIED_LOCK = threading.Lock()
+
+
+def _identity(st: os.stat_result, path: Path, sha256: str) -> tuple:
+    return (str(path.resolve()), sha256, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def forget_verified() -> None:
+    """Forget which files were verified: the next load of each hashes it again."""
+    with _VERIFIED_LOCK:
+        _VERIFIED.clear()
 
 
 @dataclass(frozen=True)
@@ -46,13 +65,33 @@ class MemoryFiles:
         return p
 
     def verify(self, rel: str, sha256: str) -> Path:
-        """The file's path, once its checksum matches; CorruptMemory otherwise."""
+        """The file's path, once its checksum matches; CorruptMemory otherwise.
+
+        Hashed once per process per file version (see ``_VERIFIED``); later calls only stat it.
+        """
         p = self.root / rel
-        if not p.is_file():
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            st = None
+        if st is None or not p.is_file():
             raise CorruptMemory(f"memory file {rel} is missing; re-ingest the document")
+        key = _identity(st, p, sha256)
+        if key in _VERIFIED:
+            return p
         if sha256_file(p) != sha256:
             raise CorruptMemory(f"memory file {rel} is corrupt (checksum mismatch); re-ingest the document")
+        with _VERIFIED_LOCK:
+            _VERIFIED.add(key)
         return p
+
+    def verified(self, rel: str, sha256: str) -> bool:
+        """Whether this version of the file was already hashed and matched in this process."""
+        p = self.root / rel
+        try:
+            return _identity(p.stat(), p, sha256) in _VERIFIED
+        except FileNotFoundError:
+            return False
 
     def of_document(self, doc_sha: str) -> list[Path]:
         """Every file (final, chunks, temporaries) belonging to a document."""

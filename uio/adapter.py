@@ -185,13 +185,15 @@ class UIOAdapter:
         return _with_lora(attn.k_proj, self.head_name, hidden), _with_lora(attn.v_proj, self.head_name, hidden)
 
     # -- files -------------------------------------------------------------------
-    def save(self, path: str | Path, extra: dict[str, str] | None = None) -> None:
+    def save(self, path: str | Path, extra: dict[str, str] | None = None, dtype: torch.dtype | None = None) -> None:
+        """``dtype`` (e.g. bf16 for shipped files) leaves the fingerprint unchanged: it is taken in bf16."""
         meta = {"format": "tome-uio-adapter-1", "config": self.config.to_json(),
                 "base_fingerprint": self.base_fingerprint, "base_model": self.lm.name,
                 "fingerprint": self.fingerprint, **(extra or {})}
         path = Path(path)
         tmp = path.with_name(path.name + ".part")
-        save_file({n: t.contiguous() for n, t in self.state_dict().items()}, str(tmp), metadata=meta)
+        save_file({n: t.to(dtype or t.dtype).contiguous() for n, t in self.state_dict().items()}, str(tmp),
+                  metadata=meta)
         tmp.replace(path)
 
     @classmethod

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from uio.adapter import body
 from uio.encoder import Encoder
@@ -71,16 +72,51 @@ def join(memories: Sequence[Memory], fingerprint: str | None = None) -> tuple[to
     return torch.cat([m.keys for m in memories], 1), torch.cat([m.values for m in memories], 1)
 
 
+def _rotate_into(out: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """out = RoPE(k), written in place: k*cos + rotate_half(k)*sin without the temporaries of rotate_half.
+
+    The half-split ("rotate_half") convention of the Llama / Qwen2 / Mistral family;
+    ``rotate_keys`` (the model's own function) is the reference it is tested against.
+    """
+    h = k.shape[-1] // 2
+    torch.mul(k, cos, out=out)
+    out[..., :h].addcmul_(k[..., h:], sin[..., :h], value=-1)
+    out[..., h:].addcmul_(k[..., :h], sin[..., h:])
+
+
+@torch.inference_mode()
 def build_cache(lm: LoadedModel, memories: Sequence[Memory], fingerprint: str | None = None
                 ) -> tuple[DynamicCache | None, int]:
-    """A DynamicCache holding the memories at positions 0..m-1, and m. (None, 0) without memories."""
+    """A DynamicCache holding the memories at positions 0..m-1, and m. (None, 0) without memories.
+
+    The answer path, so copies are counted: keys are joined only when there are
+    several memories, rotated layer by layer (one batched op per layer, cos/sin
+    computed once) straight into the buffer the cache keeps, and values go in
+    as views of the loaded memory (the first forward's append makes the one copy
+    a cache needs). A loaded ``Memory`` is never written to.
+    """
     memories = [m for m in memories if m.num_slots]
     if not memories:
         return None, 0
-    keys, values = join(memories, fingerprint)
-    keys = keys.to(lm.device, lm.dtype)[:, None]
-    values = values.to(lm.device, lm.dtype)[:, None]
-    return cache_from(lm, keys, values), keys.shape[2]
+    keys, values = join(memories, fingerprint)  # (layers, slots, kv, hd); no copy for one memory
+    keys, values = keys.to(lm.device, lm.dtype), values.to(lm.device, lm.dtype)
+    layers, m, kv, hd = keys.shape
+    positions = torch.arange(m, device=lm.device)[None]
+    cos, sin = body(lm).rotary_emb(values[:1], positions)  # (1, m, hd), the same for every layer
+    cos, sin = cos[0, None], sin[0, None]  # (1, m, hd): broadcast over kv heads
+    rotated = torch.empty(layers, 1, kv, m, hd, dtype=lm.dtype, device=lm.device)
+    cache = DynamicCache(config=lm.model.config)
+    for layer in range(layers):
+        _rotate_into(rotated[layer, 0], keys[layer].transpose(0, 1), cos, sin)
+        v = values[layer].transpose(0, 1)[None]  # (1, kv, m, hd) view
+        slot = cache.layers[layer]
+        if type(slot) is not DynamicLayer:  # sliding-window and other layer kinds keep their own rules
+            cache.update(rotated[layer], v, layer)
+            continue
+        # DynamicCache.update would concatenate onto an empty tensor: a full copy for nothing.
+        slot.lazy_initialization(rotated[layer], v)
+        slot.keys, slot.values = rotated[layer], v
+    return cache, m
 
 
 @torch.inference_mode()

@@ -21,6 +21,9 @@ class GenerationStats:
     new_tokens: int = 0
     ttft_s: float = 0.0  # prompt prefill + first token
     total_s: float = 0.0
+    prefill_s: float = 0.0  # the first forward: the prompt (after any cached prefix)
+    first_decode_s: float = 0.0  # from the prefill's logits to the first token handed out
+    first_token_at: float = 0.0  # perf_counter() when the first token came (callers measure end to end)
     stopped: bool = False  # the user stopped it
     policy: str | None = None  # the recent-cache policy; None: plain generate()
     eviction_rate: float = 0.0  # share of the recent tokens' K/V no longer held at the end
@@ -56,7 +59,8 @@ class _TimedStreamer(TextIteratorStreamer):
             self._prompt_seen = True  # the first put is the prompt itself
         else:
             if self.stats.new_tokens == 0:
-                self.stats.ttft_s = time.perf_counter() - self.start
+                self.stats.first_token_at = time.perf_counter()
+                self.stats.ttft_s = self.stats.first_token_at - self.start
             self.stats.new_tokens += value.numel()
         super().put(value)
 
@@ -100,15 +104,30 @@ def _streamed(lm: LoadedModel, stats: GenerationStats, stop: threading.Event | N
     start = time.perf_counter()
     streamer = _TimedStreamer(lm.tokenizer, stats, start)
     failure: list[BaseException] = []
+    forwards: list[float] = []  # start and end of the first forward (the prefill)
+
+    def before(_module, _args) -> None:
+        if not forwards:
+            forwards.append(time.perf_counter())
+
+    def after(_module, _args, _output) -> None:
+        if len(forwards) == 1:
+            forwards.append(time.perf_counter())
+            stats.prefill_s = forwards[1] - forwards[0]
 
     def run() -> None:
+        hooks = [lm.model.register_forward_pre_hook(before), lm.model.register_forward_hook(after)]
         try:
             with torch.inference_mode():
                 work(streamer, stop)
         except BaseException as e:  # re-raised in the consumer's thread
             failure.append(e)
         finally:
+            for h in hooks:
+                h.remove()
             streamer.end()
+            if len(forwards) == 2 and stats.first_token_at:
+                stats.first_decode_s = max(0.0, stats.first_token_at - forwards[1])
 
     def pieces() -> Iterator[str]:
         thread = threading.Thread(target=run, name="tome-generate", daemon=True)

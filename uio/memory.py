@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 
 
 class MemoryMismatch(ValueError):
@@ -103,6 +103,8 @@ class Memory:
 
     def select(self, segment_ids: Sequence[int]) -> "Memory":
         """The memories of some of this memory's segments, in the order given."""
+        if list(segment_ids) == self.segment_ids:
+            return self  # the whole memory, as stored: no gather copy (loaded memories are never modified)
         pos = {s: j for j, s in enumerate(self.segment_ids)}
         missing = [s for s in segment_ids if s not in pos]
         if missing:
@@ -139,13 +141,18 @@ class Memory:
 
     @classmethod
     def load(cls, path: str | Path, expect_fingerprint: str | None = None, device: str = "cpu") -> "Memory":
-        with safe_open(str(path), framework="pt") as f:
+        """Read a memory file through one memory-mapped ``safe_open`` (straight to ``device``).
+
+        The header is checked before any tensor is touched, so a file of another
+        adapter costs a few hundred bytes of reading, not the whole file.
+        """
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
             meta = f.metadata() or {}
-        if meta.get("format") != "tome-memory-1":
-            raise MemoryMismatch(f"{path} is not a Tome memory file")
-        if expect_fingerprint is not None and meta["fingerprint"] != expect_fingerprint:
-            raise MemoryMismatch(f"{path} was made by adapter {meta['fingerprint'][:12]}, not by the loaded "
-                                 f"adapter {expect_fingerprint[:12]}; re-ingest the document")
-        t = load_file(str(path), device=device)
-        return cls(t["keys"], t["values"], json.loads(meta["segment_ids"]), json.loads(meta["slots"]),
+            if meta.get("format") != "tome-memory-1":
+                raise MemoryMismatch(f"{path} is not a Tome memory file")
+            if expect_fingerprint is not None and meta["fingerprint"] != expect_fingerprint:
+                raise MemoryMismatch(f"{path} was made by adapter {meta['fingerprint'][:12]}, not by the loaded "
+                                     f"adapter {expect_fingerprint[:12]}; re-ingest the document")
+            keys, values = f.get_tensor("keys"), f.get_tensor("values")
+        return cls(keys, values, json.loads(meta["segment_ids"]), json.loads(meta["slots"]),
                    [tuple(s) for s in json.loads(meta["token_spans"])], meta["fingerprint"], int(meta["ratio"]))

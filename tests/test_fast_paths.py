@@ -1,0 +1,212 @@
+"""The fast paths of issue 10 give the same answers as the plain ones: memory files read through
+mmap, the byte-bounded LRU, checksums hashed once per process, logits for the last position only,
+the int8 encoder, and the time split of a question."""
+import os
+
+import pytest
+import torch
+from safetensors.torch import load as load_bytes
+
+from storage import CorruptMemory, MemoryFiles
+from storage.files import forget_verified, sha256_file
+from tests.conftest import _tiny, make_pdf
+from tome import Config
+from uio.adapter import UIOAdapter
+from uio.decoder import build_cache, rotate_keys
+from uio.encoder import Encoder
+from uio.generate import stream_chat
+from uio.lru import ByteLRU
+from uio.memory import Memory, MemoryConfig
+from uio.quant import int8_encoder
+
+CFG = MemoryConfig(segment_len=64, num_mem=8)
+SEGMENTS = [list(range(100, 164)), list(range(300, 340)), list(range(500, 564))]
+
+
+@pytest.fixture(scope="module")
+def adapter(tokenizer):
+    return UIOAdapter(_tiny("llama", tokenizer), CFG).randomize_(seed=3)
+
+
+@pytest.fixture(scope="module")
+def memory(adapter):
+    return Encoder(adapter, batch_size=2).compress(SEGMENTS, token_spans=[(0, 64), (64, 104), (104, 168)])
+
+
+def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine of every (layer, slot) vector of a vs b."""
+    return torch.nn.functional.cosine_similarity(a.flatten(2).float(), b.flatten(2).float(), dim=-1)
+
+
+def test_mmap_load_equals_eager_load(memory, tmp_path):
+    path = tmp_path / "m.safetensors"
+    memory.save(path)
+    eager = load_bytes(path.read_bytes())  # the whole file read into RAM, then parsed
+    mapped = Memory.load(path, expect_fingerprint=memory.fingerprint)
+    assert torch.equal(mapped.keys, eager["keys"]) and torch.equal(mapped.values, eager["values"])
+    assert torch.equal(mapped.keys, memory.keys) and torch.equal(mapped.values, memory.values)
+    assert (mapped.segment_ids, mapped.slots, mapped.token_spans, mapped.ratio) == \
+        (memory.segment_ids, memory.slots, memory.token_spans, memory.ratio)
+    assert mapped.select(mapped.segment_ids) is mapped  # all segments in order: no gather copy
+
+
+def test_lru_evicts_least_recently_used_by_bytes():
+    lru = ByteLRU(1000, size=lambda t: t.numel() * t.element_size())
+    a, b, c = torch.zeros(100), torch.zeros(100), torch.zeros(50)  # 400, 400, 200 bytes
+    lru.put("a", a)
+    lru.put("b", b)
+    assert lru.nbytes == 800 and lru.get("a") is a  # a is now the most recent
+    lru.put("c", c)  # 1000 bytes: fits exactly
+    assert lru.keys() == ["b", "a", "c"] and lru.nbytes == 1000
+    lru.put("d", torch.zeros(25))  # 100 more bytes: the least recently used (b) goes
+    assert lru.keys() == ["a", "c", "d"] and lru.nbytes == 700 and lru.get("b") is None
+    lru.put("huge", torch.zeros(300))  # larger than the whole cache: not kept, nothing evicted for it
+    assert "huge" not in lru and lru.keys() == ["a", "c", "d"]
+    lru.put("a", torch.zeros(10))  # replacing a value re-counts its bytes
+    assert lru.nbytes == 340 and lru.keys() == ["c", "d", "a"]
+
+
+def test_memory_cache_is_configured_in_megabytes():
+    assert Config.from_env({"TOME_MEMORY_CACHE_MB": "64"}).memory_cache_mb == 64
+    assert Config.from_env({"TOME_INT8_INGEST": "1"}).int8_ingest is True
+    assert Config.from_env({}).int8_ingest is False and not Config.from_env({}).ray_address
+
+
+def test_checksum_is_verified_once_per_file_and_corruption_is_caught_on_first_load(memory, tmp_path):
+    files = MemoryFiles(tmp_path)
+    forget_verified()
+    good, bad = files.path("ab/good.safetensors"), files.path("ab/bad.safetensors")
+    memory.save(good)
+    memory.save(bad)
+    sums = {p: sha256_file(p) for p in (good, bad)}
+    # a file damaged before its first load is refused
+    data = bytearray(bad.read_bytes())
+    data[-7] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CorruptMemory, match="corrupt"):
+        files.verify("ab/bad.safetensors", sums[bad])
+    assert not files.verified("ab/bad.safetensors", sums[bad])
+    # a good file is hashed on its first load only: damage that leaves size, mtime and inode alone
+    # (which no writer of memory files does) is not seen again, showing no second hash happened
+    assert files.verify("ab/good.safetensors", sums[good]) == good
+    assert files.verified("ab/good.safetensors", sums[good])
+    st = good.stat()
+    with open(good, "r+b") as f:
+        f.seek(-7, os.SEEK_END)
+        f.write(b"\x00")
+    os.utime(good, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert files.verify("ab/good.safetensors", sums[good]) == good
+    # a file replaced the way Tome writes them (temporary name + rename: new inode) is hashed again
+    tmp = good.with_name("x.part")
+    tmp.write_bytes(good.read_bytes())
+    os.replace(tmp, good)
+    with pytest.raises(CorruptMemory, match="corrupt"):
+        files.verify("ab/good.safetensors", sums[good])
+    good.unlink()
+    with pytest.raises(CorruptMemory, match="missing"):
+        files.verify("ab/good.safetensors", sums[good])
+
+
+def test_cache_assembly_rotates_like_the_model_and_leaves_memories_untouched(adapter, memory):
+    lm = adapter.lm
+    before_k, before_v = memory.keys.clone(), memory.values.clone()
+    other = memory.select([2, 0])
+    cache, m = build_cache(lm, [memory, other])
+    assert m == memory.num_slots + other.num_slots
+    keys = torch.cat([memory.keys, other.keys], 1)
+    values = torch.cat([memory.values, other.values], 1)
+    expect = rotate_keys(lm, keys[:, None])  # the model's own apply_rotary_pos_emb
+    for layer in range(keys.shape[0]):
+        k, v = cache.layers[layer].keys, cache.layers[layer].values
+        assert torch.allclose(k, expect[layer], atol=1e-6)
+        assert torch.equal(v, values[layer].transpose(0, 1)[None])
+    assert torch.equal(memory.keys, before_k) and torch.equal(memory.values, before_v)
+
+
+def test_prefill_computes_logits_for_the_last_position_only(adapter, tokenizer):
+    lm = adapter.lm
+    ids = torch.randint(5, 1000, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        full = lm.model(ids).logits
+        last = lm.model(ids, logits_to_keep=1).logits
+    assert last.shape[1] == 1 and torch.allclose(last, full[:, -1:], atol=1e-5)
+    # the answer path's prefill asks for exactly that
+    seen = []
+
+    def grab(_m, args, kwargs, out):
+        seen.append((kwargs.get("logits_to_keep"), out.logits.shape[1]))
+
+    cache, m = build_cache(lm, [Encoder(adapter).compress(SEGMENTS[:1])])
+    h = lm.model.register_forward_hook(grab, with_kwargs=True)
+    try:
+        gen = stream_chat(lm, [{"role": "user", "content": "Where is the lantern?"}], max_new_tokens=3,
+                          past_key_values=cache, prefix_len=m)
+        "".join(gen)
+    finally:
+        h.remove()
+    assert seen[0] == (1, 1) and gen.stats.prompt_tokens > 1
+    assert gen.stats.prefill_s > 0 and gen.stats.first_token_at > 0
+
+
+def test_encoder_never_computes_logits(adapter):
+    calls = []
+    h = adapter.lm.model.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        Encoder(adapter).compress(SEGMENTS)
+    finally:
+        h.remove()
+    assert calls == []
+
+
+def test_int8_memories_are_close_to_fp32(adapter, memory):
+    q = int8_encoder(adapter, batch_size=2)
+    assert isinstance(q.lm.model.model.layers[0].mlp.down_proj, torch.ao.nn.quantized.dynamic.Linear)
+    assert type(adapter.lm.model.model.layers[0].mlp.down_proj) is torch.nn.Linear  # the original is untouched
+    mem8 = q.compress(SEGMENTS, token_spans=memory.token_spans)
+    assert mem8.fingerprint == memory.fingerprint and mem8.slots == memory.slots
+    assert cosines(mem8.keys, memory.keys).min() > 0.95
+    assert cosines(mem8.values, memory.values).min() > 0.95
+    assert not torch.equal(mem8.keys, memory.keys)  # it really ran in int8
+
+
+PAGES = [f"Page {i}. " + "The keeper lit the lantern at the north wall before the storm. " * 12 for i in range(1, 5)]
+
+
+def test_ask_reports_where_the_time_to_first_token_went(tome_tiny, tmp_path):
+    doc = tome_tiny.ingest(make_pdf(tmp_path / "b.pdf", PAGES)).document
+    tome_tiny._memories.clear()
+    forget_verified()
+    final = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed"))[-1]
+    t = final.stats["timing"]
+    phases = ("lookup", "read", "select", "assembly", "prefill", "first_decode")
+    assert set(phases) <= set(t) and all(t[p] >= 0 for p in phases)
+    assert t["read"] > 0 and t["prefill"] > 0 and t["assembly"] > 0
+    assert sum(t[p] for p in phases) <= t["ttft_s"]
+    again = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed"))[-1].stats["timing"]
+    assert "read" not in again  # the memories came from the LRU
+    plain = list(tome_tiny.ask([doc.id], "Who lit the lantern?"))[-1].stats["timing"]
+    assert "assembly" not in plain and plain["prefill"] > 0
+    assert sum(v for k, v in plain.items() if k != "ttft_s") <= plain["ttft_s"]
+
+
+def test_int8_ingestion_through_the_service(tmp_path, db_url, tokenizer):
+    from tests.conftest import make_tome
+
+    t = make_tome(tmp_path, db_url, _tiny("llama", tokenizer), max_new_tokens=4, segment_len=64,
+                  int8_ingest=True)
+    try:
+        r = t.ingest(make_pdf(tmp_path / "b.pdf", PAGES))
+        assert r.ok, r.error
+        mem8 = t.memory(r.document)
+        fp32 = Encoder(t.adapter).compress([s.token_ids for s in _segments(t, r.document)])
+        assert cosines(mem8.keys, fp32.keys).min() > 0.95
+        assert list(t.ask([r.document.id], "Who?", mode="compressed"))[-1].done
+    finally:
+        t.store.close()
+
+
+def _segments(t, doc):
+    from ingest import split_segments, read_document
+
+    pages = read_document(t.config.uploads_path / f"{doc.sha256}.pdf").pages
+    return split_segments(pages, t.lm.tokenizer, t.config.segment_len)
