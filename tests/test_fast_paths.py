@@ -210,3 +210,16 @@ def _segments(t, doc):
 
     pages = read_document(t.config.uploads_path / f"{doc.sha256}.pdf").pages
     return split_segments(pages, t.lm.tokenizer, t.config.segment_len)
+
+
+def test_int8_encoder_of_a_bf16_model_returns_bf16_memories_close_to_its_own(tokenizer):
+    from dataclasses import replace
+
+    lm = _tiny("qwen2", tokenizer)
+    lm = replace(lm, model=lm.model.to(torch.bfloat16), dtype=torch.bfloat16)
+    adapter = UIOAdapter(lm, CFG).randomize_(seed=4)
+    ref = Encoder(adapter).compress(SEGMENTS)
+    mem8 = int8_encoder(adapter).compress(SEGMENTS)
+    assert mem8.keys.dtype == torch.bfloat16 and mem8.fingerprint == ref.fingerprint
+    assert cosines(mem8.keys, ref.keys).min() > 0.95 and cosines(mem8.values, ref.values).min() > 0.95
+    assert next(adapter.lm.model.parameters()).dtype == torch.bfloat16  # the original stays bf16

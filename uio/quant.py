@@ -35,21 +35,28 @@ def _quantisable(model: torch.nn.Module) -> set[str]:
 
 
 def int8_copy(lm: LoadedModel) -> LoadedModel:
-    """``lm`` with its decoder's Linear layers dynamically quantised to int8 (CPU, float32 models only)."""
-    if lm.device.type != "cpu" or lm.dtype != torch.float32:
-        raise ValueError("int8 dynamic quantisation runs on a float32 model on the CPU "
-                         f"(this one is {lm.dtype} on {lm.device})")
+    """``lm`` with its decoder's Linear layers dynamically quantised to int8 (CPU only).
+
+    The int8 kernels take float32 activations: a float32 model shares all its
+    other tensors with the copy; a bf16/fp16 one (hosts with native bf16, where
+    int8 rarely pays) gets a float32 copy of them.
+    """
+    if lm.device.type != "cpu":
+        raise ValueError(f"int8 dynamic quantisation runs on the CPU, not on {lm.device}")
     if body(lm) is not lm.model.model:
         raise ValueError("unexpected model layout")
-    # Share every tensor: only the module tree is copied, then its Linear modules are swapped for int8 ones.
-    memo = {id(t): t for t in [*lm.model.parameters(), *lm.model.buffers()]}
-    model = copy.deepcopy(lm.model, memo)
+    if lm.dtype == torch.float32:
+        # Share every tensor: only the module tree is copied, then its Linear modules are swapped for int8 ones.
+        memo = {id(t): t for t in [*lm.model.parameters(), *lm.model.buffers()]}
+        model = copy.deepcopy(lm.model, memo)
+    else:
+        model = copy.deepcopy(lm.model).float()
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works
         warnings.simplefilter("ignore")
         from torch.ao.quantization import quantize_dynamic
 
         quantize_dynamic(model, _quantisable(model), dtype=torch.qint8, inplace=True)
-    return replace(lm, name=f"{lm.name}-int8", model=model)
+    return replace(lm, name=f"{lm.name}-int8", model=model, dtype=torch.float32)
 
 
 def int8_adapter(adapter: UIOAdapter, lm8: LoadedModel | None = None) -> UIOAdapter:
@@ -61,6 +68,21 @@ def int8_adapter(adapter: UIOAdapter, lm8: LoadedModel | None = None) -> UIOAdap
     return view
 
 
+class Int8Encoder(Encoder):
+    """Compresses through the int8 copy; memories come out in the base model's dtype, as the decoder stores them."""
+
+    def __init__(self, adapter: UIOAdapter, batch_size: int = 4):
+        self.dtype = adapter.lm.dtype
+        view = int8_adapter(adapter)
+        if self.dtype != torch.float32:  # the copy is float32 throughout, its <mem> embedding too
+            view.mem_embedding = torch.nn.Parameter(adapter.mem_embedding.detach().float(), requires_grad=False)
+        super().__init__(view, batch_size=batch_size)
+
+    def forward(self, batch):
+        keys, values, slots = super().forward(batch)
+        return keys.to(self.dtype), values.to(self.dtype), slots
+
+
 def int8_encoder(adapter: UIOAdapter, batch_size: int = 4) -> Encoder:
     """An encoder making ``adapter``'s memories through an int8 copy of its base model."""
-    return Encoder(int8_adapter(adapter), batch_size=batch_size)
+    return Int8Encoder(adapter, batch_size=batch_size)
