@@ -160,8 +160,10 @@ def test_encoder_never_computes_logits(adapter):
 
 def test_int8_memories_are_close_to_fp32(adapter, memory):
     q = int8_encoder(adapter, batch_size=2)
-    assert isinstance(q.lm.model.model.layers[0].mlp.down_proj, torch.ao.nn.quantized.dynamic.Linear)
-    assert type(adapter.lm.model.model.layers[0].mlp.down_proj) is torch.nn.Linear  # the original is untouched
+    mlp, mlp8 = adapter.lm.model.model.layers[0].mlp, q.lm.model.model.layers[0].mlp
+    assert isinstance(mlp8.gate_proj, torch.ao.nn.quantized.dynamic.Linear)
+    assert type(mlp8.down_proj) is torch.nn.Linear and mlp8.down_proj.weight is mlp.down_proj.weight  # kept, shared
+    assert type(mlp.gate_proj) is torch.nn.Linear  # the original is untouched
     mem8 = q.compress(SEGMENTS, token_spans=memory.token_spans)
     assert mem8.fingerprint == memory.fingerprint and mem8.slots == memory.slots
     assert cosines(mem8.keys, memory.keys).min() > 0.95

@@ -27,14 +27,21 @@ from uio.encoder import Encoder
 from uio.model import LoadedModel
 
 
-def _quantisable(model: torch.nn.Module) -> set[str]:
-    """Linear layers of the decoder stack, LoRA's own small matrices left in full precision (they are tiny)."""
+# The MLP's down projection reads the activations with the huge outlier channels of Llama-family
+# models; one int8 scale per token flattens everything else there. Left in float it costs ~10 % of
+# the int8 speed-up and lifts the values' cosine to fp32 memories from ~0.88 to ~0.98 (SmolLM2).
+KEEP_FLOAT = ("down_proj",)
+
+
+def _quantisable(model: torch.nn.Module, keep_float: tuple[str, ...] = KEEP_FLOAT) -> set[str]:
+    """Linear layers of the decoder stack, except ``keep_float`` ones and LoRA's own small matrices."""
     prefix = "model."
     return {name for name, m in model.named_modules()
-            if type(m) is torch.nn.Linear and name.startswith(prefix) and ".lora_" not in name}
+            if type(m) is torch.nn.Linear and name.startswith(prefix) and ".lora_" not in name
+            and not any(name.endswith(k) or f".{k}." in name for k in keep_float)}
 
 
-def int8_copy(lm: LoadedModel) -> LoadedModel:
+def int8_copy(lm: LoadedModel, keep_float: tuple[str, ...] = KEEP_FLOAT) -> LoadedModel:
     """``lm`` with its decoder's Linear layers dynamically quantised to int8 (CPU only).
 
     The int8 kernels take float32 activations: a float32 model shares all its
@@ -53,9 +60,11 @@ def int8_copy(lm: LoadedModel) -> LoadedModel:
         model = copy.deepcopy(lm.model).float()
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works
         warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        quantize_dynamic(model, _quantisable(model), dtype=torch.qint8, inplace=True)
+        # int8 weights with one scale per output channel; activations quantised per batch on the fly
+        spec = {name: per_channel_dynamic_qconfig for name in _quantisable(model, keep_float)}
+        quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
     return replace(lm, name=f"{lm.name}-int8", model=model, dtype=torch.float32)
 
 
