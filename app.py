@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tome", description="Ask questions about whole books.")
     p.add_argument("--model", help="qwen (default), smollm2, a hub id or a path [TOME_MODEL]")
     p.add_argument("--data-dir", type=Path, help="where the library lives [TOME_DATA_DIR, ./data]")
+    p.add_argument("--cache-policy", choices=["auto", "full", "streaming", "h2o", "gate"],
+                   help="recent-cache policy: auto (Attention-Gate where trained, else full) [TOME_CACHE_POLICY]")
+    p.add_argument("--cache-eviction", type=float, help="share of the recent cache to evict, 0-0.9 [0.6]")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command")
     s = sub.add_parser("serve", help="start the web UI (default)")
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     config = Config.from_env(model=args.model, data_dir=args.data_dir,
                              host=getattr(args, "host", None), port=getattr(args, "port", None),
-                             auth=getattr(args, "auth", None), ray_address=getattr(args, "ray", None),
+                             auth=getattr(args, "auth", None), cache_policy=args.cache_policy,
+                             cache_eviction=args.cache_eviction, ray_address=getattr(args, "ray", None),
                              ray_actors=getattr(args, "ray_actors", None), int8_ingest=getattr(args, "int8", None))
     if config.tune_malloc:
         tune_allocator()
