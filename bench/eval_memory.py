@@ -262,10 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="cpu")
     ap.add_argument("--models-dir", type=Path, default=ROOT / ".cache" / "models")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.time()
-    lm = load_model(args.model, args.models_dir, "cpu", "float32")
+    lm = load_model(args.model, args.models_dir, args.device, "float32")
     methods: dict[str, Encoder] = {}
     adapters = [UIOAdapter.load(lm, p) for p in args.adapter]
     ls = {a.config.segment_len for a in adapters} or {args.segment_len}
@@ -286,12 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     docs.sort(key=len, reverse=True)  # the longest held-out documents first: they fit every context length
     contexts = [int(c) for c in args.contexts.split(",") if c]
     result: dict = {"model": lm.name, "segment_len": l, "methods": list(methods), "heldout": str(args.heldout),
-                    "threads": args.threads, "device": "cpu"}
+                    "threads": args.threads, "device": str(lm.device)}
     with torch.inference_mode():
         t = time.time()
         result["perplexity"] = perplexity(lm, methods, docs[:args.docs], contexts, l)
         result["perplexity_seconds"] = round(time.time() - t, 1)
-        print(f"\n## Perplexity of the next {l}-token segment (held-out; {lm.name}, CPU)")
+        print(f"\n## Perplexity of the next {l}-token segment (held-out; {lm.name}, {lm.device})")
         for ctx, r in result["perplexity"].items():
             print(f"\ncontext {ctx} tokens, {r['chains']} chains, KV budget {r['kv_budget']}")
             for n, p in r["ppl"].items():
