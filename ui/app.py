@@ -39,14 +39,16 @@ def build_app(tome: Tome) -> gr.Blocks:
     def on_reingest(doc_id, progress=gr.Progress()):
         return (handlers.reingest(tome, doc_id, lambda f, m: progress(f, desc=m)), *refresh())
 
-    def settings_of(mode, ratio, max_new, temperature) -> handlers.ChatSettings:
+    def settings_of(mode, ratio, max_new, temperature, policy, eviction) -> handlers.ChatSettings:
         return handlers.ChatSettings(mode=mode, ratio=int(str(ratio).rstrip("x")), max_new_tokens=int(max_new),
-                                     temperature=float(temperature))
+                                     temperature=float(temperature), cache_policy=policy,
+                                     cache_eviction=float(eviction) / 100)
 
-    def on_ask(message, left, right, doc_ids, conv_id, mode, ratio, max_new, temperature, request: gr.Request):
+    def on_ask(message, left, right, doc_ids, conv_id, mode, ratio, max_new, temperature, policy, eviction,
+               request: gr.Request):
         key = session(request)
         stop = stops[key] = threading.Event()
-        settings = settings_of(mode, ratio, max_new, temperature)
+        settings = settings_of(mode, ratio, max_new, temperature, policy, eviction)
         try:
             if mode == "compare":
                 for l, r, conv, notice in handlers.compare(tome, message, left, right, doc_ids, conv_id, stop,
@@ -98,13 +100,19 @@ def build_app(tome: Tome) -> gr.Blocks:
                 past = gr.Dropdown(label="Past conversations", choices=handlers.conversation_choices(tome),
                                    scale=4, elem_id="past")
                 open_btn = gr.Button("Open", scale=1)
-            with gr.Accordion("Settings", open=False):
+            with gr.Accordion("Settings", open=False, elem_id="settings"):
                 with gr.Row():
                     model = gr.Dropdown(handlers.MODEL_CHOICES, value=tome.config.model, label="Base model",
                                         info="for everyone using this Tome")
                     ratio = gr.Radio(["8x", "32x"], value=f"{defaults.ratio}x", label="Compression ratio")
                     max_new = gr.Slider(16, 1024, value=defaults.max_new_tokens, step=16, label="Max new tokens")
                     temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+                with gr.Row():
+                    policy = gr.Dropdown(handlers.POLICY_CHOICES, value=defaults.cache_policy, label="Cache policy",
+                                         info="prunes the recent cache (question, answer); memories stay whole",
+                                         elem_id="cache-policy")
+                    eviction = gr.Slider(0, 90, value=round(defaults.cache_eviction * 100), step=5,
+                                         label="Eviction target (%)", elem_id="cache-eviction")
                 model_note = gr.Markdown()
             conv = gr.State(None)
         with gr.Tab("Library"):
@@ -128,7 +136,7 @@ def build_app(tome: Tome) -> gr.Blocks:
         delete_btn.click(on_delete_ask, [chosen], [report, confirm_btn])
         confirm_btn.click(on_delete, [chosen], [report, confirm_btn, *lists])
         reingest_btn.click(on_reingest, [chosen], [report, *lists], concurrency_id=MODEL_QUEUE, concurrency_limit=1)
-        ask_inputs = [question, left, right, docs, conv, mode, ratio, max_new, temperature]
+        ask_inputs = [question, left, right, docs, conv, mode, ratio, max_new, temperature, policy, eviction]
         ask_outputs = [left, right, conv, notice, question]
         for trigger in (ask_btn.click, question.submit):
             trigger(on_ask, ask_inputs, ask_outputs, concurrency_id=MODEL_QUEUE, concurrency_limit=1

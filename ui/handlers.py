@@ -11,10 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from tome import MODES, AnswerUpdate, Tome
+from tome import CACHE_POLICIES, MODES, AnswerUpdate, Tome
 
 LIBRARY_HEADERS = ["ID", "Title", "Pages", "Tokens", "Memories on disk", "Status", "Added"]
 CHAT_MODES = ("compressed", "uncompressed", "compare")
+POLICY_CHOICES = [("Automatic (Attention-Gate where trained, else full)", "auto"), ("Full cache", "full"),
+                  ("StreamingLLM (sinks + recent window)", "streaming"), ("H2O (heavy hitters + recent)", "h2o"),
+                  ("Attention-Gate (learned)", "gate")]
+assert [v for _, v in POLICY_CHOICES] == list(CACHE_POLICIES)
 MODEL_CHOICES = [("Qwen2.5-Coder-0.5B-Instruct (default)", "qwen"), ("SmolLM2-135M-Instruct (fast)", "smollm2")]
 
 
@@ -26,12 +30,15 @@ class ChatSettings:
     ratio: int = 8
     max_new_tokens: int = 256
     temperature: float = 0.0
+    cache_policy: str = "auto"  # recent-cache policy (see tome.CACHE_POLICIES)
+    cache_eviction: float = 0.6  # share of the recent cache the policy drops
 
 
 def default_settings(tome: Tome) -> ChatSettings:
     # Compressed answers are only worth showing first once a trained adapter exists.
     mode = "compressed" if tome.adapter_trained() else "uncompressed"
-    return ChatSettings(mode=mode, ratio=tome.config.ratio, max_new_tokens=tome.config.max_new_tokens)
+    return ChatSettings(mode=mode, ratio=tome.config.ratio, max_new_tokens=tome.config.max_new_tokens,
+                        cache_policy=tome.config.cache_policy, cache_eviction=tome.config.cache_eviction)
 
 
 def _size(n: int) -> str:
@@ -129,7 +136,12 @@ def figures_line(u: AnswerUpdate) -> str:
     what = (f"compressed {s.get('ratio', '')}x · {u.context_tokens:,} memory slots" if u.mode == "compressed"
             else f"uncompressed · {u.context_tokens:,} document tokens")
     untrained = " · untrained adapter" if u.mode == "compressed" and not s.get("adapter_trained", True) else ""
-    return (f"{what} · first token {s.get('ttft_s', 0):.2f} s · {s.get('decode_tok_s', 0):.1f} tok/s · "
+    policy = s.get("cache_policy", "full")
+    if policy != "full":
+        policy += f" {s.get('eviction_rate', 0):.0%} evicted"
+    # End-to-end time to first token (store, memories, prompt, first step) where it was measured.
+    ttft = (s.get("timing") or {}).get("ttft_s", s.get("ttft_s", 0))
+    return (f"{what} · cache {policy} · first token {ttft:.2f} s · {s.get('decode_tok_s', 0):.1f} tok/s · "
             f"KV {_size(s.get('kv_bytes', 0))} · {s.get('new_tokens', 0)} tokens"
             + (" · stopped" if s.get("stopped") else "") + untrained)
 
@@ -151,7 +163,8 @@ def _stream(tome: Tome, mode: str, message: str, turns: list[dict], history: lis
     notice, u = "", None
     for u in tome.ask([int(d) for d in doc_ids], message, history=turns, conversation_id=conversation_id,
                       max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, stop=stop,
-                      mode=mode, ratio=settings.ratio):
+                      mode=mode, ratio=settings.ratio, cache_policy=settings.cache_policy,
+                      cache_eviction=settings.cache_eviction):
         if u.truncated and not notice:
             notice = ("⚠️ Too long for the context window, only the passages closest to the question were read: "
                       + html.escape(", ".join(u.truncated)))

@@ -13,7 +13,7 @@ def test_app_builds_with_library_chat_compare_and_settings(tome_tiny):
     assert isinstance(app, gr.Blocks)
     ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
     assert {"upload", "library", "books", "chat", "chat-raw", "mode", "question", "ask-btn", "stop-btn",
-            "past", "confirm-delete"} <= ids
+            "past", "confirm-delete", "cache-policy", "cache-eviction"} <= ids
 
 
 def test_upload_reports_each_file_and_goes_on_after_a_bad_one(tome_tiny, tmp_path):
@@ -64,6 +64,18 @@ def test_compare_gives_two_answers_with_their_figures(tome_tiny, tmp_path):
     assert books == [r.document.id]
     assert [m["role"] for m in again_left][:2] == ["user", "assistant"] and again_right[0]["role"] == "user"
     assert handlers.conversation_choices(tome_tiny)[0][1] == conv
+
+
+def test_cache_policy_setting_reaches_the_answer_and_its_figures(tome_tiny, tmp_path):
+    r = tome_tiny.ingest(make_pdf(tmp_path / "h.pdf", ["Herons wade in the shallows. " * 30]))
+    settings = handlers.ChatSettings(mode="uncompressed", max_new_tokens=4, cache_policy="h2o", cache_eviction=0.5)
+    history, conv, notice = list(handlers.chat(tome_tiny, "What wades?", [], [r.document.id], None,
+                                               settings=settings))[-1]
+    assert notice == "" and "cache h2o " in history[-1]["content"] and "% evicted" in history[-1]["content"]
+    assert tome_tiny.store.messages(conv)[-1].stats["cache_policy"] == "h2o"
+    bad = handlers.ChatSettings(mode="uncompressed", max_new_tokens=4, cache_policy="gate")
+    notice = list(handlers.chat(tome_tiny, "What wades?", [], [r.document.id], None, settings=bad))[-1][2]
+    assert notice.startswith("❌") and "Attention-Gate" in notice
 
 
 def test_chat_asks_for_a_book_and_a_question(tome_tiny):

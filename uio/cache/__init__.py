@@ -35,7 +35,10 @@ def make_policy(name: str, target_eviction: float | None = None, gate_path: Path
         return H2O(target_eviction=target_eviction if target_eviction is not None else 0.5)
     if name == "gate":
         from uio.gate import AttentionGates
+        from uio.model import embedded_key
 
+        if model_name is not None:
+            model_name = embedded_key(model_name) or model_name  # "SmolLM2-135M-Instruct" -> "smollm2"
         if gate_path is None:
             if model_name is None:
                 raise ValueError("the gate policy needs gate_path or model_name")

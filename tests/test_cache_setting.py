@@ -1,0 +1,42 @@
+"""The cache-policy setting end to end: config, the service's ask(), and the figures it reports."""
+import pytest
+
+from tests.conftest import make_pdf
+
+
+def test_cache_policy_settings_come_from_environment():
+    from tome import Config
+
+    cfg = Config.from_env({"TOME_CACHE_POLICY": "h2o", "TOME_CACHE_EVICTION": "0.3"})
+    assert cfg.cache_policy == "h2o" and cfg.cache_eviction == pytest.approx(0.3)
+    assert Config().cache_policy == "auto" and Config().cache_eviction == pytest.approx(0.6)
+
+
+def test_policy_names_are_checked_and_auto_falls_back_to_full(tome_tiny):
+    assert tome_tiny.gate_file() is None  # no gate ships for the default model (yet)
+    assert tome_tiny.cache_policy("auto") is None and tome_tiny.cache_policy("full") is None
+    assert tome_tiny.cache_policy("streaming", 0.5).name == "streaming"
+    with pytest.raises(ValueError, match="unknown cache policy"):
+        tome_tiny.cache_policy("lru")
+    with pytest.raises(ValueError, match="no Attention-Gate weights"):
+        tome_tiny.cache_policy("gate")
+    with pytest.raises(ValueError, match="eviction"):
+        tome_tiny.cache_policy("h2o", 1.5)
+
+
+@pytest.mark.parametrize("mode", ["uncompressed", "compressed"])
+def test_ask_under_a_policy_holds_fewer_bytes(tome_tiny, tmp_path, mode):
+    pages = [f"Page {i}. " + "The tide came in over the rocks and went out again. " * 12 for i in range(3)]
+    doc = tome_tiny.ingest(make_pdf(tmp_path / "tides.pdf", pages)).document
+    ask = dict(max_new_tokens=4, mode=mode)
+    full = list(tome_tiny.ask([doc.id], "When did the tide come in?", cache_policy="full", **ask))[-1]
+    pruned = list(tome_tiny.ask([doc.id], "When did the tide come in?", cache_policy="streaming",
+                                cache_eviction=0.5, **ask))[-1]
+    assert full.stats["cache_policy"] == "full" and pruned.stats["cache_policy"] == "streaming"
+    assert pruned.stats["eviction_rate"] > 0.3
+    assert pruned.stats["kv_bytes"] < full.stats["kv_bytes"]
+    if mode == "compressed":  # memories are never evicted: at least their bytes stay held
+        memory = tome_tiny.memory(doc)
+        assert pruned.stats["kv_bytes"] >= memory.nbytes
+    stored = tome_tiny.store.messages(pruned.conversation_id)[-1]
+    assert stored.stats["cache_policy"] == "streaming"

@@ -1,0 +1,156 @@
+"""Attention-Gate on tiny random models: gradients, training signal, inference policy, weights on disk."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from uio.cache import AttentionGate, PolicyCache, make_policy
+from uio.gate import AttentionGates, GateConfig, collect_hidden, straight_through
+from uio.generate import stream_with_policy
+from uio.train.gate import GatedModel, collect_layer_inputs, eviction, gate_loss, lm_loss, local_loss
+
+
+def _ids(lm, n: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, lm.model.config.vocab_size, (batch, n), generator=g)
+
+
+def _gates(lm, seed: int = 0, **kw) -> AttentionGates:
+    torch.manual_seed(seed)
+    return AttentionGates(GateConfig.for_model(lm.model, base_model="tiny", **kw))
+
+
+def test_straight_through_is_hard_forward_and_passes_gradient():
+    p = torch.tensor([0.2, 0.5, 0.9, 0.49], requires_grad=True)
+    g = straight_through(p)
+    assert g.tolist() == [0.0, 1.0, 1.0, 0.0]
+    (g * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert p.grad.tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_gate_keeping_everything_leaves_the_model_unchanged(tiny_llama):
+    ids = _ids(tiny_llama, 40, batch=2)
+    with torch.no_grad():
+        ref = tiny_llama.model(ids).logits
+    gm = GatedModel(tiny_llama.model, _gates(tiny_llama, init_bias=20.0))
+    try:
+        with torch.no_grad():
+            got, run = gm(ids, train=False)
+    finally:
+        gm.close()
+    assert float(eviction(run, hard=True)) == 0.0
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert tiny_llama.model.config._attn_implementation != "tome_gated"
+
+
+def test_lm_loss_reaches_the_gate_through_the_straight_through_estimator(tiny_llama):
+    gates = _gates(tiny_llama, init_bias=0.0)
+    gm = GatedModel(tiny_llama.model, gates)
+    try:
+        logits, run = gm(_ids(tiny_llama, 48))
+        lm_loss(logits, _ids(tiny_llama, 48)).backward()
+    finally:
+        gm.close()
+    grads = [p.grad for p in gates.layers[0].parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+@pytest.mark.parametrize("objective", ["lm", "local"])
+def test_eviction_rate_moves_to_the_target(tiny_llama, objective):
+    gates = _gates(tiny_llama)
+    opt = torch.optim.Adam(gates.parameters(), lr=0.05)
+    ids = _ids(tiny_llama, 64, batch=2)
+    inputs = collect_layer_inputs(tiny_llama.model, ids, dtype=torch.float32)
+    gm = GatedModel(tiny_llama.model, gates)
+    rates = []
+    try:
+        for _ in range(12):
+            if objective == "lm":
+                loss, rec = gate_loss(gm, ids, target=0.6, weight=10.0)
+            else:
+                loss, rec = local_loss(tiny_llama.model, gates, inputs, target=0.6, weight=10.0, queries=16)
+            rates.append(rec["evict_soft"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        gm.close()
+    assert rates[0] < 0.1  # sigmoid(3): keeps nearly everything at first
+    assert abs(rates[-1] - 0.6) < 0.2
+
+
+def test_gate_in_chunks_with_its_state_equals_one_pass(tiny_llama):
+    gate = _gates(tiny_llama, window=8).layers[0]
+    h = torch.randn(1, 30, tiny_llama.model.config.hidden_size)
+    with torch.no_grad():
+        whole, _ = gate.step(h)
+        parts, state = [], None
+        for i in range(0, 30, 7):
+            p, state = gate.step(h[:, i:i + 7], state)
+            parts.append(p)
+            assert state[0].shape[2] <= 7  # window - 1 tokens of its own K/V
+    assert torch.allclose(torch.cat(parts, 1), whole, atol=1e-6)
+
+
+def test_collect_hidden_sees_every_layer(tiny_llama):
+    with collect_hidden(tiny_llama.model) as seen, torch.no_grad():
+        tiny_llama.model(_ids(tiny_llama, 10))
+    assert sorted(seen) == [0, 1]
+    assert seen[0].shape == (1, 10, tiny_llama.model.config.hidden_size)
+
+
+def test_gate_policy_keeps_sinks_recent_and_confident_tokens(tiny_llama):
+    gates = _gates(tiny_llama, sink=2, recent=8, init_bias=0.0)
+    for layer in gates.layers:  # a gate that keeps a token where the first hidden unit is positive
+        layer.out.weight.data.zero_()
+        layer.direct.weight.data.zero_()
+        layer.direct.weight.data[:, 0] = 50.0
+    ids = _ids(tiny_llama, 64)
+    policy = AttentionGate(weights=gates, threshold=0.5)
+    with collect_hidden(tiny_llama.model) as seen, torch.no_grad():
+        tiny_llama.model(ids)
+    pc = PolicyCache(tiny_llama.model, policy)
+    with torch.no_grad():
+        for i in range(0, 64, 16):
+            pc.forward(ids[:, i:i + 16])
+            pc.evict()
+    # Layer 0 reads the embeddings, the same with or without eviction: its decisions are known exactly.
+    confident = set(torch.nonzero(seen[0][0, :, 0] > 0).flatten().tolist())
+    expect = sorted(set(range(2)) | set(range(56, 64)) | confident)
+    for h in range(2):
+        held = pc.positions[0][h]
+        assert held[held >= 0].tolist() == expect
+    assert set(range(2)) | set(range(56, 64)) <= set(pc.positions[1][0].tolist())
+    assert 0.2 < pc.eviction_rate() < 0.8
+
+
+def test_gate_policy_at_a_target_eviction_holds_the_budget(tiny_llama, tmp_path):
+    path = tmp_path / "gate.safetensors"
+    _gates(tiny_llama, init_bias=0.0).save(path)
+    policy = make_policy("gate", 0.5, gate_path=path)
+    ids = _ids(tiny_llama, 96)
+    pc = PolicyCache(tiny_llama.model, policy)
+    with torch.no_grad():
+        for i in range(0, 96, 32):
+            pc.forward(ids[:, i:i + 32])
+            pc.evict()
+    assert all(p.shape[1] == 48 and bool((p >= 0).all()) for p in pc.positions)
+    gen = stream_with_policy(tiny_llama, [{"role": "user", "content": "word " * 60}], policy, max_new_tokens=8)
+    "".join(gen)
+    assert gen.stats.policy == "gate" and 0.3 < gen.stats.eviction_rate < 0.6
+
+
+def test_weights_round_trip_and_refuse_another_model(tiny_llama, tmp_path):
+    gates = _gates(tiny_llama, heads=2, head_dim=8)
+    path = tmp_path / "g.safetensors"
+    gates.save(path)
+    back = AttentionGates.load(path, base_model="tiny")
+    assert back.config == gates.config
+    h = torch.randn(1, 5, tiny_llama.model.config.hidden_size)
+    with torch.no_grad():
+        assert torch.allclose(back.layers[1].step(h)[0], gates.layers[1].step(h)[0], atol=2e-3)  # stored fp16
+    with pytest.raises(ValueError, match="trained for 'tiny'"):
+        AttentionGates.load(path, base_model="qwen")
+    with pytest.raises(FileNotFoundError, match="uio.train.gate"):
+        AttentionGates.load(tmp_path / "none.safetensors")
