@@ -160,8 +160,10 @@ def test_encoder_never_computes_logits(adapter):
 
 def test_int8_memories_are_close_to_fp32(adapter, memory):
     q = int8_encoder(adapter, batch_size=2)
-    assert isinstance(q.lm.model.model.layers[0].mlp.down_proj, torch.ao.nn.quantized.dynamic.Linear)
-    assert type(adapter.lm.model.model.layers[0].mlp.down_proj) is torch.nn.Linear  # the original is untouched
+    mlp, mlp8 = adapter.lm.model.model.layers[0].mlp, q.lm.model.model.layers[0].mlp
+    assert isinstance(mlp8.gate_proj, torch.ao.nn.quantized.dynamic.Linear)
+    assert type(mlp8.down_proj) is torch.nn.Linear and mlp8.down_proj.weight is mlp.down_proj.weight  # kept, shared
+    assert type(mlp.gate_proj) is torch.nn.Linear  # the original is untouched
     mem8 = q.compress(SEGMENTS, token_spans=memory.token_spans)
     assert mem8.fingerprint == memory.fingerprint and mem8.slots == memory.slots
     assert cosines(mem8.keys, memory.keys).min() > 0.95
@@ -210,3 +212,27 @@ def _segments(t, doc):
 
     pages = read_document(t.config.uploads_path / f"{doc.sha256}.pdf").pages
     return split_segments(pages, t.lm.tokenizer, t.config.segment_len)
+
+
+def test_int8_encoder_of_a_bf16_model_returns_bf16_memories_close_to_its_own(tokenizer):
+    from dataclasses import replace
+
+    lm = _tiny("qwen2", tokenizer)
+    lm = replace(lm, model=lm.model.to(torch.bfloat16), dtype=torch.bfloat16)
+    adapter = UIOAdapter(lm, CFG).randomize_(seed=4)
+    ref = Encoder(adapter).compress(SEGMENTS)
+    mem8 = int8_encoder(adapter).compress(SEGMENTS)
+    assert mem8.keys.dtype == torch.bfloat16 and mem8.fingerprint == ref.fingerprint
+    assert cosines(mem8.keys, ref.keys).min() > 0.95 and cosines(mem8.values, ref.values).min() > 0.95
+    assert next(adapter.lm.model.parameters()).dtype == torch.bfloat16  # the original stays bf16
+
+
+def test_memory_budget_caps_the_slots_a_compressed_answer_attends_to(tome_tiny, tmp_path):
+    from dataclasses import replace
+
+    doc = tome_tiny.ingest(make_pdf(tmp_path / "b.pdf", PAGES)).document
+    full = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed"))[-1]
+    tome_tiny.config = replace(tome_tiny.config, memory_budget=16)
+    capped = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed"))[-1]
+    assert full.stats["prefix_len"] > 16 >= capped.stats["prefix_len"] > 0
+    assert capped.truncated and len(capped.sources) < len(full.sources)

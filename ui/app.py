@@ -100,7 +100,7 @@ def build_app(tome: Tome) -> gr.Blocks:
                 past = gr.Dropdown(label="Past conversations", choices=handlers.conversation_choices(tome),
                                    scale=4, elem_id="past")
                 open_btn = gr.Button("Open", scale=1)
-            with gr.Accordion("Settings", open=False):
+            with gr.Accordion("Settings", open=False, elem_id="settings"):
                 with gr.Row():
                     model = gr.Dropdown(handlers.MODEL_CHOICES, value=tome.config.model, label="Base model",
                                         info="for everyone using this Tome")

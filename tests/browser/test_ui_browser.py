@@ -182,3 +182,20 @@ def test_four_sessions_at_once_each_get_their_own_answer(server, browser, book):
         assert not any(o in chat for o in others), chat
         page.screenshot(path=str(ARTIFACTS / f"session_{i}.png"))
         page.close()
+
+
+def test_cache_policy_setting_changes_the_answer_figures(server, browser, book):
+    page = _open(browser, server)
+    _upload(page, book, "Harbour Towns")  # already there from the first test, or added now
+    _choose_book(page, "Harbour Towns (4 p.)")
+    page.get_by_text("uncompressed", exact=True).click()
+    page.locator("#settings").get_by_text("Settings", exact=True).first.click()
+    page.locator("#cache-policy input").click()
+    page.get_by_role("option", name="StreamingLLM (sinks + recent window)").click()
+    page.keyboard.press("Escape")
+    _ask(page, "What is the name of the ferryman of Calloway?")
+    _expand_sources(page, "#chat")
+    chat = page.locator("#chat").inner_text()
+    assert re.search(r"cache streaming \d+% evicted", chat), chat[-400:]
+    page.screenshot(path=str(ARTIFACTS / "cache_policy.png"), full_page=True)
+    page.close()
