@@ -43,6 +43,8 @@ PHASES = ("lookup", "read", "select", "assembly", "prefill", "first_decode")
 def make_book(path: Path, pages: int, seed: int) -> Path:
     from bench.books import prose, write_pdf
 
+    if path.is_file():  # made by an earlier run into the same --data-dir: the same bytes, so ingested already
+        return path
     rng = random.Random(seed)
     texts = [prose(rng, 380) for _ in range(pages)]
     mid = pages // 2
@@ -153,6 +155,7 @@ def main() -> None:
     ap.add_argument("--reread-windows", type=int, default=1, help="window-sized chunks timed when re-reading")
     ap.add_argument("--max-new", type=int, default=2, help="new tokens per answer (only the first is timed)")
     ap.add_argument("--ingest-segments", type=int, default=8, help="segments timed for ingestion speed (0: skip)")
+    ap.add_argument("--ingest-batch", type=int, default=4, help="segments per batch there (GPU: 32 or more)")
     ap.add_argument("--capped", type=int, default=0,
                     help="also time compressed answers attending to at most this many slots (best segments first)")
     ap.add_argument("--data-dir", type=Path, help="keep the ingested books here (reused by later runs)")
@@ -233,7 +236,7 @@ def main() -> None:
         segs = [tok(s.text, add_special_tokens=False)["input_ids"] for s in tome.store.segments(doc.id)]
         full = [s[:1024] for s in segs if len(s) >= 1024][: a.ingest_segments]
         if len(full) >= 2:
-            speed = ingest_speed(lm, tome.adapter, full, batch=4)
+            speed = ingest_speed(lm, tome.adapter, full, batch=a.ingest_batch)
     tome.store.close()
 
     device = lm.device.type
