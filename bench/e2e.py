@@ -189,12 +189,17 @@ def main() -> None:
         r = tome.ingest(pdf)
         assert r.ok, r.error
         doc = r.document
+        record = a.data_dir / f"ingest_{n}.json"  # the run that ingested a book keeps its figures here
         if not r.duplicate:
-            ingest_rows.append({"pages": n, "tokens": doc.tokens, **{k: round(v, 2) for k, v in r.timings.items()},
-                                "compress_tok_s": doc.tokens / r.timings["compress_s"]})
+            row = {"pages": n, "tokens": doc.tokens, **{k: round(v, 2) for k, v in r.timings.items()},
+                   "compress_tok_s": doc.tokens / r.timings["compress_s"], "threads": torch.get_num_threads()}
+            record.write_text(json.dumps(row))
             print(f"ingested {n} pages, {doc.tokens:,} tokens: {r.timings}", flush=True)
+        if record.is_file():
+            ingest_rows.append(json.loads(record.read_text()))
         segs = tome.store.segments(doc.id)
         ids = [t for s in segs for t in tok(s.text, add_special_tokens=False)["input_ids"]]
+        book_ids = ids
         first = ask_timing(tome, doc.id, "compressed", a.max_new)  # checksum, embedder warm-up: once per process
         cold, warm = [], []
         for _ in range(a.repeats):
@@ -231,10 +236,8 @@ def main() -> None:
               flush=True)
     speed = None
     if a.ingest_segments:
-        big = max(rows, key=lambda r: r["pages"])
-        doc = next(d for d in tome.documents() if d.title.endswith(f"{big['pages']} pages"))
-        segs = [tok(s.text, add_special_tokens=False)["input_ids"] for s in tome.store.segments(doc.id)]
-        full = [s[:1024] for s in segs if len(s) >= 1024][: a.ingest_segments]
+        # 1,024-token windows of the largest book's text (segments end at sentences, a little short of l)
+        full = [book_ids[i * 1024:(i + 1) * 1024] for i in range(min(a.ingest_segments, len(book_ids) // 1024))]
         if len(full) >= 2:
             speed = ingest_speed(lm, tome.adapter, full, batch=a.ingest_batch)
     tome.store.close()
