@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--max-new", type=int, default=2, help="new tokens per answer (only the first is timed)")
     ap.add_argument("--ingest-segments", type=int, default=8, help="segments timed for ingestion speed (0: skip)")
     ap.add_argument("--ingest-batch", type=int, default=4, help="segments per batch there (GPU: 32 or more)")
+    ap.add_argument("--cache-policy", default="full",
+                    help="recent-cache policy of the answers (full: none; auto: the Attention-Gate where it ships)")
     ap.add_argument("--capped", type=int, default=0,
                     help="also time compressed answers attending to at most this many slots (best segments first)")
     ap.add_argument("--data-dir", type=Path, help="keep the ingested books here (reused by later runs)")
@@ -179,7 +181,8 @@ def main() -> None:
         a.data_dir = Path(tmp.name)
     a.data_dir.mkdir(parents=True, exist_ok=True)
     tome = Tome(Config(data_dir=a.data_dir / "data", model=a.model, ratio=a.ratio, models_dir=models,
-                       context_budget=lm.window, max_new_tokens=a.max_new, threads=a.threads), lm=lm)
+                       context_budget=lm.window, max_new_tokens=a.max_new, threads=a.threads,
+                       cache_policy=a.cache_policy), lm=lm)
     tok = lm.tokenizer
     q_ids = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
                                     tokenize=True, return_dict=True)["input_ids"]
@@ -289,7 +292,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": lm.name, "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
                                "ratio": a.ratio, "repeats": a.repeats, "reread_windows": a.reread_windows,
-                               "capped": a.capped,
+                               "capped": a.capped, "cache_policy": a.cache_policy,
                                "question": QUESTION, "rows": rows, "summary": summary, "ingest": ingest_rows,
                                "ingest_speed": speed}, indent=1))
     plot(rows, a.plot, f"{lm.name}, {device} {dtype}, {torch.get_num_threads()} thread(s), {a.ratio}x memories")
