@@ -47,6 +47,7 @@ class Config:
     adapter: Path | None = None  # UIO adapter file; default: the one shipped for the model and ratio
     compress_batch: int = 4  # segments per encoder batch
     chunk_segments: int = 16  # segments per saved chunk: an interrupted ingestion resumes from the last one
+    memory_budget: int = 0  # most memory slots a compressed answer attends to (best segments first); 0: all that fit
     memory_cache_mb: int = 1024  # MB of documents' memories kept between questions (in RAM; on the GPU if used)
     int8_ingest: bool = False  # CPU ingestion through an int8 copy of the model (faster; see uio/quant.py)
     ray_address: str = ""  # ingest over Ray: "local" (start one here), "auto", or ray://host:port; empty: off
@@ -101,6 +102,7 @@ class Config:
             "TOME_ADAPTER": ("adapter", Path),
             "TOME_CHUNK_SEGMENTS": ("chunk_segments", int),
             "TOME_MEMORY_CACHE_MB": ("memory_cache_mb", int),
+            "TOME_MEMORY_BUDGET": ("memory_budget", int),
             "TOME_INT8_INGEST": ("int8_ingest", _flag),
             "TOME_RAY_ADDRESS": ("ray_address", str),
             "TOME_RAY_ACTORS": ("ray_actors", int),
@@ -734,6 +736,8 @@ class Tome:
             bare = count_tokens(lm.tokenizer, build_messages(fit_budget([], 0), question, history,
                                                              memory_of=titles))
             budget = max(0, lm.window - bare - max_new - 16)
+            if self.config.memory_budget > 0:  # the question attends to every slot: cap them for a flat TTFT
+                budget = min(budget, self.config.memory_budget)
         else:
             with timer.phase("lookup"):
                 books = [(d.title, self.store.segments(d.id)) for d in docs]

@@ -225,3 +225,14 @@ def test_int8_encoder_of_a_bf16_model_returns_bf16_memories_close_to_its_own(tok
     assert mem8.keys.dtype == torch.bfloat16 and mem8.fingerprint == ref.fingerprint
     assert cosines(mem8.keys, ref.keys).min() > 0.95 and cosines(mem8.values, ref.values).min() > 0.95
     assert next(adapter.lm.model.parameters()).dtype == torch.bfloat16  # the original stays bf16
+
+
+def test_memory_budget_caps_the_slots_a_compressed_answer_attends_to(tome_tiny, tmp_path):
+    from dataclasses import replace
+
+    doc = tome_tiny.ingest(make_pdf(tmp_path / "b.pdf", PAGES)).document
+    full = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed"))[-1]
+    tome_tiny.config = replace(tome_tiny.config, memory_budget=16)
+    capped = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed"))[-1]
+    assert full.stats["prefix_len"] > 16 >= capped.stats["prefix_len"] > 0
+    assert capped.truncated and len(capped.sources) < len(full.sources)

@@ -118,9 +118,16 @@ class PolicyCache:
         """Run the model on new tokens (1, q) after everything held; returns the model output."""
         q = input_ids.shape[1]
         pos = torch.arange(self.next_pos, self.next_pos + q, device=input_ids.device)[None]
-        self._masks = [self._mask(layer, q) for layer in range(self.n_layers)]
+        lengths = {p.shape[1] for p in self.positions}
+        if len(lengths) == 1 and not any(bool((p < 0).any()) for p in self.positions) and not self.policy.needs_scores:
+            # No pads and equal lengths: one plain causal mask serves all layers (none at all for one token).
+            mask = None if q == 1 else self._mask(0, q)[:, :1]
+            self._masks = []
+        else:
+            self._masks = [self._mask(layer, q) for layer in range(self.n_layers)]
+            mask = self._masks[0]
         out = self.model(input_ids=input_ids, past_key_values=self.cache, position_ids=pos,
-                         attention_mask=self._masks[0], use_cache=True, tome_cache=self, **kwargs)
+                         attention_mask=mask, use_cache=True, tome_cache=self, **kwargs)
         for layer in range(self.n_layers):
             self.positions[layer] = torch.cat([self.positions[layer], pos.expand(self.kv_heads, -1)], 1)
         self.seen += q
