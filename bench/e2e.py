@@ -43,6 +43,8 @@ PHASES = ("lookup", "read", "select", "assembly", "prefill", "first_decode")
 def make_book(path: Path, pages: int, seed: int) -> Path:
     from bench.books import prose, write_pdf
 
+    if path.is_file():  # made by an earlier run into the same --data-dir: the same bytes, so ingested already
+        return path
     rng = random.Random(seed)
     texts = [prose(rng, 380) for _ in range(pages)]
     mid = pages // 2
@@ -153,6 +155,9 @@ def main() -> None:
     ap.add_argument("--reread-windows", type=int, default=1, help="window-sized chunks timed when re-reading")
     ap.add_argument("--max-new", type=int, default=2, help="new tokens per answer (only the first is timed)")
     ap.add_argument("--ingest-segments", type=int, default=8, help="segments timed for ingestion speed (0: skip)")
+    ap.add_argument("--ingest-batch", type=int, default=4, help="segments per batch there (GPU: 32 or more)")
+    ap.add_argument("--cache-policy", default="full",
+                    help="recent-cache policy of the answers (full: none; auto: the Attention-Gate where it ships)")
     ap.add_argument("--capped", type=int, default=0,
                     help="also time compressed answers attending to at most this many slots (best segments first)")
     ap.add_argument("--data-dir", type=Path, help="keep the ingested books here (reused by later runs)")
@@ -176,7 +181,8 @@ def main() -> None:
         a.data_dir = Path(tmp.name)
     a.data_dir.mkdir(parents=True, exist_ok=True)
     tome = Tome(Config(data_dir=a.data_dir / "data", model=a.model, ratio=a.ratio, models_dir=models,
-                       context_budget=lm.window, max_new_tokens=a.max_new, threads=a.threads), lm=lm)
+                       context_budget=lm.window, max_new_tokens=a.max_new, threads=a.threads,
+                       cache_policy=a.cache_policy), lm=lm)
     tok = lm.tokenizer
     q_ids = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
                                     tokenize=True, return_dict=True)["input_ids"]
@@ -186,12 +192,17 @@ def main() -> None:
         r = tome.ingest(pdf)
         assert r.ok, r.error
         doc = r.document
+        record = a.data_dir / f"ingest_{n}.json"  # the run that ingested a book keeps its figures here
         if not r.duplicate:
-            ingest_rows.append({"pages": n, "tokens": doc.tokens, **{k: round(v, 2) for k, v in r.timings.items()},
-                                "compress_tok_s": doc.tokens / r.timings["compress_s"]})
+            row = {"pages": n, "tokens": doc.tokens, **{k: round(v, 2) for k, v in r.timings.items()},
+                   "compress_tok_s": doc.tokens / r.timings["compress_s"], "threads": torch.get_num_threads()}
+            record.write_text(json.dumps(row))
             print(f"ingested {n} pages, {doc.tokens:,} tokens: {r.timings}", flush=True)
+        if record.is_file():
+            ingest_rows.append(json.loads(record.read_text()))
         segs = tome.store.segments(doc.id)
         ids = [t for s in segs for t in tok(s.text, add_special_tokens=False)["input_ids"]]
+        book_ids = ids
         first = ask_timing(tome, doc.id, "compressed", a.max_new)  # checksum, embedder warm-up: once per process
         cold, warm = [], []
         for _ in range(a.repeats):
@@ -228,12 +239,10 @@ def main() -> None:
               flush=True)
     speed = None
     if a.ingest_segments:
-        big = max(rows, key=lambda r: r["pages"])
-        doc = next(d for d in tome.documents() if d.title.endswith(f"{big['pages']} pages"))
-        segs = [tok(s.text, add_special_tokens=False)["input_ids"] for s in tome.store.segments(doc.id)]
-        full = [s[:1024] for s in segs if len(s) >= 1024][: a.ingest_segments]
+        # 1,024-token windows of the largest book's text (segments end at sentences, a little short of l)
+        full = [book_ids[i * 1024:(i + 1) * 1024] for i in range(min(a.ingest_segments, len(book_ids) // 1024))]
         if len(full) >= 2:
-            speed = ingest_speed(lm, tome.adapter, full, batch=4)
+            speed = ingest_speed(lm, tome.adapter, full, batch=a.ingest_batch)
     tome.store.close()
 
     device = lm.device.type
@@ -283,7 +292,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": lm.name, "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
                                "ratio": a.ratio, "repeats": a.repeats, "reread_windows": a.reread_windows,
-                               "capped": a.capped,
+                               "capped": a.capped, "cache_policy": a.cache_policy,
                                "question": QUESTION, "rows": rows, "summary": summary, "ingest": ingest_rows,
                                "ingest_speed": speed}, indent=1))
     plot(rows, a.plot, f"{lm.name}, {device} {dtype}, {torch.get_num_threads()} thread(s), {a.ratio}x memories")

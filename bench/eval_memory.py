@@ -132,18 +132,20 @@ def perplexity(lm, methods: dict[str, Encoder], docs: list[list[int]], contexts:
                 s[0] += nll
                 s[1] += n
 
-            budget = None
+            budgets = {}
             for name, enc in methods.items():
                 mem = memories(enc, ctx)
-                budget = mem[0].shape[2]
+                budgets[name] = mem[0].shape[2]
                 add(name, logits_after(lm, target, mem))
             add("no context", logits_after(lm, target))
             if len(ctx) + len(target) <= lm.window:
                 add("full context", logits_after(lm, ctx + target))
-            k = max(budget or len(ctx), 2 * SINKS)
-            add(f"truncation (last {k})", logits_after(lm, ctx[-k:] + target))
-            add(f"StreamingLLM ({SINKS}+{k - SINKS})", logits_after(lm, ctx[:SINKS] + ctx[-(k - SINKS):] + target))
-        out[c * l] = {"chains": len(chains), "kv_budget": budget,
+            for k in sorted(set(budgets.values()) or {len(ctx)}, reverse=True):  # each ratio's KV budget
+                k = max(k, 2 * SINKS)
+                add(f"truncation (last {k})", logits_after(lm, ctx[-k:] + target))
+                add(f"StreamingLLM ({SINKS}+{k - SINKS})",
+                    logits_after(lm, ctx[:SINKS] + ctx[-(k - SINKS):] + target))
+        out[c * l] = {"chains": len(chains), "kv_budget": budgets,
                       "nll": {n: s[0] / s[1] for n, s in sums.items()},
                       "ppl": {n: math.exp(s[0] / s[1]) for n, s in sums.items()}}
     return out
@@ -294,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         result["perplexity_seconds"] = round(time.time() - t, 1)
         print(f"\n## Perplexity of the next {l}-token segment (held-out; {lm.name}, {lm.device})")
         for ctx, r in result["perplexity"].items():
-            print(f"\ncontext {ctx} tokens, {r['chains']} chains, KV budget {r['kv_budget']}")
+            print(f"\ncontext {ctx} tokens, {r['chains']} chains, KV budgets {sorted(set(r['kv_budget'].values()))}")
             for n, p in r["ppl"].items():
                 print(f"  {n:42s} {p:9.2f}")
         t = time.time()

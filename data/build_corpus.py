@@ -166,7 +166,9 @@ def rst_paragraphs(text: str) -> list[str]:
         p = " ".join(ln.strip() for ln in lines)
         for rx in (_RST_ROLE, _RST_LINK, _RST_REF, _RST_LITERAL, _RST_EMPH, _RST_SUB):
             p = rx.sub(r"\1", p)
-        out.append(p.replace("::", ":"))
+        p = p.replace("::", ":").strip()
+        if p != ":":  # a lone "::" introduces a literal block
+            out.append(p)
     return out
 
 

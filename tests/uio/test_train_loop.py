@@ -96,3 +96,30 @@ def test_chain_batches_replay_to_a_position(tokenizer):
     b.skip_to(3)
     assert torch.equal(next(b), first[3]) and b.position == 4
     assert first[0].shape == (2, 3, 16)
+
+
+def test_cli_stops_resumes_and_writes_the_adapter_where_tome_looks(smollm2, tmp_path):
+    """`python -m uio.train` on the real SmolLM2 (2 tiny steps): stop, resume, final adapter with its config."""
+    import tome
+    from uio.train.__main__ import main
+    from uio.train.loop import default_adapter_path
+
+    assert default_adapter_path("smollm2", 8) == tome.ADAPTERS_DIR / "smollm2-8x.safetensors"
+    assert default_adapter_path("qwen", 32) == tome.ADAPTERS_DIR / "qwen-32x.safetensors"
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_text("".join(json.dumps({"id": str(i), "source": "s", "title": "t", "text": t}) + "\n"
+                              for i, t in enumerate(texts())))
+    out, adapter = tmp_path / "run", tmp_path / "smollm2-8x.safetensors"
+    args = ["--model", "smollm2", "--ratio", "8", "--segment-len", "16", "--segments", "2", "--batch-size", "1",
+            "--capacity", "1", "--steps", "2", "--warmup", "1", "--ckpt-every", "1", "--corpus", str(corpus),
+            "--out-dir", str(out), "--adapter-out", str(adapter), "--threads", "1"]
+    assert main(args + ["--stop-after", "1"]) == 0
+    assert (out / "checkpoint.pt").exists() and not adapter.exists()
+    assert main(["--resume", str(out / "checkpoint.pt"), "--adapter-out", str(adapter), "--corpus", str(corpus),
+                 "--threads", "1"]) == 0
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    with safe_open(str(adapter), framework="pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["training"])["segment_len"] == 16 and meta["trained_steps"] == "2"
+    loaded = UIOAdapter.load(smollm2, adapter)
+    assert loaded.config.num_mem == 2

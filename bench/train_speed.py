@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Cost of one training token relative to one plain forward token, measured in one run.
+
+The GPU-time estimate in docs/TRAINING.md scales from this ratio: a training
+step (``chain_step``: encoder forward + backward, continuation and
+auto-encoding decoder forwards + backwards, recall) over B*T*l tokens against
+the base model's plain forward (with logits) over the same tokens.
+
+    .venv/bin/python bench/train_speed.py [--model smollm2] [--segment-len 128] [--segments 3] [--threads 1]
+
+Prints a table and writes bench/results/train_speed_<model>_<device>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from uio.model import load_model  # noqa: E402
+from uio.train.chain import chain_step  # noqa: E402
+from uio.train.loop import TrainConfig, Trainer  # noqa: E402
+from uio.train.data import ChainBatches  # noqa: E402
+from uio.train.tbptt import ReservoirTBPTT  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--segment-len", type=int, default=128)
+    ap.add_argument("--segments", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--ratio", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    lm = load_model(a.model, ROOT / ".cache" / "models", a.device, "float32")
+    cfg = TrainConfig(model=a.model, ratio=a.ratio, segment_len=a.segment_len, segments=a.segments,
+                      batch_size=a.batch_size, capacity=2, steps=10, warmup=1)
+    text = ["The harbour was quiet in winter, and the boats lay on the shingle. " * 400]
+    trainer = Trainer(cfg, lm, ChainBatches(text, lm.tokenizer, cfg.segment_len, cfg.segments, cfg.batch_size),
+                      Path("/tmp/tome-train-speed"))
+    batch = next(trainer.data).to(lm.device)
+    tokens = batch.numel()
+    sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
+
+    def timed(fn) -> float:
+        best = float("inf")
+        for _ in range(a.repeats):
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    def plain():
+        with torch.inference_mode():
+            lm.model(input_ids=batch.view(-1, cfg.segment_len))
+
+    def step(weights):
+        def run():
+            trainer.opt.zero_grad(set_to_none=True)
+            chain_step(trainer.encoder, batch, ReservoirTBPTT(cfg.capacity, rng=random.Random(0)), weights,
+                       rng=random.Random(0), autocast=trainer.autocast)
+        return run
+
+    from uio.train.chain import ObjectiveWeights
+
+    rows = {"plain forward (logits)": timed(plain),
+            "train step, continuation only": timed(step(ObjectiveWeights(1.0, 0.0, 0.0))),
+            "train step, all objectives": timed(step(cfg.weights))}
+    base = rows["plain forward (logits)"]
+    print(f"{lm.name} on {lm.device}, {a.threads} thread(s), B={a.batch_size} T={a.segments} l={a.segment_len} "
+          f"({tokens} tokens), M={a.segment_len // a.ratio}")
+    print(f"{'':34s} {'seconds':>8s} {'tok/s':>8s} {'x forward':>10s}")
+    out = {}
+    for name, sec in rows.items():
+        print(f"{name:34s} {sec:8.2f} {tokens / sec:8.1f} {sec / base:10.2f}")
+        out[name] = {"seconds": sec, "tok_s": tokens / sec, "x_forward": sec / base}
+    res = {"model": lm.name, "device": str(lm.device), "threads": a.threads, "tokens": tokens,
+           "config": {"B": a.batch_size, "T": a.segments, "l": a.segment_len, "M": a.segment_len // a.ratio},
+           "rows": out}
+    path = ROOT / "bench" / "results" / f"train_speed_{a.model}_{lm.device.type}.json"
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
