@@ -132,6 +132,28 @@ def plot(results: dict, path: Path, model: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def speed_table(lm, stream: torch.Tensor, args, gate_path: Path, key: str) -> dict[str, dict]:
+    """KV bytes and decode tok/s per policy at ``--speed-len`` tokens, 50 % eviction; ratios to full."""
+    speed_ids = stream[:args.speed_len][None]
+    speeds: dict[str, dict] = {}
+    for _ in range(args.speed_repeats):  # interleaved rounds, best decode speed kept (a shared machine is noisy)
+        for name in ("full",) + EVICTING:
+            policy = make_policy(name, None if name == "full" else 0.5,
+                                 gate_path=gate_path if name == "gate" else None, model_name=key)
+            got = speed(lm, policy, speed_ids, args.chunk, args.speed_new)
+            if name not in speeds or got["decode_tok_s"] > speeds[name]["decode_tok_s"]:
+                speeds[name] = got
+    print(f"\ncontext {args.speed_len} tokens, {args.speed_new} new, 50 % eviction")
+    print(f"{'policy':<12}{'KV bytes':>12}{'x full':>8}{'decode tok/s':>14}{'x full':>8}")
+    for name, s in speeds.items():
+        s["bytes_vs_full"] = s["kv_bytes_held"] / speeds["full"]["kv_bytes_held"]
+        s["decode_vs_full"] = s["decode_tok_s"] / speeds["full"]["decode_tok_s"] if speeds["full"]["decode_tok_s"] else 0
+        print(f"{name:<12}{s['kv_bytes_held']:>12}{s['bytes_vs_full']:>8.2f}{s['decode_tok_s']:>14.1f}"
+              f"{s['decode_vs_full']:>8.2f}")
+
+    return speeds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2")
@@ -146,6 +168,7 @@ def main() -> None:
     ap.add_argument("--speed-len", type=int, default=768)
     ap.add_argument("--speed-new", type=int, default=32)
     ap.add_argument("--speed-repeats", type=int, default=3)
+    ap.add_argument("--speed-only", action="store_true", help="only the speed table (its own JSON)")
     ap.add_argument("--gate", type=Path, default=None, help="gate weights (default: the shipped ones)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-uio", action="store_true")
@@ -161,6 +184,14 @@ def main() -> None:
     step = max(args.len, (len(stream) - args.len) // max(args.seqs, 1))
     seqs = [stream[i * step:i * step + args.len][None].to(lm.device) for i in range(args.seqs)]
     items = qa_items(lm.tokenizer, [t for _, t in texts][::-1], args.qa, args.qa_len)
+    if args.speed_only:
+        speeds = speed_table(lm, stream, args, gate_path, key)
+        path = ROOT / "bench" / "results" / f"eval_cache_{key}_speed{args.speed_len}.json"
+        path.write_text(json.dumps({"model": key, "device": str(lm.device), "dtype": str(lm.dtype),
+                                    "context": args.speed_len, "new_tokens": args.speed_new,
+                                    "target_eviction": 0.5, "policies": speeds}, indent=2))
+        print(f"\nwrote {path.relative_to(ROOT)}")
+        return
 
     configs = [("full", None)] + [(name, r) for r in RATES for name in EVICTING]
     results: dict[str, dict] = {}
@@ -191,23 +222,7 @@ def main() -> None:
     print(f"{'gate@thr 0.5':<16}{100 * r['eviction_rate']:>9.1f}{r['ppl']:>9.2f}{r['ppl_delta_pct']:>+9.1f}"
           f"{100 * acc:>7.0f}{100 * qa_ev:>12.1f}", flush=True)
 
-    # Speed and bytes at one context length, 50 % eviction; one run, ratios to full.
-    speed_ids = stream[:args.speed_len][None]
-    speeds: dict[str, dict] = {}
-    for _ in range(args.speed_repeats):  # interleaved rounds, best decode speed kept (a shared machine is noisy)
-        for name in ("full",) + EVICTING:
-            policy = make_policy(name, None if name == "full" else 0.5,
-                                 gate_path=gate_path if name == "gate" else None, model_name=key)
-            got = speed(lm, policy, speed_ids, args.chunk, args.speed_new)
-            if name not in speeds or got["decode_tok_s"] > speeds[name]["decode_tok_s"]:
-                speeds[name] = got
-    print(f"\ncontext {args.speed_len} tokens, {args.speed_new} new, 50 % eviction")
-    print(f"{'policy':<12}{'KV bytes':>12}{'x full':>8}{'decode tok/s':>14}{'x full':>8}")
-    for name, s in speeds.items():
-        s["bytes_vs_full"] = s["kv_bytes_held"] / speeds["full"]["kv_bytes_held"]
-        s["decode_vs_full"] = s["decode_tok_s"] / speeds["full"]["decode_tok_s"] if speeds["full"]["decode_tok_s"] else 0
-        print(f"{name:<12}{s['kv_bytes_held']:>12}{s['bytes_vs_full']:>8.2f}{s['decode_tok_s']:>14.1f}"
-              f"{s['decode_vs_full']:>8.2f}")
+    speeds = speed_table(lm, stream, args, gate_path, key)
 
     uio = None
     if not args.no_uio:
