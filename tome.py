@@ -351,7 +351,13 @@ class Tome:
                                          f"{self.config.segment_len}")
                     path = self.adapter_file(ratio)
                     if path:
-                        self._adapters[ratio] = UIOAdapter.load(lm, path)
+                        adapter = UIOAdapter.load(lm, path)
+                        if adapter.config.segment_len != self.config.segment_len:
+                            # Books are cut at config.segment_len; the encoder refuses longer segments.
+                            raise ValueError(f"adapter {path.name} was trained for {adapter.config.segment_len}-token "
+                                             f"segments, but TOME_SEGMENT_LEN is {self.config.segment_len}; "
+                                             "set them equal or use another adapter")
+                        self._adapters[ratio] = adapter
                     else:
                         log.warning("no trained UIO adapter for %s at %dx: compressed answers will be poor",
                                     lm.name, ratio)

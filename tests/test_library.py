@@ -152,3 +152,17 @@ def test_memories_of_another_adapter_are_never_used_but_made_on_demand(tome_tiny
     assert final.stats["prefix_len"] == mem32.num_slots and final.stats["ratio"] == 32
     tome_tiny.delete(r.document.id)
     assert files_of(tome_tiny) == []
+
+
+def test_an_adapter_for_another_segment_length_is_refused_clearly(tmp_path, tokenizer):
+    from tests.conftest import _tiny, make_tome
+    from uio.adapter import UIOAdapter
+    from uio.memory import MemoryConfig
+
+    lm = _tiny("llama", tokenizer)
+    path = tmp_path / "l32.safetensors"
+    UIOAdapter(lm, MemoryConfig(segment_len=32, num_mem=4)).save(path)
+    tome = make_tome(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", lm, segment_len=64, adapter=path)
+    with pytest.raises(ValueError, match="32-token segments, but TOME_SEGMENT_LEN is 64"):
+        tome.adapter_for(8)
+    tome.store.close()

@@ -85,6 +85,16 @@ class AttentionGates(nn.Module):
         super().__init__()
         self.config = cfg
         self.layers = nn.ModuleList(LayerGate(cfg) for _ in range(cfg.num_layers))
+        self.quantiles: list[float] = []  # keep-probability quantiles 0, 1, .., 100 % (``calibrate``)
+
+    def threshold_for(self, eviction: float) -> float | None:
+        """The threshold that evicts about ``eviction`` of the tokens the gate decides on; None if uncalibrated."""
+        if not self.quantiles:
+            return None
+        i = min(max(eviction, 0.0), 1.0) * (len(self.quantiles) - 1)
+        lo = int(i)
+        hi = min(lo + 1, len(self.quantiles) - 1)
+        return self.quantiles[lo] + (i - lo) * (self.quantiles[hi] - self.quantiles[lo])
 
     def save(self, path: Path, dtype: torch.dtype = torch.float16) -> None:
         from safetensors.torch import save_file
@@ -94,7 +104,8 @@ class AttentionGates(nn.Module):
         tensors = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(path), metadata={"format": "tome-attention-gate",
                                                "base_model": self.config.base_model,
-                                               "config": json.dumps(asdict(self.config))})
+                                               "config": json.dumps(asdict(self.config)),
+                                               "quantiles": json.dumps(self.quantiles)})
 
     @classmethod
     def load(cls, path: Path, base_model: str | None = None, device: str | torch.device = "cpu"
@@ -114,6 +125,7 @@ class AttentionGates(nn.Module):
             raise ValueError(f"the gate at {path} was trained for {cfg.base_model!r}, not {base_model!r}")
         gates = cls(cfg)
         gates.load_state_dict({k: v.float() for k, v in tensors.items()})
+        gates.quantiles = json.loads(meta.get("quantiles", "[]"))
         return gates.to(device).eval().requires_grad_(False)
 
 

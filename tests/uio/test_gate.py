@@ -7,7 +7,7 @@ import torch
 from uio.cache import AttentionGate, PolicyCache, make_policy
 from uio.gate import AttentionGates, GateConfig, collect_hidden, straight_through
 from uio.generate import stream_with_policy
-from uio.train.gate import GatedModel, collect_layer_inputs, eviction, gate_loss, lm_loss, local_loss
+from uio.train.gate import GatedModel, calibrate, collect_layer_inputs, eviction, gate_loss, lm_loss, local_loss
 
 
 def _ids(lm, n: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
@@ -125,20 +125,32 @@ def test_gate_policy_keeps_sinks_recent_and_confident_tokens(tiny_llama):
     assert 0.2 < pc.eviction_rate() < 0.8
 
 
-def test_gate_policy_at_a_target_eviction_holds_the_budget(tiny_llama, tmp_path):
+def test_gate_at_a_target_eviction_uses_the_calibrated_threshold(tiny_llama, tmp_path):
+    gates = _gates(tiny_llama, init_bias=0.0)
+    ids = _ids(tiny_llama, 96)
+    gates.quantiles = calibrate(tiny_llama.model, gates, [ids])
+    assert len(gates.quantiles) == 101 and gates.quantiles == sorted(gates.quantiles)
+    path = tmp_path / "gate.safetensors"
+    gates.save(path)
+    policy = make_policy("gate", 0.5, gate_path=path)
+    assert policy.target_eviction is None and policy.threshold == pytest.approx(gates.quantiles[50], abs=1e-3)
+    gen = stream_with_policy(tiny_llama, [{"role": "user", "content": "word " * 60}], policy, max_new_tokens=8)
+    "".join(gen)
+    assert gen.stats.policy == "gate" and 0.2 < gen.stats.eviction_rate < 0.7
+
+
+def test_uncalibrated_gate_follows_the_target_online(tiny_llama, tmp_path):
     path = tmp_path / "gate.safetensors"
     _gates(tiny_llama, init_bias=0.0).save(path)
     policy = make_policy("gate", 0.5, gate_path=path)
-    ids = _ids(tiny_llama, 96)
+    assert policy.target_eviction == 0.5
     pc = PolicyCache(tiny_llama.model, policy)
+    ids = _ids(tiny_llama, 160)
     with torch.no_grad():
-        for i in range(0, 96, 32):
+        for i in range(0, 160, 32):
             pc.forward(ids[:, i:i + 32])
             pc.evict()
-    assert all(p.shape[1] == 48 and bool((p >= 0).all()) for p in pc.positions)
-    gen = stream_with_policy(tiny_llama, [{"role": "user", "content": "word " * 60}], policy, max_new_tokens=8)
-    "".join(gen)
-    assert gen.stats.policy == "gate" and 0.3 < gen.stats.eviction_rate < 0.6
+    assert 0.4 < pc.eviction_rate() < 0.65
 
 
 def test_weights_round_trip_and_refuse_another_model(tiny_llama, tmp_path):
@@ -146,7 +158,7 @@ def test_weights_round_trip_and_refuse_another_model(tiny_llama, tmp_path):
     path = tmp_path / "g.safetensors"
     gates.save(path)
     back = AttentionGates.load(path, base_model="tiny")
-    assert back.config == gates.config
+    assert back.config == gates.config and back.quantiles == [] and back.threshold_for(0.5) is None
     h = torch.randn(1, 5, tiny_llama.model.config.hidden_size)
     with torch.no_grad():
         assert torch.allclose(back.layers[1].step(h)[0], gates.layers[1].step(h)[0], atol=2e-3)  # stored fp16

@@ -43,8 +43,11 @@ def make_policy(name: str, target_eviction: float | None = None, gate_path: Path
             if model_name is None:
                 raise ValueError("the gate policy needs gate_path or model_name")
             gate_path = gate_weights_path(model_name)
-        return AttentionGate(target_eviction=target_eviction,
-                             weights=AttentionGates.load(gate_path, base_model=model_name))
+        gates = AttentionGates.load(gate_path, base_model=model_name)
+        threshold = gates.threshold_for(target_eviction) if target_eviction is not None else None
+        if threshold is not None:  # calibrated: a fixed threshold, decisions made once per token
+            return AttentionGate(weights=gates, threshold=threshold)
+        return AttentionGate(target_eviction=target_eviction, weights=gates)
     raise ValueError(f"unknown cache policy {name!r}; choose one of {', '.join(POLICIES)}")
 
 

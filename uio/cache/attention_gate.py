@@ -5,32 +5,58 @@ from dataclasses import dataclass, field
 
 import torch
 
-from uio.cache.base import CachePolicy, LayerView, top_per_head
+from uio.cache.base import CachePolicy, LayerView
 from uio.gate import AttentionGates
 
 
 @dataclass
 class AttentionGate(CachePolicy):
+    """Keeps sinks, the last ``recent`` tokens and tokens whose keep probability reaches the threshold.
+
+    With ``target_eviction`` the threshold is recalibrated before each eviction so that, over all layers
+    and heads together, the target share of the tokens seen is evicted: the gate still decides which
+    heads and layers keep more, which is what it learned (a uniform per-head budget would undo that).
+    """
+
     weights: AttentionGates | None = None
-    threshold: float = 0.5  # used when no target_eviction is set
+    threshold: float = 0.5
     name: str = field(default="gate", init=False)
 
     def __post_init__(self) -> None:
         if self.weights is None:
             raise ValueError("AttentionGate needs gate weights (AttentionGates)")
+        self._threshold = self.threshold
 
     def gate_for(self, layer: int):
         return self.weights.layers[layer]
 
-    def keep(self, layer: int, view: LayerView) -> torch.Tensor:
+    def _forced(self, positions: torch.Tensor, first_pos: int, seen: int) -> torch.Tensor:
         cfg = self.weights.config
-        newest = view.first_pos + view.seen  # position after the last token seen
-        forced = view.valid & ((view.positions < view.first_pos + cfg.sink) | (view.positions >= newest - cfg.recent))
-        prob = view.keep_prob
-        budget = self.budget(view.seen)
-        if budget is None:
-            return view.valid & (forced | (prob >= self.threshold))
-        # Equal-eviction comparisons: each head keeps its forced tokens and the most probable others.
-        priority = torch.where(view.valid & ~forced, prob, float("-inf"))
-        rest = max(budget - int(forced.sum(1).max()), 0)
-        return view.valid & (forced | top_per_head(priority, rest))
+        newest = first_pos + seen  # the position after the last token seen
+        return (positions >= 0) & ((positions < first_pos + cfg.sink) | (positions >= newest - cfg.recent))
+
+    def prepare(self, cache) -> None:
+        """With a target: the threshold is the quantile of every keep probability the gate has given so far
+        (all layers and heads, sinks and the newest ``recent`` tokens aside) that evicts the target share
+        of the tokens seen. Heads and layers the gate deems more useful keep more."""
+        if self.target_eviction is None:
+            self._threshold = self.threshold
+            return
+        cfg = self.weights.config
+        decidable = cache.seen - cfg.sink - cfg.recent
+        if decidable <= 0 or not cache.prob_history[0]:
+            self._threshold = float("-inf")
+            return
+        share = min(1.0, self.target_eviction * cache.seen / decidable)
+        probs = torch.cat([torch.cat(h, 1)[:, cfg.sink:cfg.sink + decidable].flatten() for h in cache.prob_history])
+        k = int(round(share * len(probs)))
+        if k <= 0:
+            self._threshold = float("-inf")
+        elif k >= len(probs):
+            self._threshold = float("inf")
+        else:  # keep prob >= the (k+1)-th smallest: the k smallest go
+            self._threshold = float(probs.kthvalue(k + 1).values)
+
+    def keep(self, layer: int, view: LayerView) -> torch.Tensor:
+        forced = self._forced(view.positions, view.first_pos, view.seen)
+        return view.valid & (forced | (view.keep_prob >= self._threshold))

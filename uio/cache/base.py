@@ -62,6 +62,9 @@ class CachePolicy:
         """The gate module of this layer, for policies that compute keep probabilities."""
         return None
 
+    def prepare(self, cache: "PolicyCache") -> None:
+        """Called once before each eviction pass over the layers (e.g. to set a cache-wide threshold)."""
+
 
 def top_per_head(priority: torch.Tensor, k: int) -> torch.Tensor:
     """(H, L) bool marking each head's k largest entries (priority -inf never wins over a real one)."""
@@ -85,6 +88,7 @@ class PolicyCache:
         self.scores: list[torch.Tensor | None] = [None] * self.n_layers
         self.keep_prob: list[torch.Tensor | None] = [None] * self.n_layers
         self.gate_state: list[object] = [None] * self.n_layers  # a gate's own rolling K/V
+        self.prob_history: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers)]  # every (H, q) given
         self.seen = 0
         self.next_pos = prefix_len
         self._masks: list[torch.Tensor] = []
@@ -152,6 +156,7 @@ class PolicyCache:
         if gate is not None:
             probs, self.gate_state[layer] = gate.step(hidden, self.gate_state[layer])  # (1, q, H)
             new = probs[0].transpose(0, 1).to(torch.float32)
+            self.prob_history[layer].append(new)
             old = self.keep_prob[layer]
             self.keep_prob[layer] = new if old is None else torch.cat([old, new], 1)
         if self.policy.needs_scores:
@@ -180,6 +185,7 @@ class PolicyCache:
     @torch.no_grad()
     def evict(self) -> None:
         """Ask the policy what to keep in every layer and really drop the rest."""
+        self.policy.prepare(self)
         for layer in range(self.n_layers):
             positions = self.positions[layer]
             if positions.shape[1] == 0:

@@ -202,6 +202,26 @@ def collect_attention_inputs(model):
             h.remove()
 
 
+@torch.no_grad()
+def calibrate(model, gates: AttentionGates, sequences: list[torch.Tensor], chunk: int = 32) -> list[float]:
+    """Quantiles (0..100 %) of the keep probabilities the gate gives on ``sequences`` (training text),
+    read with the gate evicting at threshold 0.5, sinks and the newest ``recent`` tokens aside.
+    ``threshold_for(e)`` then evicts about e of the tokens the gate decides on."""
+    from uio.cache import AttentionGate, PolicyCache
+
+    cfg = gates.config
+    probs = []
+    for ids in sequences:
+        pc = PolicyCache(model, AttentionGate(weights=gates, threshold=0.5))
+        for i in range(0, ids.shape[1], chunk):
+            pc.forward(ids[:, i:i + chunk])
+            pc.evict()
+        end = ids.shape[1] - cfg.recent
+        probs += [torch.cat(h, 1)[:, cfg.sink:end].flatten() for h in pc.prob_history]
+    allp = torch.cat(probs)
+    return [float(x) for x in torch.quantile(allp, torch.linspace(0, 1, 101))]
+
+
 # ---- text --------------------------------------------------------------------------------------------
 def _docstrings(path: Path) -> str:
     try:
@@ -274,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--head-dim", type=int, default=8)
     ap.add_argument("--pool", type=int, default=24, help="local objective: sequences whose layer inputs are reused")
     ap.add_argument("--queries", type=int, default=32, help="local objective: query rows scored per step")
+    ap.add_argument("--calibrate", type=int, default=4, help="training sequences for the threshold quantiles")
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -328,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
             if time.perf_counter() - start > args.minutes * 60:
                 break
     gm.close()
+    gates.quantiles = calibrate(lm.model, gates, [next(data)[:1].to(lm.device) for _ in range(args.calibrate)])
     gates.save(out)
     print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB)")
 
