@@ -52,14 +52,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "ingest":
-        # "--ray book.pdf": the optional ADDRESS swallowed the first file
-        if args.ray and "://" not in args.ray and args.ray not in ("local", "auto") and Path(args.ray).exists():
-            args.files.insert(0, Path(args.ray))
-            args.ray = "local"
-        if not args.files:
-            parser.error("ingest: give at least one FILE")
+    args = _ray_address_or_file(parser.parse_args(argv))
+    if args.command == "ingest" and not args.files:
+        parser.error("ingest: give at least one FILE")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tome import Config, Tome
@@ -81,6 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     if command == "ask":
         return _ask(tome, args.doc, args.question, args.max_new_tokens, args.mode)
     return _serve(tome, getattr(args, "share", False))
+
+
+def _ray_address_or_file(args: argparse.Namespace) -> argparse.Namespace:
+    """``ingest --ray book.pdf``: the optional ADDRESS swallowed the first file; give it back."""
+    ray = getattr(args, "ray", None)
+    if args.command == "ingest" and ray and "://" not in ray and ray not in ("local", "auto") and Path(ray).exists():
+        args.files.insert(0, Path(ray))
+        args.ray = "local"
+    return args
 
 
 def _recover(tome) -> None:

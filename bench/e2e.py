@@ -16,6 +16,12 @@ Per book size (generated PDFs, one planted fact, ``bench/books.py``):
 Plus ingestion speed: the encoder (no logits) against the base model's plain
 batched forward with logits, on the same 1,024-token segments of the largest book.
 
+``first_question_s`` in the JSON is each book's first question in the process
+(embedder warm-up, the one checksum; with an untrained adapter, which is new in
+every process, also making that adapter's memories): not a TTFT figure.
+On CUDA the phases are host-side times (kernels run asynchronously, so
+assembly shows up in the prefill); the end-to-end TTFT is exact.
+
 Books are ingested once into ``--data-dir`` (a temporary one by default) and
 reused by later runs given the same folder. Writes
 bench/results/e2e_<model>_<device>.json and docs/e2e_ttft.png.

@@ -4,7 +4,9 @@ The key sequence is [memories of the chosen segments, in the order given |
 recent raw tokens | new tokens]. Memories are stored before RoPE; every
 assembly rotates them to positions 0..m-1, so any subset of memories from any
 documents can be combined. A loaded ``Memory`` is never modified: the cache
-holds rotated copies, and generation only appends to that cache.
+holds rotated copies of its keys and views of its values, and generation and
+cache policies only ever replace those tensors (append, gather), never write
+into them.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ says nothing about the RAM used; the bound is in bytes.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Callable, Generic, Hashable, TypeVar
 
@@ -23,35 +24,40 @@ class ByteLRU(Generic[V]):
         self.capacity, self._size = max(0, int(capacity)), size
         self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self.nbytes = 0
+        self._lock = threading.RLock()  # UI sessions may look up memories while another question loads some
 
     def get(self, key: Hashable) -> V | None:
-        item = self._items.get(key)
-        if item is None:
-            return None
-        self._items.move_to_end(key)
-        return item[0]
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
 
     def put(self, key: Hashable, value: V) -> None:
-        self.pop(key)
         n = int(self._size(value))
-        if n > self.capacity:
-            return
-        self._items[key] = (value, n)
-        self.nbytes += n
-        while self.nbytes > self.capacity:
-            _, (_, dropped) = self._items.popitem(last=False)
-            self.nbytes -= dropped
+        with self._lock:
+            self.pop(key)
+            if n > self.capacity:
+                return
+            self._items[key] = (value, n)
+            self.nbytes += n
+            while self.nbytes > self.capacity:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.nbytes -= dropped
 
     def pop(self, key: Hashable) -> V | None:
-        item = self._items.pop(key, None)
-        if item is None:
-            return None
-        self.nbytes -= item[1]
-        return item[0]
+        with self._lock:
+            item = self._items.pop(key, None)
+            if item is None:
+                return None
+            self.nbytes -= item[1]
+            return item[0]
 
     def clear(self) -> None:
-        self._items.clear()
-        self.nbytes = 0
+        with self._lock:
+            self._items.clear()
+            self.nbytes = 0
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items
@@ -61,4 +67,5 @@ class ByteLRU(Generic[V]):
 
     def keys(self) -> list[Hashable]:
         """Keys from least to most recently used."""
-        return list(self._items)
+        with self._lock:
+            return list(self._items)
