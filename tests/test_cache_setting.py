@@ -40,3 +40,12 @@ def test_ask_under_a_policy_holds_fewer_bytes(tome_tiny, tmp_path, mode):
         assert pruned.stats["kv_bytes"] >= memory.nbytes
     stored = tome_tiny.store.messages(pruned.conversation_id)[-1]
     assert stored.stats["cache_policy"] == "streaming"
+
+
+def test_auto_uses_the_gate_shipped_for_smollm2(tome_smol, tmp_path):
+    assert tome_smol.gate_file().name == "gate-smollm2.safetensors"
+    assert tome_smol.cache_policy("auto").name == "gate"
+    text = "The lighthouse keeper of Varrow Point is named Ilse Marrick. " + "Waves broke on the rocks. " * 60
+    doc = tome_smol.ingest(make_pdf(tmp_path / "varrow.pdf", [text])).document
+    final = list(tome_smol.ask([doc.id], "Who is the lighthouse keeper of Varrow Point?", max_new_tokens=12))[-1]
+    assert final.stats["cache_policy"] == "gate" and 0.2 < final.stats["eviction_rate"] < 0.9
