@@ -136,12 +136,12 @@ def straight_through(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tenso
 
 
 @contextlib.contextmanager
-def collect_hidden(model) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the hidden states entering each layer's attention (after its input norm) during forwards."""
-    seen: dict[int, torch.Tensor] = {}
+def attention_inputs(model, take=lambda module, hidden, kwargs: hidden) -> Iterator[dict[int, object]]:
+    """layer -> ``take(attention module, its input hidden states, the call's kwargs)`` during forwards."""
+    seen: dict[int, object] = {}
 
     def hook(module, args, kwargs):
-        seen[module.layer_idx] = kwargs.get("hidden_states", args[0] if args else None)
+        seen[module.layer_idx] = take(module, kwargs.get("hidden_states", args[0] if args else None), kwargs)
 
     handles = [layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True) for layer in model.model.layers]
     try:
@@ -149,3 +149,8 @@ def collect_hidden(model) -> Iterator[dict[int, torch.Tensor]]:
     finally:
         for h in handles:
             h.remove()
+
+
+def collect_hidden(model):
+    """Record the hidden states entering each layer's attention (after its input norm) during forwards."""
+    return attention_inputs(model)

@@ -16,7 +16,6 @@ held-out part (``heldout_texts``) is what bench/eval_cache.py measures on.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ast
 import hashlib
 import json
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from uio.gate import AttentionGates, GateConfig, straight_through
+from uio.gate import AttentionGates, GateConfig, attention_inputs, straight_through
 
 ATTN_NAME = "tome_gated"
 
@@ -185,21 +184,10 @@ def local_loss(model, gates: AttentionGates, inputs: dict[int, tuple], target: f
                   "evict_hard": float(eviction(run, hard=True).detach())}
 
 
-@contextlib.contextmanager
 def collect_attention_inputs(model):
     """layer -> (attention module, its input hidden states, its rotary cos/sin) during a forward."""
-    seen: dict[int, tuple] = {}
-
-    def hook(module, args, kwargs):
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        seen[module.layer_idx] = (module, hidden, kwargs["position_embeddings"])
-
-    handles = [layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True) for layer in model.model.layers]
-    try:
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
+    return attention_inputs(
+        model, take=lambda module, hidden, kwargs: (module, hidden, kwargs["position_embeddings"]))
 
 
 @torch.no_grad()
