@@ -1,6 +1,7 @@
 """Policies for the recent cache (the stored memories are never evicted) and the cache that applies them."""
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from uio.cache.attention_gate import AttentionGate
@@ -34,7 +35,6 @@ def make_policy(name: str, target_eviction: float | None = None, gate_path: Path
     if name == "h2o":
         return H2O(target_eviction=target_eviction if target_eviction is not None else 0.5)
     if name == "gate":
-        from uio.gate import AttentionGates
         from uio.model import embedded_key
 
         if model_name is not None:
@@ -43,12 +43,28 @@ def make_policy(name: str, target_eviction: float | None = None, gate_path: Path
             if model_name is None:
                 raise ValueError("the gate policy needs gate_path or model_name")
             gate_path = gate_weights_path(model_name)
-        gates = AttentionGates.load(gate_path, base_model=model_name)
+        gates = _gates(Path(gate_path), model_name)
         threshold = gates.threshold_for(target_eviction) if target_eviction is not None else None
         if threshold is not None:  # calibrated: a fixed threshold, decisions made once per token
             return AttentionGate(weights=gates, threshold=threshold)
         return AttentionGate(target_eviction=target_eviction, weights=gates)
     raise ValueError(f"unknown cache policy {name!r}; choose one of {', '.join(POLICIES)}")
+
+
+def _gates(path: Path, model_name: str | None):
+    """The gate weights of ``path``, read from disk once per file version (a policy is made per question)."""
+    from uio.gate import AttentionGates
+
+    if not path.is_file():
+        return AttentionGates.load(path, base_model=model_name)  # raises, saying how to train one
+    return _load_gates(path, path.stat().st_mtime_ns, model_name)
+
+
+@lru_cache(maxsize=4)
+def _load_gates(path: Path, _version: int, model_name: str | None):
+    from uio.gate import AttentionGates
+
+    return AttentionGates.load(path, base_model=model_name)  # read-only afterwards: policies share it
 
 
 __all__ = ["POLICIES", "AttentionGate", "CachePolicy", "FullCache", "H2O", "LayerView", "PolicyCache",
