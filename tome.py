@@ -333,11 +333,10 @@ class Tome:
             raise ValueError(f"no Attention-Gate weights ship for {self.model_name}; pick another cache policy "
                              "(docs/GATE.md says how to train them)")
         from uio.cache import make_policy
-        from uio.model import embedded_key
 
         # The gate file names its base model: a gate of another model is refused, not misapplied.
         return make_policy(name, eviction, gate_path=self.gate_file() if name == "gate" else None,
-                           model_name=embedded_key(self.config.model))
+                           model_name=self.config.model)
 
     def adapter_for(self, ratio: int | None = None):
         """The UIO adapter for a compression ratio (loaded once); untrained when none is shipped."""
