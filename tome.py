@@ -306,13 +306,15 @@ class Tome:
         return shipped if shipped and shipped.is_file() else None
 
     def gate_file(self) -> Path | None:
-        """The Attention-Gate weights shipped for the current model, if any."""
-        from uio.cache import gate_weights_path
+        """The Attention-Gate weights shipped for the current model, if any (and if they fit the loaded one)."""
+        from uio.cache import gate_fits, gate_weights_path
         from uio.model import embedded_key
 
         key = embedded_key(self.config.model)
         path = gate_weights_path(key) if key else None
-        return path if path and path.is_file() else None
+        if not (path and path.is_file()):
+            return None
+        return path if self._lm is None or gate_fits(path, self._lm.model) else None
 
     def cache_policy(self, name: str | None = None, eviction: float | None = None):
         """The recent-cache policy object for ``name`` ("auto": the gate where it ships, else full).

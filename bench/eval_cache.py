@@ -106,7 +106,7 @@ def speed(lm, policy, ids: torch.Tensor, chunk: int, new_tokens: int) -> dict:
             "eviction_rate": s.eviction_rate, "new_tokens": s.new_tokens, "prompt_tokens": s.prompt_tokens}
 
 
-def plot(results: dict, path: Path, model: str) -> None:
+def plot(results: dict, path: Path, model: str, rates: tuple[float, ...] = RATES) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,7 +115,7 @@ def plot(results: dict, path: Path, model: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     full = results["full"]
     for name in EVICTING:
-        rows = [results[f"{name}@{r}"] for r in RATES if f"{name}@{r}" in results]
+        rows = [results[f"{name}@{r}"] for r in rates if f"{name}@{r}" in results]
         x = [100 * row["eviction_rate"] for row in rows]
         axes[0].plot(x, [row["ppl"] for row in rows], "o-", label=name)
         axes[1].plot(x, [100 * row["qa_acc"] for row in rows], "o-", label=name)
@@ -173,6 +173,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-uio", action="store_true")
     ap.add_argument("--adapter", type=Path, default=None, help="a trained UIO adapter for the memory row")
+    ap.add_argument("--rates", default=",".join(map(str, RATES)), help="target eviction rates, comma-separated")
+    ap.add_argument("--no-speed", action="store_true", help="skip the speed table")
+    ap.add_argument("--tag", default="", help="suffix of the JSON name (eval_cache_<model>_<tag>.json); "
+                                              "a tagged run draws no plot")
     args = ap.parse_args()
 
     set_threads(args.threads)
@@ -193,7 +197,8 @@ def main() -> None:
         print(f"\nwrote {path.relative_to(ROOT)}")
         return
 
-    configs = [("full", None)] + [(name, r) for r in RATES for name in EVICTING]
+    rates = tuple(float(r) for r in args.rates.split(","))
+    configs = [("full", None)] + [(name, r) for r in rates for name in EVICTING]
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
     print(f"{'policy':<16}{'evict %':>9}{'ppl':>9}{'d ppl %':>9}{'QA %':>7}{'QA evict %':>12}")
@@ -222,7 +227,7 @@ def main() -> None:
     print(f"{'gate@thr 0.5':<16}{100 * r['eviction_rate']:>9.1f}{r['ppl']:>9.2f}{r['ppl_delta_pct']:>+9.1f}"
           f"{100 * acc:>7.0f}{100 * qa_ev:>12.1f}", flush=True)
 
-    speeds = speed_table(lm, stream, args, gate_path, key)
+    speeds = {} if args.no_speed else speed_table(lm, stream, args, gate_path, key)
 
     uio = None
     if not args.no_uio:
@@ -237,10 +242,12 @@ def main() -> None:
            "quality": results, "speed": {"context": args.speed_len, "new_tokens": args.speed_new,
                                          "target_eviction": 0.5, "policies": speeds},
            "uio": uio, "wall_s": round(time.perf_counter() - t0, 1)}
-    path = ROOT / "bench" / "results" / f"eval_cache_{key}.json"
+    path = ROOT / "bench" / "results" / f"eval_cache_{key}{'_' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps(out, indent=2))
-    plot(results, ROOT / "docs" / "cache_policies.png", key)
-    print(f"\nwrote {path.relative_to(ROOT)} and docs/cache_policies.png")
+    print(f"\nwrote {path.relative_to(ROOT)}")
+    if not args.tag:
+        plot(results, ROOT / "docs" / f"cache_policies{'' if key == 'smollm2' else '_' + key}.png", key, rates)
+        print("and the plot under docs/")
 
 
 @torch.inference_mode()

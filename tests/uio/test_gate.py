@@ -166,3 +166,13 @@ def test_weights_round_trip_and_refuse_another_model(tiny_llama, tmp_path):
         AttentionGates.load(path, base_model="qwen")
     with pytest.raises(FileNotFoundError, match="uio.train.gate"):
         AttentionGates.load(tmp_path / "none.safetensors")
+
+
+def test_gate_fits_only_a_model_of_its_shape(tiny_llama, smollm2, tmp_path):
+    from uio.cache import gate_fits, gate_weights_path
+
+    path = tmp_path / "g.safetensors"
+    _gates(tiny_llama).save(path)
+    assert gate_fits(path, tiny_llama.model) and not gate_fits(path, smollm2.model)
+    assert gate_fits(gate_weights_path("smollm2"), smollm2.model)
+    assert not gate_fits(gate_weights_path("smollm2"), tiny_llama.model)

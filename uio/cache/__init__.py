@@ -19,6 +19,23 @@ def gate_weights_path(model_name: str) -> Path:
     return WEIGHTS_DIR / f"gate-{model_name}.safetensors"
 
 
+def gate_fits(path: Path, model) -> bool:
+    """Whether the gate file at ``path`` has the shape of ``model`` (layers, hidden size, KV heads).
+
+    Reads only the file's metadata. A gate named for a model but of another shape (a test model run
+    under the default model's name) must not be applied to it.
+    """
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        cfg = json.loads((f.metadata() or {}).get("config", "{}"))
+    c = model.config
+    return (cfg.get("hidden_size"), cfg.get("num_layers"), cfg.get("kv_heads")) == (
+        c.hidden_size, c.num_hidden_layers, c.num_key_value_heads)
+
+
 def make_policy(name: str, target_eviction: float | None = None, gate_path: Path | None = None,
                 model_name: str | None = None, sink: int = 4) -> CachePolicy:
     """A policy by name. ``target_eviction`` (0..1) sets every policy's budget so they compare at equal eviction.
@@ -68,4 +85,4 @@ def _load_gates(path: Path, _version: int, model_name: str | None):
 
 
 __all__ = ["POLICIES", "AttentionGate", "CachePolicy", "FullCache", "H2O", "LayerView", "PolicyCache",
-           "StreamingLLM", "gate_weights_path", "make_policy"]
+           "StreamingLLM", "gate_fits", "gate_weights_path", "make_policy"]
