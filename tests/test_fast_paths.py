@@ -2,6 +2,7 @@
 mmap, the byte-bounded LRU, checksums hashed once per process, logits for the last position only,
 the int8 encoder, and the time split of a question."""
 import os
+import time
 
 import pytest
 import torch
@@ -146,6 +147,28 @@ def test_prefill_computes_logits_for_the_last_position_only(adapter, tokenizer):
         h.remove()
     assert seen[0] == (1, 1) and gen.stats.prompt_tokens > 1
     assert gen.stats.prefill_s > 0 and gen.stats.first_token_at > 0
+
+
+def test_prefill_time_spans_every_chunk_of_a_chunked_prompt(adapter):
+    # Under a cache policy the prompt is read in chunks; all of them are the prefill, not the first decode.
+    from uio.cache import make_policy
+    from uio.generate import stream_with_policy
+
+    lm = adapter.lm
+    spans: list[list[float]] = []
+    pre = lm.model.register_forward_pre_hook(lambda *a: spans.append([time.perf_counter()]))
+    post = lm.model.register_forward_hook(lambda *a: spans[-1].append(time.perf_counter()))
+    try:
+        gen = stream_with_policy(lm, [{"role": "user", "content": "Where is the lantern? " * 6}],
+                                 make_policy("streaming", 0.5), max_new_tokens=3, chunk=8)
+        "".join(gen)
+    finally:
+        pre.remove()
+        post.remove()
+    chunks = -(-gen.stats.prompt_tokens // 8)
+    assert chunks >= 3 and len(spans) >= chunks
+    assert gen.stats.prefill_s == pytest.approx(spans[chunks - 1][1] - spans[0][0], abs=2e-3)
+    assert gen.stats.prefill_s > spans[0][1] - spans[0][0]  # more than the first chunk alone
 
 
 def test_encoder_never_computes_logits(adapter):
