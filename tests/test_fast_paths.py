@@ -261,6 +261,23 @@ def test_memory_budget_caps_the_slots_a_compressed_answer_attends_to(tome_tiny, 
     assert capped.truncated and len(capped.sources) < len(full.sources)
 
 
+def test_default_memory_budget_is_sized_to_the_model_on_cpu(tome_tiny, smollm2, qwen):
+    from dataclasses import replace
+
+    from uio.model import flat_ttft_slots
+
+    assert Config().memory_budget == -1  # auto
+    # The rule: parameters outside the embedding tables / (8 * head_dim * heads * layers), floored.
+    c = smollm2.model.config
+    params = sum(p.numel() for n, p in smollm2.model.named_parameters() if "embed_tokens" not in n)
+    assert flat_ttft_slots(smollm2, floor=1) == params // (8 * 64 * c.num_attention_heads * c.num_hidden_layers)
+    assert (flat_ttft_slots(smollm2), flat_ttft_slots(qwen)) == (768, 2080)  # Qwen's untied lm_head not counted
+    assert tome_tiny.memory_budget() == 512  # the floor: a tiny model would otherwise get almost nothing
+    for fixed in (0, 16):
+        tome_tiny.config = replace(tome_tiny.config, memory_budget=fixed)
+        assert tome_tiny.memory_budget() == fixed
+
+
 def test_ingest_ray_flag_takes_an_address_or_leaves_the_file_alone(tmp_path):
     from app import _parser, _ray_address_or_file
 
