@@ -224,6 +224,7 @@ def main() -> None:
         if a.capped:
             full_config = tome.config
             tome.config = replace(full_config, memory_budget=a.capped)
+            cap = tome.memory_budget()  # auto (-1): what Tome's default allows on this device
             capped = []
             for _ in range(a.repeats):
                 tome._memories.clear()
@@ -273,7 +274,6 @@ def main() -> None:
         print(f"| {r['pages']} | " + " | ".join(f"{ph.get(p, 0.0):.4f}" for p in PHASES) +
               f" | {other:.4f} | {ph['ttft_s']:.4f} |")
     if a.capped:
-        cap = tome.memory_budget() if a.capped < 0 else a.capped
         print(f"\nCompressed, at most {cap} slots (best segments first" + (", the default budget)" if a.capped < 0
                                                                            else ")") + ":\n")
         print("| pages | slots | ttft s | " + " | ".join(PHASES) + " |")
@@ -301,7 +301,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": lm.name, "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
                                "ratio": a.ratio, "repeats": a.repeats, "reread_windows": a.reread_windows,
-                               "capped": a.capped, "cache_policy": a.cache_policy,
+                               "capped": cap if a.capped else 0, "cache_policy": a.cache_policy,
                                "question": QUESTION, "rows": rows, "summary": summary, "ingest": ingest_rows,
                                "ingest_speed": speed}, indent=1))
     plot(rows, a.plot, f"{lm.name}, {device} {dtype}, {torch.get_num_threads()} thread(s), {a.ratio}x memories")
