@@ -47,7 +47,10 @@ class Config:
     adapter: Path | None = None  # UIO adapter file; default: the one shipped for the model and ratio
     compress_batch: int = 4  # segments per encoder batch
     chunk_segments: int = 16  # segments per saved chunk: an interrupted ingestion resumes from the last one
-    memory_budget: int = 0  # most memory slots a compressed answer attends to (best segments first); 0: all that fit
+    # Most memory slots a compressed answer attends to (best segments first); 0: all that fit the window;
+    # -1 (auto): all on a GPU, on a CPU as many as keep the first token near a 1-page question's
+    # (uio.model.flat_ttft_slots: 768 for SmolLM2, 2,080 for Qwen).
+    memory_budget: int = -1
     memory_cache_mb: int = 1024  # MB of documents' memories kept between questions (in RAM; on the GPU if used)
     int8_ingest: bool = False  # CPU ingestion through an int8 copy of the model (faster; see uio/quant.py)
     ray_address: str = ""  # ingest over Ray: "local" (start one here), "auto", or ray://host:port; empty: off
@@ -705,6 +708,14 @@ class Tome:
         room = self.lm.window - prompt_tokens - max_new_tokens - 64  # 64: passage headers
         return max(0, min(self.config.context_budget, room))
 
+    def memory_budget(self) -> int:
+        """Most memory slots a compressed answer attends to; 0: no cap (see Config.memory_budget)."""
+        if self.config.memory_budget >= 0:
+            return self.config.memory_budget
+        from uio.model import flat_ttft_slots
+
+        return 0 if self.lm.device.type != "cpu" else flat_ttft_slots(self.lm)
+
     def ask(self, doc_refs: Sequence[int | str], question: str, history: Sequence[dict] = (),
             conversation_id: int | None = None, max_new_tokens: int | None = None,
             temperature: float = 0.0, stop: threading.Event | None = None,
@@ -746,8 +757,8 @@ class Tome:
             bare = count_tokens(lm.tokenizer, build_messages(fit_budget([], 0), question, history,
                                                              memory_of=titles))
             budget = max(0, lm.window - bare - max_new - 16)
-            if self.config.memory_budget > 0:  # the question attends to every slot: cap them for a flat TTFT
-                budget = min(budget, self.config.memory_budget)
+            if self.memory_budget():  # the question attends to every slot: cap them for a flat TTFT
+                budget = min(budget, self.memory_budget())
         else:
             with timer.phase("lookup"):
                 books = [(d.title, self.store.segments(d.id)) for d in docs]

@@ -164,8 +164,9 @@ def main() -> None:
     ap.add_argument("--ingest-batch", type=int, default=4, help="segments per batch there (GPU: 32 or more)")
     ap.add_argument("--cache-policy", default="full",
                     help="recent-cache policy of the answers (full: none; auto: the Attention-Gate where it ships)")
-    ap.add_argument("--capped", type=int, default=0,
-                    help="also time compressed answers attending to at most this many slots (best segments first)")
+    ap.add_argument("--capped", type=lambda v: -1 if v == "auto" else int(v), default=0,
+                    help="also time compressed answers attending to at most this many slots (best segments "
+                         "first); auto: Tome's default memory budget on this device")
     ap.add_argument("--data-dir", type=Path, help="keep the ingested books here (reused by later runs)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "e2e_ttft.png")
@@ -188,7 +189,7 @@ def main() -> None:
     a.data_dir.mkdir(parents=True, exist_ok=True)
     tome = Tome(Config(data_dir=a.data_dir / "data", model=a.model, ratio=a.ratio, models_dir=models,
                        context_budget=lm.window, max_new_tokens=a.max_new, threads=a.threads,
-                       cache_policy=a.cache_policy), lm=lm)
+                       cache_policy=a.cache_policy, memory_budget=0), lm=lm)  # 0: every slot
     tok = lm.tokenizer
     q_ids = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
                                     tokenize=True, return_dict=True)["input_ids"]
@@ -223,6 +224,7 @@ def main() -> None:
         if a.capped:
             full_config = tome.config
             tome.config = replace(full_config, memory_budget=a.capped)
+            cap = tome.memory_budget()  # auto (-1): what Tome's default allows on this device
             capped = []
             for _ in range(a.repeats):
                 tome._memories.clear()
@@ -272,7 +274,8 @@ def main() -> None:
         print(f"| {r['pages']} | " + " | ".join(f"{ph.get(p, 0.0):.4f}" for p in PHASES) +
               f" | {other:.4f} | {ph['ttft_s']:.4f} |")
     if a.capped:
-        print(f"\nCompressed, at most {a.capped} slots (best segments first):\n")
+        print(f"\nCompressed, at most {cap} slots (best segments first" + (", the default budget)" if a.capped < 0
+                                                                           else ")") + ":\n")
         print("| pages | slots | ttft s | " + " | ".join(PHASES) + " |")
         print("|---" * (len(PHASES) + 3) + "|")
         for r in rows:
@@ -285,7 +288,7 @@ def main() -> None:
                "reread_vs_compressed": {r["pages"]: r["reread_s"] / r["compressed_s"] for r in rows}}
     print(f"\nTTFT {hi['pages']}p / {lo['pages']}p (compressed, from store): "
           f"{summary['ttft_ratio_largest_vs_smallest']:.2f}x" +
-          (f"; capped at {a.capped} slots: {summary['ttft_ratio_capped']:.2f}x" if a.capped else ""))
+          (f"; capped at {hi['capped_slots']} slots: {summary['ttft_ratio_capped']:.2f}x" if a.capped else ""))
     if ingest_rows:
         print("\n| ingested | tokens | compress s | compress tok/s |\n|---|---|---|---|")
         for r in ingest_rows:
@@ -298,7 +301,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": lm.name, "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
                                "ratio": a.ratio, "repeats": a.repeats, "reread_windows": a.reread_windows,
-                               "capped": a.capped, "cache_policy": a.cache_policy,
+                               "capped": cap if a.capped else 0, "cache_policy": a.cache_policy,
                                "question": QUESTION, "rows": rows, "summary": summary, "ingest": ingest_rows,
                                "ingest_speed": speed}, indent=1))
     plot(rows, a.plot, f"{lm.name}, {device} {dtype}, {torch.get_num_threads()} thread(s), {a.ratio}x memories")

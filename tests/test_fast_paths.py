@@ -2,6 +2,7 @@
 mmap, the byte-bounded LRU, checksums hashed once per process, logits for the last position only,
 the int8 encoder, and the time split of a question."""
 import os
+import time
 
 import pytest
 import torch
@@ -148,6 +149,28 @@ def test_prefill_computes_logits_for_the_last_position_only(adapter, tokenizer):
     assert gen.stats.prefill_s > 0 and gen.stats.first_token_at > 0
 
 
+def test_prefill_time_spans_every_chunk_of_a_chunked_prompt(adapter):
+    # Under a cache policy the prompt is read in chunks; all of them are the prefill, not the first decode.
+    from uio.cache import make_policy
+    from uio.generate import stream_with_policy
+
+    lm = adapter.lm
+    spans: list[list[float]] = []
+    pre = lm.model.register_forward_pre_hook(lambda *a: spans.append([time.perf_counter()]))
+    post = lm.model.register_forward_hook(lambda *a: spans[-1].append(time.perf_counter()))
+    try:
+        gen = stream_with_policy(lm, [{"role": "user", "content": "Where is the lantern? " * 6}],
+                                 make_policy("streaming", 0.5), max_new_tokens=3, chunk=8)
+        "".join(gen)
+    finally:
+        pre.remove()
+        post.remove()
+    chunks = -(-gen.stats.prompt_tokens // 8)
+    assert chunks >= 3 and len(spans) >= chunks
+    assert gen.stats.prefill_s == pytest.approx(spans[chunks - 1][1] - spans[0][0], abs=2e-3)
+    assert gen.stats.prefill_s > spans[0][1] - spans[0][0]  # more than the first chunk alone
+
+
 def test_encoder_never_computes_logits(adapter):
     calls = []
     h = adapter.lm.model.lm_head.register_forward_hook(lambda *a: calls.append(1))
@@ -236,6 +259,23 @@ def test_memory_budget_caps_the_slots_a_compressed_answer_attends_to(tome_tiny, 
     capped = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed"))[-1]
     assert full.stats["prefix_len"] > 16 >= capped.stats["prefix_len"] > 0
     assert capped.truncated and len(capped.sources) < len(full.sources)
+
+
+def test_default_memory_budget_is_sized_to_the_model_on_cpu(tome_tiny, smollm2, qwen):
+    from dataclasses import replace
+
+    from uio.model import flat_ttft_slots
+
+    assert Config().memory_budget == -1  # auto
+    # The rule: parameters outside the embedding tables / (8 * head_dim * heads * layers), floored.
+    c = smollm2.model.config
+    params = sum(p.numel() for n, p in smollm2.model.named_parameters() if "embed_tokens" not in n)
+    assert flat_ttft_slots(smollm2, floor=1) == params // (8 * 64 * c.num_attention_heads * c.num_hidden_layers)
+    assert (flat_ttft_slots(smollm2), flat_ttft_slots(qwen)) == (768, 2080)  # Qwen's untied lm_head not counted
+    assert tome_tiny.memory_budget() == 512  # the floor: a tiny model would otherwise get almost nothing
+    for fixed in (0, 16):
+        tome_tiny.config = replace(tome_tiny.config, memory_budget=fixed)
+        assert tome_tiny.memory_budget() == fixed
 
 
 def test_ingest_ray_flag_takes_an_address_or_leaves_the_file_alone(tmp_path):

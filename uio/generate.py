@@ -98,20 +98,26 @@ def _encode(lm: LoadedModel, messages: list[dict], prefix_len: int, max_new_toke
 
 
 def _streamed(lm: LoadedModel, stats: GenerationStats, stop: threading.Event | None,
-              work: Callable[[_TimedStreamer, threading.Event], None]) -> Generation:
-    """Run ``work(streamer, stop)`` in a background thread; the Generation yields the streamer's text."""
+              work: Callable[[_TimedStreamer, threading.Event], None], prefill_forwards: int = 1) -> Generation:
+    """Run ``work(streamer, stop)`` in a background thread; the Generation yields the streamer's text.
+
+    The first ``prefill_forwards`` forwards of the model are the prompt's prefill (several when it is
+    read in chunks); their span is ``stats.prefill_s``.
+    """
     stop = stop or threading.Event()
     start = time.perf_counter()
     streamer = _TimedStreamer(lm.tokenizer, stats, start)
     failure: list[BaseException] = []
-    forwards: list[float] = []  # start and end of the first forward (the prefill)
+    forwards: list[float] = []  # start of the prefill's first forward and end of its last
+    done = [0]  # forwards finished
 
     def before(_module, _args) -> None:
         if not forwards:
             forwards.append(time.perf_counter())
 
     def after(_module, _args, _output) -> None:
-        if len(forwards) == 1:
+        done[0] += 1
+        if done[0] == prefill_forwards:
             forwards.append(time.perf_counter())
             stats.prefill_s = forwards[1] - forwards[0]
 
@@ -224,4 +230,4 @@ def stream_with_policy(lm: LoadedModel, messages: list[dict], policy, past_key_v
             stats.eviction_rate = pc.eviction_rate()
             stats.kv_bytes_held = pc.kv_bytes_held()
 
-    return _streamed(lm, stats, stop, work)
+    return _streamed(lm, stats, stop, work, prefill_forwards=-(-ids.shape[1] // chunk))

@@ -83,6 +83,24 @@ class LoadedModel:
         return c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * self.dtype.itemsize
 
 
+def flat_ttft_slots(lm: LoadedModel, floor: int = 512) -> int:
+    """Memory slots a question can attend to on a CPU while its first token stays near a 1-page question's.
+
+    Each prompt token's attention over one slot costs 4·head_dim·heads·layers FLOPs, its own
+    forward 2·P (P: parameters outside the embedding tables). CPU attention runs at about half the rate
+    of the GEMMs (bench/e2e.py), so at P / (8·head_dim·heads·layers) slots the memories add about
+    half of the question's own prefill: 767 for SmolLM2-135M, 2,080 for Qwen2.5-0.5B.
+    """
+    c = lm.model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    tables = {lm.model.get_input_embeddings().weight}  # lm_head runs for the last position only
+    out = lm.model.get_output_embeddings()
+    if out is not None:
+        tables.add(out.weight)
+    params = sum(p.numel() for p in lm.model.parameters() if p not in tables)
+    return max(floor, params // (8 * head_dim * c.num_attention_heads * c.num_hidden_layers))
+
+
 def embedded_key(name: str) -> str | None:
     key = ALIASES.get(name.lower(), name.lower())
     return key if key in EMBEDDED else None
