@@ -320,7 +320,8 @@ class Tome:
         return path if self._lm is None or gate_fits(path, self._lm.model) else None
 
     def cache_policy(self, name: str | None = None, eviction: float | None = None):
-        """The recent-cache policy object for ``name`` ("auto": the gate where it ships, else full).
+        """The recent-cache policy object for ``name`` ("auto": the gate where it ships and
+        ``uio.cache.AUTO_GATES`` lists the model, else full).
 
         None means the full cache (plain generation, no policy machinery in the way).
         """
@@ -329,7 +330,10 @@ class Tome:
         if name not in CACHE_POLICIES:
             raise ValueError(f"unknown cache policy {name!r}; use one of {', '.join(CACHE_POLICIES)}")
         if name == "auto":
-            name = "gate" if self.gate_file() else "full"
+            from uio.cache import AUTO_GATES
+            from uio.model import embedded_key
+
+            name = "gate" if self.gate_file() and embedded_key(self.config.model) in AUTO_GATES else "full"
         if name == "full":
             return None
         if not 0.0 <= eviction < 1.0:

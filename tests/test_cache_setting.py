@@ -50,3 +50,16 @@ def test_auto_uses_the_gate_shipped_for_smollm2(tome_smol, tmp_path):
     doc = tome_smol.ingest(make_pdf(tmp_path / "varrow.pdf", [text])).document
     final = list(tome_smol.ask([doc.id], "Who is the lighthouse keeper of Varrow Point?", max_new_tokens=12))[-1]
     assert final.stats["cache_policy"] == "gate" and 0.2 < final.stats["eviction_rate"] < 0.9
+
+
+def test_auto_applies_a_shipped_gate_only_to_the_models_listed(tmp_path, db_url):
+    from tests.conftest import make_tome
+    from uio.cache import AUTO_GATES
+
+    t = make_tome(tmp_path, db_url, None)  # the default model (qwen), not loaded: its gate file is read only
+    try:
+        assert t.gate_file().name == "gate-qwen.safetensors"
+        assert t.cache_policy("gate", 0.6).name == "gate"  # selectable by name
+        assert (t.cache_policy("auto") is not None) == ("qwen" in AUTO_GATES)
+    finally:
+        t.store.close()

@@ -12,6 +12,10 @@ from uio.cache.streaming import StreamingLLM
 
 POLICIES = ("full", "streaming", "h2o", "gate")
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+# Models whose shipped gate cache_policy="auto" applies (the one place this is decided). A shipped gate
+# stays selectable by name everywhere; "auto" uses it only where it measured no worse for the default
+# answer (TTFT, answers): docs/GATE.md "The default".
+AUTO_GATES = frozenset({"smollm2"})
 
 
 def gate_weights_path(model_name: str) -> Path:
@@ -84,5 +88,5 @@ def _load_gates(path: Path, _version: int, model_name: str | None):
     return AttentionGates.load(path, base_model=model_name)  # read-only afterwards: policies share it
 
 
-__all__ = ["POLICIES", "AttentionGate", "CachePolicy", "FullCache", "H2O", "LayerView", "PolicyCache",
+__all__ = ["AUTO_GATES", "POLICIES", "AttentionGate", "CachePolicy", "FullCache", "H2O", "LayerView", "PolicyCache",
            "StreamingLLM", "gate_fits", "gate_weights_path", "make_policy"]
