@@ -175,6 +175,9 @@ def main() -> None:
     ap.add_argument("--adapter", type=Path, default=None, help="a trained UIO adapter for the memory row")
     ap.add_argument("--rates", default=",".join(map(str, RATES)), help="target eviction rates, comma-separated")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed table")
+    ap.add_argument("--policies", default=",".join(EVICTING), help="evicting policies to run, comma-separated")
+    ap.add_argument("--gate-window", type=float, default=0.0, help="share of the budget the gate keeps as a "
+                                                                   "recency window (make_policy gate_window)")
     ap.add_argument("--tag", default="", help="suffix of the JSON name (eval_cache_<model>_<tag>.json); "
                                               "a tagged run draws no plot")
     args = ap.parse_args()
@@ -198,12 +201,13 @@ def main() -> None:
         return
 
     rates = tuple(float(r) for r in args.rates.split(","))
-    configs = [("full", None)] + [(name, r) for r in rates for name in EVICTING]
+    configs = [("full", None)] + [(name, r) for r in rates for name in args.policies.split(",")]
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
     print(f"{'policy':<16}{'evict %':>9}{'ppl':>9}{'d ppl %':>9}{'QA %':>7}{'QA evict %':>12}")
     for name, rate in configs:
-        policy = make_policy(name, rate, gate_path=gate_path if name == "gate" else None, model_name=key)
+        policy = make_policy(name, rate, gate_path=gate_path if name == "gate" else None, model_name=key,
+                             gate_window=args.gate_window if name == "gate" else 0.0)
         nlls, evs, ns = zip(*(perplexity(lm, policy, ids, args.chunk, args.skip) for ids in seqs))
         nll = sum(a * b for a, b in zip(nlls, ns)) / sum(ns)
         acc, qa_ev = qa_accuracy(lm, policy, items, args.chunk)

@@ -139,6 +139,27 @@ def test_gate_at_a_target_eviction_uses_the_calibrated_threshold(tiny_llama, tmp
     assert gen.stats.policy == "gate" and 0.2 < gen.stats.eviction_rate < 0.7
 
 
+def test_gate_with_a_recency_window_keeps_the_newest_share_of_its_budget(tiny_llama, tmp_path):
+    gates = _gates(tiny_llama, init_bias=0.0)
+    gates.quantiles = calibrate(tiny_llama.model, gates, [_ids(tiny_llama, 96)])
+    path = tmp_path / "gate.safetensors"
+    gates.save(path)
+    policy = make_policy("gate", 0.6, gate_path=path, gate_window=0.5)
+    assert policy.window_share == 0.5 and policy.target_eviction == 0.6
+    pc = PolicyCache(tiny_llama.model, policy)
+    ids = _ids(tiny_llama, 192)
+    with torch.no_grad():
+        for i in range(0, 192, 32):
+            pc.forward(ids[:, i:i + 32])
+            pc.evict()
+    window = -(-int(0.5 * 0.4 * 192 * 1000) // 1000)  # ceil(0.5 * budget) = 39 newest tokens
+    for layer in range(len(pc.positions)):
+        for h in range(pc.positions[layer].shape[0]):
+            held = set(pc.positions[layer][h].tolist())
+            assert set(range(192 - window, 192)) <= held and set(range(4)) <= held
+    assert 0.45 < pc.eviction_rate() < 0.75
+
+
 def test_uncalibrated_gate_follows_the_target_online(tiny_llama, tmp_path):
     path = tmp_path / "gate.safetensors"
     _gates(tiny_llama, init_bias=0.0).save(path)

@@ -41,11 +41,12 @@ def gate_fits(path: Path, model) -> bool:
 
 
 def make_policy(name: str, target_eviction: float | None = None, gate_path: Path | None = None,
-                model_name: str | None = None, sink: int = 4) -> CachePolicy:
+                model_name: str | None = None, sink: int = 4, gate_window: float = 0.0) -> CachePolicy:
     """A policy by name. ``target_eviction`` (0..1) sets every policy's budget so they compare at equal eviction.
 
     "gate" loads ``gate_path`` (default: the shipped gate of ``model_name``); a missing file raises
-    FileNotFoundError saying how to train one.
+    FileNotFoundError saying how to train one. ``gate_window``: the share of the budget the gate keeps as a
+    window of the newest tokens (``AttentionGate.window_share``; needs a target).
     """
     if name == "full":
         return FullCache()
@@ -66,6 +67,8 @@ def make_policy(name: str, target_eviction: float | None = None, gate_path: Path
             gate_path = gate_weights_path(model_name)
         gates = _gates(Path(gate_path), model_name)
         threshold = gates.threshold_for(target_eviction) if target_eviction is not None else None
+        if threshold is not None and gate_window > 0:
+            return AttentionGate(target_eviction=target_eviction, weights=gates, window_share=gate_window)
         if threshold is not None:  # calibrated: a fixed threshold, decisions made once per token
             return AttentionGate(weights=gates, threshold=threshold)
         return AttentionGate(target_eviction=target_eviction, weights=gates)
