@@ -60,8 +60,8 @@ class Config:
     neighbours: int = 1  # segments on each side of a retrieved one that come with it, when they fit
     vector_index_min: int = 100_000  # above this many segments (SQLite), search through the sqlite-vec index
     max_new_tokens: int = 256
-    # Policy for the recent (uncompressed) cache: "auto" (the Attention-Gate where weights ship for
-    # the model, else full), "full", "streaming", "h2o" or "gate"; eviction is the share of recent
+    # Policy for the recent (uncompressed) cache: "auto" (the Attention-Gate for the models in
+    # uio.cache.AUTO_GATES, else full), "full", "streaming", "h2o" or "gate"; eviction is the share of recent
     # tokens each policy drops (stored memories are never evicted).
     cache_policy: str = "auto"
     cache_eviction: float = 0.6

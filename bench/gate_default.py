@@ -112,8 +112,8 @@ def main() -> None:
                                 "ttft_vs_full": got[how]["ttft_s"] / got["full"]["ttft_s"]}
                 rows.append(r)
                 print(f"{length:>7}{k:>5}{how:>14}{r['prompt_tokens']:>8}{r['ttft_s']:>8.2f}{r['ttft_vs_full']:>8.2f}"
-                      f"{100 * r['eviction_rate']:>9.1f}  {'y' if r['ok'] else 'n':>2}  {'y' if r['same_as_full'] else 'n':>4}",
-                      flush=True)
+                      f"{100 * r['eviction_rate']:>9.1f}  {'y' if r['ok'] else 'n':>2}"
+                      f"  {'y' if r['same_as_full'] else 'n':>4}", flush=True)
     summary = {}
     for length in (args.short, args.long):
         for how in ways:

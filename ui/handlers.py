@@ -15,7 +15,7 @@ from tome import CACHE_POLICIES, MODES, AnswerUpdate, Tome
 
 LIBRARY_HEADERS = ["ID", "Title", "Pages", "Tokens", "Memories on disk", "Status", "Added"]
 CHAT_MODES = ("compressed", "uncompressed", "compare")
-POLICY_CHOICES = [("Automatic (Attention-Gate where trained, else full)", "auto"), ("Full cache", "full"),
+POLICY_CHOICES = [("Automatic (Attention-Gate where enabled, else full)", "auto"), ("Full cache", "full"),
                   ("StreamingLLM (sinks + recent window)", "streaming"), ("H2O (heavy hitters + recent)", "h2o"),
                   ("Attention-Gate (learned)", "gate")]
 assert [v for _, v in POLICY_CHOICES] == list(CACHE_POLICIES)
