@@ -46,7 +46,8 @@ class AttentionGate(CachePolicy):
     def prepare(self, cache) -> None:
         """With a target: the threshold is the quantile of every keep probability the gate has given so far
         (all layers and heads, sinks and the newest ``recent`` tokens aside) that evicts the target share
-        of the tokens seen. Heads and layers the gate deems more useful keep more."""
+        of the tokens seen. Heads and layers the gate deems more useful keep more. With ``window_share``:
+        the window's length and the calibrated threshold that evicts the target from the older tokens."""
         cfg = self.weights.config
         if self.target_eviction is None:
             self._threshold = self.threshold
