@@ -273,6 +273,10 @@ def test_default_memory_budget_is_sized_to_the_model_on_cpu(tome_tiny, smollm2, 
     assert flat_ttft_slots(smollm2, floor=1) == params // (8 * 64 * c.num_attention_heads * c.num_hidden_layers)
     assert (flat_ttft_slots(smollm2), flat_ttft_slots(qwen)) == (768, 2080)  # Qwen's untied lm_head not counted
     assert tome_tiny.memory_budget() == 512  # the floor: a tiny model would otherwise get almost nothing
+    before = flat_ttft_slots(tome_tiny.lm, floor=1)
+    tome_tiny.adapter_for()  # injects LoRA weights into the model: not part of an answer's cost
+    assert any("lora_" in n for n, _ in tome_tiny.lm.model.named_parameters())
+    assert flat_ttft_slots(tome_tiny.lm, floor=1) == before
     for fixed in (0, 16):
         tome_tiny.config = replace(tome_tiny.config, memory_budget=fixed)
         assert tome_tiny.memory_budget() == fixed

@@ -97,7 +97,8 @@ def flat_ttft_slots(lm: LoadedModel, floor: int = 512) -> int:
     out = lm.model.get_output_embeddings()
     if out is not None:
         tables.add(out.weight)
-    params = sum(p.numel() for p in lm.model.parameters() if p not in tables)
+    # UIO adapters inject LoRA weights into the same modules; they are not part of an answer's forward.
+    params = sum(p.numel() for n, p in lm.model.named_parameters() if p not in tables and "lora_" not in n)
     return max(floor, params // (8 * head_dim * c.num_attention_heads * c.num_hidden_layers))
 
 
