@@ -89,7 +89,8 @@ def qa_items(tokenizer, texts: list[str], count: int, passage_tokens: int, seed:
 def qa_accuracy(lm, policy, items: list[dict], chunk: int) -> tuple[float, float]:
     hits, rates = 0, []
     for item in items:
-        gen = stream_with_policy(lm, item["messages"], policy, max_new_tokens=20, chunk=chunk)  # it restates the question first
+        gen = stream_with_policy(lm, item["messages"], policy, max_new_tokens=20, chunk=chunk,
+                                 evict_every=chunk)  # it restates the question first
         text = "".join(gen)
         hits += item["answer"] in text
         rates.append(gen.stats.eviction_rate)
@@ -98,7 +99,7 @@ def qa_accuracy(lm, policy, items: list[dict], chunk: int) -> tuple[float, float
 
 def speed(lm, policy, ids: torch.Tensor, chunk: int, new_tokens: int) -> dict:
     messages = [{"role": "user", "content": lm.tokenizer.decode(ids[0])}]
-    gen = stream_with_policy(lm, messages, policy, max_new_tokens=new_tokens, chunk=chunk)
+    gen = stream_with_policy(lm, messages, policy, max_new_tokens=new_tokens, chunk=chunk, evict_every=chunk)
     for _ in gen:
         pass
     s = gen.stats

@@ -43,12 +43,13 @@ def test_ask_under_a_policy_holds_fewer_bytes(tome_tiny, tmp_path, mode):
     assert stored.stats["cache_policy"] == "streaming"
 
 
-def test_auto_uses_the_gate_shipped_for_smollm2(tome_smol, tmp_path):
+def test_smollm2_gate_ships_opt_in(tome_smol, tmp_path):
     assert tome_smol.gate_file().name == "gate-smollm2.safetensors"
-    assert tome_smol.cache_policy("auto").name == "gate"
+    assert tome_smol.cache_policy("auto") is None  # not in AUTO_GATES: it moved answers on the default path
     text = "The lighthouse keeper of Varrow Point is named Ilse Marrick. " + "Waves broke on the rocks. " * 60
     doc = tome_smol.ingest(make_pdf(tmp_path / "varrow.pdf", [text])).document
-    final = list(tome_smol.ask([doc.id], "Who is the lighthouse keeper of Varrow Point?", max_new_tokens=12))[-1]
+    final = list(tome_smol.ask([doc.id], "Who is the lighthouse keeper of Varrow Point?", max_new_tokens=12,
+                               cache_policy="gate"))[-1]
     assert final.stats["cache_policy"] == "gate" and 0.2 < final.stats["eviction_rate"] < 0.9
 
 
@@ -60,6 +61,7 @@ def test_auto_applies_a_shipped_gate_only_to_the_models_listed(tmp_path, db_url)
     try:
         assert t.gate_file().name == "gate-qwen.safetensors"
         assert t.cache_policy("gate", 0.6).name == "gate"  # selectable by name
-        assert (t.cache_policy("auto") is not None) == ("qwen" in AUTO_GATES)
+        assert AUTO_GATES == {"qwen"}  # issue 6: the default model's gate is on by default
+        assert t.cache_policy("auto").name == "gate"
     finally:
         t.store.close()

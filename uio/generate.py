@@ -11,7 +11,11 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 
 from uio.model import LoadedModel
 
-PREFILL_CHUNK = 32  # tokens per prefill step under a policy: eviction also applies within long prompts
+# Under a cache policy the prompt is read this many tokens per forward, with eviction after each (so it also
+# applies within very long prompts). Small chunks cost: on CPU 32-token chunks made the first token ~7x slower
+# than one prefill (docs/GATE.md); a default prompt (context budget 3,072 + question) is one forward.
+PREFILL_CHUNK = 4096
+EVICT_EVERY = 32  # decoded tokens between evictions
 
 
 @dataclass
@@ -193,11 +197,11 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
 
 def stream_with_policy(lm: LoadedModel, messages: list[dict], policy, past_key_values=None, prefix_len: int = 0,
                        max_new_tokens: int = 256, temperature: float = 0.0, stop: threading.Event | None = None,
-                       chunk: int = PREFILL_CHUNK) -> Generation:
+                       chunk: int = PREFILL_CHUNK, evict_every: int = EVICT_EVERY) -> Generation:
     """Like ``stream_chat``, with a recent-cache ``policy`` (uio.cache) applied as the cache grows.
 
     The prompt is prefilled ``chunk`` tokens at a time and the policy evicts after each chunk and every
-    ``chunk`` decoded tokens; the ``prefix_len`` memory slots in ``past_key_values`` are never evicted.
+    ``evict_every`` decoded tokens; the ``prefix_len`` memory slots in ``past_key_values`` are never evicted.
     """
     from uio.cache import PolicyCache
 
@@ -224,7 +228,7 @@ def stream_with_policy(lm: LoadedModel, messages: list[dict], policy, past_key_v
                 if int(token) in eos or stop.is_set() or n == max_new_tokens:
                     break
                 out = pc.forward(token[:, None], logits_to_keep=1)
-                if n % chunk == 0:
+                if n % evict_every == 0:
                     pc.evict()
         finally:
             stats.eviction_rate = pc.eviction_rate()

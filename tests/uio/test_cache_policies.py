@@ -180,6 +180,26 @@ def test_policy_generation_after_memories_reports_eviction(tiny_llama):
     assert gen.stats.kv_bytes_held[0] < (8 + gen.stats.prompt_tokens) * tiny_llama.kv_bytes_per_token / 2
 
 
+def test_policy_path_prefills_a_default_prompt_in_one_forward_and_evicts_while_decoding(tiny_llama):
+    messages = [{"role": "user", "content": "word " * 120}]
+    forwards = []
+    h = tiny_llama.model.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        gen = stream_with_policy(tiny_llama, messages, StreamingLLM(target_eviction=0.5), max_new_tokens=3)
+        _text(gen)
+    finally:
+        h.remove()
+    assert gen.stats.prompt_tokens > 120 and len(forwards) == 1 + 2  # one prefill, then one per new token
+    held = {}
+    for every in (4, 1000):  # decode evicts every `evict_every` tokens, whatever the prefill chunk
+        gen = stream_with_policy(tiny_llama, messages, StreamingLLM(target_eviction=0.5), max_new_tokens=24,
+                                 evict_every=every)
+        _text(gen)
+        assert gen.stats.new_tokens == 24
+        held[every] = gen.stats.kv_bytes_held[0]
+    assert held[4] < held[1000]
+
+
 def test_make_policy_names():
     assert POLICIES == ("full", "streaming", "h2o", "gate")
     assert isinstance(make_policy("full"), FullCache)

@@ -124,8 +124,10 @@ class PolicyCache:
         pos = torch.arange(self.next_pos, self.next_pos + q, device=input_ids.device)[None]
         lengths = {p.shape[1] for p in self.positions}
         if len(lengths) == 1 and not any(bool((p < 0).any()) for p in self.positions) and not self.policy.needs_scores:
-            # No pads and equal lengths: one plain causal mask serves all layers (none at all for one token).
-            mask = None if q == 1 else self._mask(0, q)[:, :1]
+            # No pads and equal lengths: one plain causal mask serves all layers. None at all for one token,
+            # or when nothing is held yet: the model's own causal path (SDPA is_causal) is faster on CPU.
+            empty = self.prefix_len == 0 and lengths == {0}
+            mask = None if q == 1 or empty else self._mask(0, q)[:, :1]
             self._masks = []
         else:
             self._masks = [self._mask(layer, q) for layer in range(self.n_layers)]
