@@ -329,23 +329,24 @@ class Tome:
         eviction = self.config.cache_eviction if eviction is None else eviction
         if name not in CACHE_POLICIES:
             raise ValueError(f"unknown cache policy {name!r}; use one of {', '.join(CACHE_POLICIES)}")
+        # Looked up once per question: gate_file() reads the file's header to check it fits the model.
+        gate = self.gate_file() if name in ("auto", "gate") else None
         if name == "auto":
             from uio.cache import AUTO_GATES
             from uio.model import embedded_key
 
-            name = "gate" if self.gate_file() and embedded_key(self.config.model) in AUTO_GATES else "full"
+            name = "gate" if gate and embedded_key(self.config.model) in AUTO_GATES else "full"
         if name == "full":
             return None
         if not 0.0 <= eviction < 1.0:
             raise ValueError(f"cache eviction must be in [0, 1), got {eviction}")
-        if name == "gate" and self.gate_file() is None:
+        if name == "gate" and gate is None:
             raise ValueError(f"no Attention-Gate weights ship for {self.model_name}; pick another cache policy "
                              "(docs/GATE.md says how to train them)")
         from uio.cache import make_policy
 
         # The gate file names its base model: a gate of another model is refused, not misapplied.
-        return make_policy(name, eviction, gate_path=self.gate_file() if name == "gate" else None,
-                           model_name=self.config.model)
+        return make_policy(name, eviction, gate_path=gate, model_name=self.config.model)
 
     def adapter_for(self, ratio: int | None = None):
         """The UIO adapter for a compression ratio (loaded once); untrained when none is shipped."""
@@ -761,8 +762,9 @@ class Tome:
             bare = count_tokens(lm.tokenizer, build_messages(fit_budget([], 0), question, history,
                                                              memory_of=titles))
             budget = max(0, lm.window - bare - max_new - 16)
-            if self.memory_budget():  # the question attends to every slot: cap them for a flat TTFT
-                budget = min(budget, self.memory_budget())
+            cap = self.memory_budget()
+            if cap:  # the question attends to every slot: cap them for a flat TTFT
+                budget = min(budget, cap)
         else:
             with timer.phase("lookup"):
                 books = [(d.title, self.store.segments(d.id)) for d in docs]

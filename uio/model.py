@@ -89,7 +89,7 @@ def flat_ttft_slots(lm: LoadedModel, floor: int = 512) -> int:
     Each prompt token's attention over one slot costs 4·head_dim·heads·layers FLOPs, its own
     forward 2·P (P: parameters outside the embedding tables). CPU attention runs at about half the rate
     of the GEMMs (bench/e2e.py), so at P / (8·head_dim·heads·layers) slots the memories add about
-    half of the question's own prefill: 767 for SmolLM2-135M, 2,080 for Qwen2.5-0.5B.
+    half of the question's own prefill: 768 for SmolLM2-135M, 2,080 for Qwen2.5-0.5B.
     """
     c = lm.model.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
