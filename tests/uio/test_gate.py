@@ -15,6 +15,16 @@ def _ids(lm, n: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, lm.model.config.vocab_size, (batch, n), generator=g)
 
 
+def _read(lm, policy, ids: torch.Tensor, chunk: int) -> PolicyCache:
+    """A PolicyCache that read ``ids`` in chunks, evicting after each."""
+    pc = PolicyCache(lm.model, policy)
+    with torch.no_grad():
+        for i in range(0, ids.shape[1], chunk):
+            pc.forward(ids[:, i:i + chunk])
+            pc.evict()
+    return pc
+
+
 def _gates(lm, seed: int = 0, **kw) -> AttentionGates:
     torch.manual_seed(seed)
     return AttentionGates(GateConfig.for_model(lm.model, base_model="tiny", **kw))
@@ -110,11 +120,7 @@ def test_gate_policy_keeps_sinks_recent_and_confident_tokens(tiny_llama):
     policy = AttentionGate(weights=gates, threshold=0.5)
     with collect_hidden(tiny_llama.model) as seen, torch.no_grad():
         tiny_llama.model(ids)
-    pc = PolicyCache(tiny_llama.model, policy)
-    with torch.no_grad():
-        for i in range(0, 64, 16):
-            pc.forward(ids[:, i:i + 16])
-            pc.evict()
+    pc = _read(tiny_llama, policy, ids, 16)
     # Layer 0 reads the embeddings, the same with or without eviction: its decisions are known exactly.
     confident = set(torch.nonzero(seen[0][0, :, 0] > 0).flatten().tolist())
     expect = sorted(set(range(2)) | set(range(56, 64)) | confident)
@@ -146,12 +152,7 @@ def test_gate_with_a_recency_window_keeps_the_newest_share_of_its_budget(tiny_ll
     gates.save(path)
     policy = make_policy("gate", 0.6, gate_path=path, gate_window=0.5)
     assert policy.window_share == 0.5 and policy.target_eviction == 0.6
-    pc = PolicyCache(tiny_llama.model, policy)
-    ids = _ids(tiny_llama, 192)
-    with torch.no_grad():
-        for i in range(0, 192, 32):
-            pc.forward(ids[:, i:i + 32])
-            pc.evict()
+    pc = _read(tiny_llama, policy, _ids(tiny_llama, 192), 32)
     window = -(-int(0.5 * 0.4 * 192 * 1000) // 1000)  # ceil(0.5 * budget) = 39 newest tokens
     for layer in range(len(pc.positions)):
         for h in range(pc.positions[layer].shape[0]):
@@ -165,12 +166,7 @@ def test_uncalibrated_gate_follows_the_target_online(tiny_llama, tmp_path):
     _gates(tiny_llama, init_bias=0.0).save(path)
     policy = make_policy("gate", 0.5, gate_path=path)
     assert policy.target_eviction == 0.5
-    pc = PolicyCache(tiny_llama.model, policy)
-    ids = _ids(tiny_llama, 160)
-    with torch.no_grad():
-        for i in range(0, 160, 32):
-            pc.forward(ids[:, i:i + 32])
-            pc.evict()
+    pc = _read(tiny_llama, policy, _ids(tiny_llama, 160), 32)
     assert 0.4 < pc.eviction_rate() < 0.65
 
 
