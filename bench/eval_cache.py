@@ -87,6 +87,8 @@ def qa_items(tokenizer, texts: list[str], count: int, passage_tokens: int, seed:
 
 
 def qa_accuracy(lm, policy, items: list[dict], chunk: int) -> tuple[float, float]:
+    if not items:  # --qa 0: perplexity only
+        return float("nan"), float("nan")
     hits, rates = 0, []
     for item in items:
         gen = stream_with_policy(lm, item["messages"], policy, max_new_tokens=20, chunk=chunk,
@@ -179,6 +181,9 @@ def main() -> None:
     ap.add_argument("--policies", default=",".join(EVICTING), help="evicting policies to run, comma-separated")
     ap.add_argument("--gate-window", type=float, default=0.0, help="share of the budget the gate keeps as a "
                                                                    "recency window (make_policy gate_window)")
+    ap.add_argument("--match-gate", action="store_true",
+                    help="run StreamingLLM and H2O at the eviction the gate actually reached at each rate "
+                         "(the gate's fixed threshold over- or undershoots a target)")
     ap.add_argument("--tag", default="", help="suffix of the JSON name (eval_cache_<model>_<tag>.json); "
                                               "a tagged run draws no plot")
     args = ap.parse_args()
@@ -202,19 +207,31 @@ def main() -> None:
         return
 
     rates = tuple(float(r) for r in args.rates.split(","))
-    configs = [("full", None)] + [(name, r) for r in rates for name in args.policies.split(",")]
+    names = args.policies.split(",")
+    if args.match_gate:  # the gate first at each rate: the others then take its measured eviction
+        if "gate" not in names:
+            raise SystemExit("--match-gate needs the gate among --policies")
+        names = ["gate"] + [n for n in names if n != "gate"]
+    configs = [("full", None)] + [(name, r) for r in rates for name in names]
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
     print(f"{'policy':<16}{'evict %':>9}{'ppl':>9}{'d ppl %':>9}{'QA %':>7}{'QA evict %':>12}")
-    for name, rate in configs:
+    for name, target in configs:
+        rate = qa_rate = target
+        if args.match_gate and name != "gate" and target is not None:  # the gate's rate on each task
+            gate_row = results[f"gate@{target}"]
+            rate = round(gate_row["eviction_rate"], 4)
+            qa_rate = rate if math.isnan(gate_row["qa_eviction_rate"]) else round(gate_row["qa_eviction_rate"], 4)
         policy = make_policy(name, rate, gate_path=gate_path if name == "gate" else None, model_name=key,
                              gate_window=args.gate_window if name == "gate" else 0.0)
         nlls, evs, ns = zip(*(perplexity(lm, policy, ids, args.chunk, args.skip) for ids in seqs))
         nll = sum(a * b for a, b in zip(nlls, ns)) / sum(ns)
-        acc, qa_ev = qa_accuracy(lm, policy, items, args.chunk)
+        qa_policy = policy if qa_rate == rate else make_policy(name, qa_rate, model_name=key)
+        acc, qa_ev = qa_accuracy(lm, qa_policy, items, args.chunk)
         row = {"policy": name, "target_eviction": rate, "eviction_rate": sum(evs) / len(evs),
                "ppl": math.exp(nll), "qa_acc": acc, "qa_eviction_rate": qa_ev, "tokens_scored": sum(ns)}
-        tag = "full" if rate is None else f"{name}@{rate}"
+        row["matched_to_gate"] = rate != target
+        tag = "full" if target is None else f"{name}@{target}"
         results[tag] = row
         row["ppl_delta_pct"] = 100 * (row["ppl"] / results["full"]["ppl"] - 1)
         print(f"{tag:<16}{100 * row['eviction_rate']:>9.1f}{row['ppl']:>9.2f}{row['ppl_delta_pct']:>+9.1f}"

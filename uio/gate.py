@@ -63,10 +63,12 @@ class LayerGate(nn.Module):
         qs, ks, vs = self.qkv(x).view(B, q, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if state is not None:
             ks, vs = torch.cat([state[0], ks], 2), torch.cat([state[1], vs], 2)
-        past = ks.shape[2] - q
-        qi = torch.arange(q, device=x.device)[:, None] + past
-        kj = torch.arange(ks.shape[2], device=x.device)[None]
-        band = (kj <= qi) & (kj > qi - self.window)  # causal, last `window` tokens
+        band = None  # one new token after a state of < window tokens: it sees them all (decoding)
+        if q > 1 or ks.shape[2] > self.window:
+            past = ks.shape[2] - q
+            qi = torch.arange(q, device=x.device)[:, None] + past
+            kj = torch.arange(ks.shape[2], device=x.device)[None]
+            band = (kj <= qi) & (kj > qi - self.window)  # causal, last `window` tokens
         mixed = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=band)
         mixed = mixed.transpose(1, 2).reshape(B, q, -1)
         keep_from = max(0, ks.shape[2] - (self.window - 1))

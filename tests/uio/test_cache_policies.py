@@ -112,7 +112,9 @@ def test_memory_prefix_is_never_evicted(tiny_llama):
 
 
 def test_evicted_cache_gives_the_logits_of_masked_full_attention(tiny_qwen):
-    """Per-head eviction (heads keep different tokens, padded) == full attention with those entries masked."""
+    """Per-head eviction (heads keep different tokens, padded) == full attention with those entries masked,
+    for a chunk read after the eviction and for tokens decoded one at a time after it (their masks grow from
+    the previous forward's)."""
     model = tiny_qwen.model
     ids = _ids(tiny_qwen, 48)
 
@@ -130,7 +132,8 @@ def test_evicted_cache_gives_the_logits_of_masked_full_attention(tiny_qwen):
         pc.forward(ids[:, :32])
         full_bytes = sum(pc.kv_bytes_held())
         pc.evict()
-        got = pc.forward(ids[:, 32:]).logits
+        got = [pc.forward(ids[:, 32:40]).logits] + [pc.forward(ids[:, i:i + 1]).logits for i in range(40, 48)]
+        got = torch.cat(got, 1)
     assert pc.positions[0][1, 10:16].tolist() == [-1] * 6  # head 1 keeps 10, head 0 16: pads
     assert sum(pc.kv_bytes_held()) < full_bytes * 48 / 32  # fewer entries held than without eviction
 

@@ -100,7 +100,12 @@ def test_gate_in_chunks_with_its_state_equals_one_pass(tiny_llama):
             p, state = gate.step(h[:, i:i + 7], state)
             parts.append(p)
             assert state[0].shape[2] <= 7  # window - 1 tokens of its own K/V
+        singles, state = [], None  # decoding: one token at a time
+        for i in range(30):
+            p, state = gate.step(h[:, i:i + 1], state)
+            singles.append(p)
     assert torch.allclose(torch.cat(parts, 1), whole, atol=1e-6)
+    assert torch.allclose(torch.cat(singles, 1), whole, atol=1e-6)
 
 
 def test_collect_hidden_sees_every_layer(tiny_llama):

@@ -91,7 +91,12 @@ class PolicyCache:
         self.prob_history: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers)]  # every (H, q) given
         self.seen = 0
         self.next_pos = prefix_len
+        self._dtype, self._device = model.dtype, model.device  # model.device walks the parameters: once
+        self._uniform = True  # every layer holds the same number of entries and no pads: one causal mask
         self._masks: list[torch.Tensor] = []
+        # Per layer, the additive mask (heads, held) over everything held, while it is known: the last row
+        # of the previous forward's mask. Decoding then builds its mask with one cat instead of rebuilding it.
+        self._held_masks: list[torch.Tensor | None] = [None] * self.n_layers
         self._pending: dict[int, tuple] = {}
         install_hooks(model)
 
@@ -122,11 +127,10 @@ class PolicyCache:
         """Run the model on new tokens (1, q) after everything held; returns the model output."""
         q = input_ids.shape[1]
         pos = torch.arange(self.next_pos, self.next_pos + q, device=input_ids.device)[None]
-        lengths = {p.shape[1] for p in self.positions}
-        if len(lengths) == 1 and not any(bool((p < 0).any()) for p in self.positions) and not self.policy.needs_scores:
+        if self._uniform and not self.policy.needs_scores:
             # No pads and equal lengths: one plain causal mask serves all layers. None at all for one token,
             # or when nothing is held yet: the model's own causal path (SDPA is_causal) is faster on CPU.
-            empty = self.prefix_len == 0 and lengths == {0}
+            empty = self.prefix_len == 0 and self.positions[0].shape[1] == 0
             mask = None if q == 1 or empty else self._mask(0, q)[:, :1]
             self._masks = []
         else:
@@ -136,6 +140,9 @@ class PolicyCache:
                          attention_mask=mask, use_cache=True, tome_cache=self, **kwargs)
         for layer in range(self.n_layers):
             self.positions[layer] = torch.cat([self.positions[layer], pos.expand(self.kv_heads, -1)], 1)
+        # The new tokens are held now: a mask's last query row (it sees every new token) is the held mask.
+        self._held_masks = ([m[0, :, -1].contiguous() for m in self._masks] if self._masks
+                            else [None] * self.n_layers)
         self.seen += q
         self.next_pos += q
         self._masks, self._pending = [], {}
@@ -143,14 +150,18 @@ class PolicyCache:
 
     def _mask(self, layer: int, q: int) -> torch.Tensor:
         """Additive (1, heads, q, held + q) mask: memories, the valid recent entries of each head, causal new."""
-        dtype, device = self.model.dtype, self.model.device
-        valid = self.positions[layer] >= 0  # (H, Lr)
-        past = torch.cat([torch.ones(self.kv_heads, self.prefix_len, dtype=torch.bool, device=device), valid], 1)
-        past = past.repeat_interleave(self.heads // self.kv_heads, 0)[:, None].expand(-1, q, -1)
-        causal = torch.ones(q, q, dtype=torch.bool, device=device).tril()[None].expand(self.heads, -1, -1)
-        allowed = torch.cat([past, causal], 2)[None]
-        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed,
-                                                                                    torch.finfo(dtype).min)
+        dtype, device = self._dtype, self._device
+        low = torch.finfo(dtype).min
+        held = self._held_masks[layer]
+        if held is None:
+            valid = self.positions[layer] >= 0  # (H, Lr)
+            allowed = torch.cat([torch.ones(self.kv_heads, self.prefix_len, dtype=torch.bool, device=device),
+                                 valid], 1).repeat_interleave(self.heads // self.kv_heads, 0)
+            held = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, low)
+        if q == 1:  # one new token sees everything held and itself
+            return torch.cat([held, held.new_zeros(self.heads, 1)], 1)[None, :, None]
+        causal = torch.full((q, q), low, dtype=dtype, device=device).triu_(1)[None].expand(self.heads, -1, -1)
+        return torch.cat([held[:, None].expand(-1, q, -1), causal], 2)[None]
 
     # ---- hooks (called from the model's forward) -------------------------------------------------
     def _before_attention(self, layer: int, hidden: torch.Tensor, position_embeddings) -> None:
@@ -188,6 +199,7 @@ class PolicyCache:
     def evict(self) -> None:
         """Ask the policy what to keep in every layer and really drop the rest."""
         self.policy.prepare(self)
+        self._held_masks = [None] * self.n_layers
         for layer in range(self.n_layers):
             positions = self.positions[layer]
             if positions.shape[1] == 0:
@@ -215,6 +227,8 @@ class PolicyCache:
                 held = getattr(self, name)[layer]
                 if held is not None:
                     getattr(self, name)[layer] = held.gather(1, order).masked_fill(~slot_ok, 0.0)
+        self._uniform = (len({p.shape[1] for p in self.positions}) == 1
+                         and not any(bool((p < 0).any()) for p in self.positions))
 
 
 # ---- hooks ---------------------------------------------------------------------------------------------
