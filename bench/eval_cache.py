@@ -181,11 +181,11 @@ def main() -> None:
     ap.add_argument("--policies", default=",".join(EVICTING), help="evicting policies to run, comma-separated")
     ap.add_argument("--gate-window", type=float, default=0.0, help="share of the budget the gate keeps as a "
                                                                    "recency window (make_policy gate_window)")
+    ap.add_argument("--no-threshold", action="store_true", help="skip the gate at its own threshold (no target)")
     ap.add_argument("--match-gate", action="store_true",
                     help="run StreamingLLM and H2O at the eviction the gate actually reached at each rate "
                          "(the gate's fixed threshold over- or undershoots a target)")
-    ap.add_argument("--tag", default="", help="suffix of the JSON name (eval_cache_<model>_<tag>.json); "
-                                              "a tagged run draws no plot")
+    ap.add_argument("--tag", default="", help="suffix of the JSON and plot names (eval_cache_<model>_<tag>.json)")
     args = ap.parse_args()
 
     set_threads(args.threads)
@@ -237,17 +237,18 @@ def main() -> None:
         print(f"{tag:<16}{100 * row['eviction_rate']:>9.1f}{row['ppl']:>9.2f}{row['ppl_delta_pct']:>+9.1f}"
               f"{100 * acc:>7.0f}{100 * qa_ev:>12.1f}", flush=True)
 
-    # The gate at its own threshold (no budget): the eviction rate it chooses.
-    policy = make_policy("gate", None, gate_path=gate_path, model_name=key)
-    nlls, evs, ns = zip(*(perplexity(lm, policy, ids, args.chunk, args.skip) for ids in seqs))
-    nll = sum(a * b for a, b in zip(nlls, ns)) / sum(ns)
-    acc, qa_ev = qa_accuracy(lm, policy, items, args.chunk)
-    results["gate@threshold"] = {"policy": "gate", "target_eviction": None, "eviction_rate": sum(evs) / len(evs),
-                                 "ppl": math.exp(nll), "qa_acc": acc, "qa_eviction_rate": qa_ev,
-                                 "ppl_delta_pct": 100 * (math.exp(nll) / results["full"]["ppl"] - 1)}
-    r = results["gate@threshold"]
-    print(f"{'gate@thr 0.5':<16}{100 * r['eviction_rate']:>9.1f}{r['ppl']:>9.2f}{r['ppl_delta_pct']:>+9.1f}"
-          f"{100 * acc:>7.0f}{100 * qa_ev:>12.1f}", flush=True)
+    if not args.no_threshold:  # the gate at its own threshold (no budget): the eviction rate it chooses
+        policy = make_policy("gate", None, gate_path=gate_path, model_name=key)
+        nlls, evs, ns = zip(*(perplexity(lm, policy, ids, args.chunk, args.skip) for ids in seqs))
+        nll = sum(a * b for a, b in zip(nlls, ns)) / sum(ns)
+        acc, qa_ev = qa_accuracy(lm, policy, items, args.chunk)
+        results["gate@threshold"] = {"policy": "gate", "target_eviction": None,
+                                     "eviction_rate": sum(evs) / len(evs), "ppl": math.exp(nll), "qa_acc": acc,
+                                     "qa_eviction_rate": qa_ev,
+                                     "ppl_delta_pct": 100 * (math.exp(nll) / results["full"]["ppl"] - 1)}
+        r = results["gate@threshold"]
+        print(f"{'gate@thr 0.5':<16}{100 * r['eviction_rate']:>9.1f}{r['ppl']:>9.2f}{r['ppl_delta_pct']:>+9.1f}"
+              f"{100 * acc:>7.0f}{100 * qa_ev:>12.1f}", flush=True)
 
     speeds = {} if args.no_speed else speed_table(lm, stream, args, gate_path, key)
 
@@ -267,9 +268,9 @@ def main() -> None:
     path = ROOT / "bench" / "results" / f"eval_cache_{key}{'_' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps(out, indent=2))
     print(f"\nwrote {path.relative_to(ROOT)}")
-    if not args.tag:
-        plot(results, ROOT / "docs" / f"cache_policies{'' if key == 'smollm2' else '_' + key}.png", key, rates)
-        print("and the plot under docs/")
+    name = f"cache_policies{'' if key == 'smollm2' else '_' + key}{'_' + args.tag if args.tag else ''}.png"
+    plot(results, ROOT / "docs" / name, key, rates)
+    print(f"and docs/{name}")
 
 
 @torch.inference_mode()

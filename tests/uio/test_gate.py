@@ -198,3 +198,24 @@ def test_gate_fits_only_a_model_of_its_shape(tiny_llama, smollm2, tmp_path):
     assert gate_fits(path, tiny_llama.model) and not gate_fits(path, smollm2.model)
     assert gate_fits(gate_weights_path("smollm2"), smollm2.model)
     assert not gate_fits(gate_weights_path("smollm2"), tiny_llama.model)
+
+
+def test_training_can_start_from_saved_gates(tiny_llama, tmp_path):
+    """--init fine-tunes saved gates (a local-objective gate with the LM objective) instead of fresh ones."""
+    from uio.train.gate import main
+
+    model_dir = tmp_path / "model"
+    tiny_llama.model.save_pretrained(model_dir)
+    tiny_llama.tokenizer.save_pretrained(model_dir)
+    start = _gates(tiny_llama)
+    start.config.base_model = str(model_dir)
+    with torch.no_grad():
+        start.layers[1].out.bias.fill_(-2.0)  # unlike a fresh gate's +3
+    start.save(tmp_path / "start.safetensors")
+    out = tmp_path / "tuned.safetensors"
+    main(["--model", str(model_dir), "--init", str(tmp_path / "start.safetensors"), "--objective", "lm",
+          "--steps", "2", "--lr", "0", "--seq-len", "32", "--batch", "1", "--calibrate", "1", "--threads", "1",
+          "--out", str(out), "--log", str(tmp_path / "log.jsonl")])
+    tuned = AttentionGates.load(out, base_model=str(model_dir))
+    assert torch.equal(tuned.layers[1].out.bias, torch.full((2,), -2.0))  # lr 0: what it started from
+    assert len(tuned.quantiles) == 101

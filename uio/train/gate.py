@@ -286,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from these gate weights (e.g. fine-tune a local-objective gate with --objective lm)")
     ap.add_argument("--out", type=Path, default=None, help="default uio/weights/gate-<model>.safetensors")
     ap.add_argument("--log", type=Path, default=None, help="default bench/results/gate_train_<model>.jsonl")
     args = ap.parse_args(argv)
@@ -296,8 +298,11 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or Path(__file__).resolve().parents[1] / "weights" / f"gate-{key}.safetensors"
     log_path = args.log or Path("bench/results") / f"gate_train_{key}.jsonl"
     lm = load_model(args.model, args.models_dir, device=args.device, dtype="float32")
-    gates = AttentionGates(GateConfig.for_model(lm.model, base_model=key, heads=args.heads,
-                                                head_dim=args.head_dim)).to(lm.device)
+    if args.init:
+        gates = AttentionGates.load(args.init, base_model=key, device=lm.device).requires_grad_(True).train()
+    else:
+        gates = AttentionGates(GateConfig.for_model(lm.model, base_model=key, heads=args.heads,
+                                                    head_dim=args.head_dim)).to(lm.device)
     gm = GatedModel(lm.model, gates)
     stream = token_stream(lm.tokenizer, stdlib_texts())
     data = batches(stream, args.seq_len, args.batch, random.Random(args.seed))
