@@ -219,3 +219,15 @@ def test_training_can_start_from_saved_gates(tiny_llama, tmp_path):
     tuned = AttentionGates.load(out, base_model=str(model_dir))
     assert torch.equal(tuned.layers[1].out.bias, torch.full((2,), -2.0))  # lr 0: what it started from
     assert len(tuned.quantiles) == 101
+
+
+def test_blend_interpolates_weights_and_refuses_other_shapes(tiny_llama):
+    from uio.train.gate_blend import blend
+
+    a, b = _gates(tiny_llama, seed=1), _gates(tiny_llama, seed=2)
+    mid = blend(a, b, 0.25)
+    wa, wb, wm = (g.layers[1].qkv.weight for g in (a, b, mid))
+    assert torch.allclose(wm, 0.75 * wa + 0.25 * wb)
+    assert torch.equal(blend(a, b, 0.0).layers[0].out.bias, a.layers[0].out.bias)
+    with pytest.raises(ValueError, match="shapes"):
+        blend(a, _gates(tiny_llama, heads=4), 0.5)
