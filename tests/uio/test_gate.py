@@ -231,3 +231,23 @@ def test_blend_interpolates_weights_and_refuses_other_shapes(tiny_llama):
     assert torch.equal(blend(a, b, 0.0).layers[0].out.bias, a.layers[0].out.bias)
     with pytest.raises(ValueError, match="shapes"):
         blend(a, _gates(tiny_llama, heads=4), 0.5)
+
+
+def test_decoded_tokens_are_judged_together_at_eviction_as_in_one_pass(tiny_llama):
+    """Tokens decoded one at a time wait for the next eviction and get the keep probabilities one
+    forward over all of them gives (the gate is causal and carries its own state)."""
+    gates = _gates(tiny_llama, window=8)
+    ids = _ids(tiny_llama, 24)
+    one, steps = PolicyCache(tiny_llama.model, AttentionGate(weights=gates)), PolicyCache(
+        tiny_llama.model, AttentionGate(weights=gates))
+    with torch.no_grad():
+        one.forward(ids)
+        for i in range(24):
+            steps.forward(ids[:, i:i + 1])
+        assert steps.prob_history[0] == [] and len(steps._gate_pending[0]) == 24  # nothing judged yet
+        one.evict()
+        steps.evict()
+    for layer in range(tiny_llama.model.config.num_hidden_layers):
+        assert torch.allclose(torch.cat(steps.prob_history[layer], 1), torch.cat(one.prob_history[layer], 1),
+                              atol=1e-5)
+        assert torch.equal(steps.positions[layer], one.positions[layer])

@@ -89,6 +89,10 @@ class PolicyCache:
         self.keep_prob: list[torch.Tensor | None] = [None] * self.n_layers
         self.gate_state: list[object] = [None] * self.n_layers  # a gate's own rolling K/V
         self.prob_history: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers)]  # every (H, q) given
+        # Layer inputs of tokens the gate has not judged yet. Its decisions matter only when eviction runs, so
+        # decoded tokens are judged together then, in one call per layer: on CPU a call per token per layer
+        # cost more than eviction saved (qwen at 768 tokens decoded at 0.89x the full cache's speed).
+        self._gate_pending: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers)]
         self.seen = 0
         self.next_pos = prefix_len
         self._dtype, self._device = model.dtype, model.device  # model.device walks the parameters: once
@@ -165,13 +169,10 @@ class PolicyCache:
 
     # ---- hooks (called from the model's forward) -------------------------------------------------
     def _before_attention(self, layer: int, hidden: torch.Tensor, position_embeddings) -> None:
-        gate = self.policy.gate_for(layer)
-        if gate is not None:
-            probs, self.gate_state[layer] = gate.step(hidden, self.gate_state[layer])  # (1, q, H)
-            new = probs[0].transpose(0, 1).to(torch.float32)
-            self.prob_history[layer].append(new)
-            old = self.keep_prob[layer]
-            self.keep_prob[layer] = new if old is None else torch.cat([old, new], 1)
+        if self.policy.gate_for(layer) is not None:
+            self._gate_pending[layer].append(hidden)
+            if hidden.shape[1] > 1:  # a prompt chunk: judge it now rather than hold its hidden states
+                self._judge(layer)
         if self.policy.needs_scores:
             self._pending[layer] = (hidden, position_embeddings)
 
@@ -194,10 +195,25 @@ class PolicyCache:
             got[:, :old.shape[1]] += old
         self.scores[layer] = got
 
+    def _judge(self, layer: int) -> None:
+        """Run the layer's gate over the tokens it has not judged yet (in order, continuing its own state)."""
+        pending = self._gate_pending[layer]
+        if not pending:
+            return
+        hidden = pending[0] if len(pending) == 1 else torch.cat(pending, 1)
+        probs, self.gate_state[layer] = self.policy.gate_for(layer).step(hidden, self.gate_state[layer])
+        new = probs[0].transpose(0, 1).to(torch.float32)  # (H, q)
+        self.prob_history[layer].append(new)
+        old = self.keep_prob[layer]
+        self.keep_prob[layer] = new if old is None else torch.cat([old, new], 1)
+        self._gate_pending[layer] = []
+
     # ---- eviction --------------------------------------------------------------------------------
     @torch.no_grad()
     def evict(self) -> None:
         """Ask the policy what to keep in every layer and really drop the rest."""
+        for layer in range(self.n_layers):
+            self._judge(layer)
         self.policy.prepare(self)
         self._held_masks = [None] * self.n_layers
         for layer in range(self.n_layers):
