@@ -216,6 +216,21 @@ def main() -> None:
     configs = [("full", None)] + [(name, r) for r in rates for name in names]
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
+
+    def measure(name: str, target: float | None, policy, qa_policy) -> dict:
+        """Perplexity over ``seqs`` and QA accuracy over ``items``: one results row."""
+        nlls, evs, ns = zip(*(perplexity(lm, policy, ids, args.chunk, args.skip) for ids in seqs))
+        nll = sum(a * b for a, b in zip(nlls, ns)) / sum(ns)
+        acc, qa_ev = qa_accuracy(lm, qa_policy, items, args.chunk)
+        return {"policy": name, "target_eviction": target, "eviction_rate": sum(evs) / len(evs),
+                "ppl": math.exp(nll), "qa_acc": acc, "qa_eviction_rate": qa_ev, "tokens_scored": sum(ns)}
+
+    def report(tag: str, row: dict, label: str | None = None) -> None:
+        results[tag] = row
+        row["ppl_delta_pct"] = 100 * (row["ppl"] / results["full"]["ppl"] - 1)
+        print(f"{label or tag:<16}{100 * row['eviction_rate']:>9.1f}{row['ppl']:>9.2f}{row['ppl_delta_pct']:>+9.1f}"
+              f"{100 * row['qa_acc']:>7.0f}{100 * row['qa_eviction_rate']:>12.1f}", flush=True)
+
     print(f"{'policy':<16}{'evict %':>9}{'ppl':>9}{'d ppl %':>9}{'QA %':>7}{'QA evict %':>12}")
     for name, target in configs:
         rate = qa_rate = target
@@ -225,31 +240,14 @@ def main() -> None:
             qa_rate = rate if math.isnan(gate_row["qa_eviction_rate"]) else round(gate_row["qa_eviction_rate"], 4)
         policy = make_policy(name, rate, gate_path=gate_path if name == "gate" else None, model_name=key,
                              gate_window=args.gate_window if name == "gate" else 0.0)
-        nlls, evs, ns = zip(*(perplexity(lm, policy, ids, args.chunk, args.skip) for ids in seqs))
-        nll = sum(a * b for a, b in zip(nlls, ns)) / sum(ns)
         qa_policy = policy if qa_rate == rate else make_policy(name, qa_rate, model_name=key)
-        acc, qa_ev = qa_accuracy(lm, qa_policy, items, args.chunk)
-        row = {"policy": name, "target_eviction": rate, "eviction_rate": sum(evs) / len(evs),
-               "ppl": math.exp(nll), "qa_acc": acc, "qa_eviction_rate": qa_ev, "tokens_scored": sum(ns)}
+        row = measure(name, rate, policy, qa_policy)
         row["matched_to_gate"] = rate != target
-        tag = "full" if target is None else f"{name}@{target}"
-        results[tag] = row
-        row["ppl_delta_pct"] = 100 * (row["ppl"] / results["full"]["ppl"] - 1)
-        print(f"{tag:<16}{100 * row['eviction_rate']:>9.1f}{row['ppl']:>9.2f}{row['ppl_delta_pct']:>+9.1f}"
-              f"{100 * acc:>7.0f}{100 * qa_ev:>12.1f}", flush=True)
+        report("full" if target is None else f"{name}@{target}", row)
 
     if not args.no_threshold:  # the gate at its own threshold (no budget): the eviction rate it chooses
         policy = make_policy("gate", None, gate_path=gate_path, model_name=key)
-        nlls, evs, ns = zip(*(perplexity(lm, policy, ids, args.chunk, args.skip) for ids in seqs))
-        nll = sum(a * b for a, b in zip(nlls, ns)) / sum(ns)
-        acc, qa_ev = qa_accuracy(lm, policy, items, args.chunk)
-        results["gate@threshold"] = {"policy": "gate", "target_eviction": None,
-                                     "eviction_rate": sum(evs) / len(evs), "ppl": math.exp(nll), "qa_acc": acc,
-                                     "qa_eviction_rate": qa_ev,
-                                     "ppl_delta_pct": 100 * (math.exp(nll) / results["full"]["ppl"] - 1)}
-        r = results["gate@threshold"]
-        print(f"{'gate@thr 0.5':<16}{100 * r['eviction_rate']:>9.1f}{r['ppl']:>9.2f}{r['ppl_delta_pct']:>+9.1f}"
-              f"{100 * acc:>7.0f}{100 * qa_ev:>12.1f}", flush=True)
+        report("gate@threshold", measure("gate", None, policy, policy), label="gate@thr 0.5")
 
     speeds = {} if args.no_speed else speed_table(lm, stream, args, gate_path, key)
 

@@ -4,7 +4,8 @@
 Tome's default ask (uncompressed mode) puts the selected passages in the
 system prompt. With no policy it answers through ``stream_chat`` (one
 prefill); under a policy through ``stream_with_policy`` (prefill in chunks of
-``uio.generate.PREFILL_CHUNK`` tokens, 32 before session 4, with eviction after each). This bench builds that prompt with
+``uio.generate.PREFILL_CHUNK`` tokens, 32 before session 4, with eviction
+after each). This bench builds that prompt with
 ``uio.prompt.build_messages`` around a held-out passage with a made-up fact
 planted in its first fifth, at two lengths (``--long``, the default
 context_budget, and ``--short``), and answers it three ways, interleaved:
