@@ -6,7 +6,7 @@ system prompt. With no policy it answers through ``stream_chat`` (one
 prefill); under a policy through ``stream_with_policy`` (prefill in chunks of
 ``uio.generate.PREFILL_CHUNK`` tokens, 32 before session 4, with eviction
 after each). This bench builds that prompt with
-``uio.prompt.build_messages`` around a held-out passage with a made-up fact
+``retrieval.prompt.build_messages`` around a held-out passage with a made-up fact
 planted in its first fifth, at two lengths (``--long``, the default
 context_budget, and ``--short``), and answers it three ways, interleaved:
 
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from uio.cache import FullCache, make_policy  # noqa: E402
 from uio.generate import PREFILL_CHUNK, stream_chat, stream_with_policy  # noqa: E402
 from uio.model import embedded_key, load_model  # noqa: E402
-from uio.prompt import Passage, Selection, build_messages  # noqa: E402
+from retrieval.prompt import Passage, Selection, build_messages  # noqa: E402
 from uio.runtime import set_threads  # noqa: E402
 from uio.train.gate import heldout_texts  # noqa: E402
 

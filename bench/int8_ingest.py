@@ -96,7 +96,7 @@ def speed_and_memories(lm, adapter, segs: list[list[int]], batch: int, repeats: 
 
 def answer(lm, mem, question: str, max_new: int = 10) -> str:
     from uio.decoder import stream_over_memories
-    from uio.prompt import build_messages, fit_budget
+    from retrieval.prompt import build_messages, fit_budget
 
     gen = stream_over_memories(lm, [mem], build_messages(fit_budget([], 0), question, memory_of=["the document"]),
                                max_new_tokens=max_new)
@@ -108,7 +108,7 @@ def answer_loglik(lm, mem, question: str, answer_text: str) -> float:
     import torch
 
     from uio.decoder import logits_over_memories
-    from uio.prompt import build_messages, fit_budget
+    from retrieval.prompt import build_messages, fit_budget
 
     tok = lm.tokenizer
     prompt = tok.apply_chat_template(build_messages(fit_budget([], 0), question, memory_of=["the document"]),

@@ -16,7 +16,7 @@ from uio.adapter import UIOAdapter
 from uio.decoder import build_cache, rotate_keys
 from uio.encoder import Encoder
 from uio.generate import stream_chat
-from uio.lru import ByteLRU
+from tome.lru import ByteLRU
 from uio.memory import Memory, MemoryConfig
 from uio.quant import int8_encoder
 

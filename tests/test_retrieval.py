@@ -23,7 +23,7 @@ class Seg:
 # -- the selector (pure) -------------------------------------------------------
 
 def test_selector_takes_everything_when_it_fits():
-    from uio.select import select_segments
+    from retrieval.select import select_segments
 
     books = [("A", [Seg(0, 10), Seg(1, 10)]), ("B", [Seg(0, 5)])]
     sel = select_segments(books, [{0: 0.1, 1: 0.9}, {0: 0.5}], budget=25)
@@ -32,7 +32,7 @@ def test_selector_takes_everything_when_it_fits():
 
 
 def test_selector_keeps_budget_document_order_and_neighbours():
-    from uio.select import select_segments
+    from retrieval.select import select_segments
 
     a = [Seg(i, 10) for i in range(10)]
     b = [Seg(i, 10) for i in range(6)]
@@ -50,7 +50,7 @@ def test_selector_keeps_budget_document_order_and_neighbours():
 
 
 def test_selector_prefers_the_best_hit_and_skips_what_does_not_fit():
-    from uio.select import select_segments
+    from retrieval.select import select_segments
 
     segs = [Seg(0, 30), Seg(1, 50), Seg(2, 10), Seg(3, 10)]
     sel = select_segments([("A", segs)], [{1: 0.9, 3: 0.8, 0: 0.1, 2: 0.2}], budget=65, neighbours=1)
@@ -60,7 +60,7 @@ def test_selector_prefers_the_best_hit_and_skips_what_does_not_fit():
 
 
 def test_selector_for_random_inputs_never_exceeds_the_budget():
-    from uio.select import select_segments
+    from retrieval.select import select_segments
 
     rng = np.random.default_rng(0)
     for _ in range(50):
@@ -79,7 +79,7 @@ def test_selector_for_random_inputs_never_exceeds_the_budget():
 # -- embeddings and vector search ------------------------------------------------
 
 def _store_with_random_vectors(url, n_docs=3, per_doc=40, dim=16, seed=0):
-    from ingest.embed import to_bytes
+    from retrieval.embed import to_bytes
     from storage import Store
 
     rng = np.random.default_rng(seed)
@@ -99,7 +99,7 @@ def _store_with_random_vectors(url, n_docs=3, per_doc=40, dim=16, seed=0):
 
 
 def test_embeddings_survive_a_store_round_trip(db_url):
-    from ingest.embed import from_bytes, to_bytes
+    from retrieval.embed import from_bytes, to_bytes
 
     store, docs, _ = _store_with_random_vectors(db_url, n_docs=1, per_doc=5)
     blobs = store.embeddings(docs[0].id)
@@ -113,7 +113,7 @@ def test_embeddings_survive_a_store_round_trip(db_url):
 
 
 def test_sqlite_vec_index_returns_the_same_top_k_as_brute_force(tmp_path):
-    from storage.search import VectorSearch
+    from retrieval.search import VectorSearch
 
     store, docs, rng = _store_with_random_vectors(f"sqlite:///{tmp_path / 't.sqlite'}")
     brute = VectorSearch(store, index_threshold=10**9)
@@ -131,7 +131,7 @@ def test_sqlite_vec_index_returns_the_same_top_k_as_brute_force(tmp_path):
 
 
 def test_real_embedder_loads_offline_and_normalises():
-    from ingest.embed import DEFAULT_NAME, load_embedder, packaged_model_dir
+    from retrieval.embed import DEFAULT_NAME, load_embedder, packaged_model_dir
 
     assert (packaged_model_dir() / "model.safetensors").is_file()
     e = load_embedder()
@@ -177,7 +177,7 @@ def test_question_about_book_b_cites_b_page_across_three_books(tome_tiny, tmp_pa
 
 
 def _bare_prompt(tome, mode):
-    from uio.prompt import Selection, build_messages, count_tokens
+    from retrieval.prompt import Selection, build_messages, count_tokens
 
     titles = [d.title for d in tome.documents()]
     return count_tokens(tome.lm.tokenizer, build_messages(Selection([], []), "What is the name of the "
@@ -186,16 +186,16 @@ def _bare_prompt(tome, mode):
 
 @pytest.mark.parametrize("mode", ["uncompressed", "compressed"])
 def test_both_modes_choose_segments_through_the_selector(tome_tiny, tmp_path, monkeypatch, mode):
-    import uio.select
+    import retrieval.select
 
     calls = []
-    real = uio.select.select_segments
+    real = retrieval.select.select_segments
 
     def spy(books, scores, budget, neighbours=1):
         calls.append((len(books), budget))
         return real(books, scores, budget, neighbours)
 
-    monkeypatch.setattr(uio.select, "select_segments", spy)
+    monkeypatch.setattr(retrieval.select, "select_segments", spy)
     r = tome_tiny.ingest(make_pdf(tmp_path / "x.pdf", ["Some text about tides.", "More about gulls."]))
     list(tome_tiny.ask([r.document.id], "gulls?", max_new_tokens=2, mode=mode))
     assert len(calls) == 1 and calls[0][0] == 1 and calls[0][1] > 0

@@ -1,6 +1,6 @@
 from dataclasses import dataclass
 
-from uio.prompt import Selection, build_messages, fit_budget
+from retrieval.prompt import Selection, build_messages, fit_budget
 
 
 @dataclass(frozen=True)

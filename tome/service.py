@@ -20,9 +20,9 @@ from typing import Callable, Iterator, Sequence
 from ingest import IngestError, read_document, split_segments
 from storage import CorruptMemory, DocumentInfo, MemoryFiles, MemorySetInfo, Store
 from storage.files import sha256_file
-from storage.search import VectorSearch
-from uio.lru import ByteLRU
-from uio.timing import Timer, maybe
+from retrieval.search import VectorSearch
+from tome.lru import ByteLRU
+from tome.timing import Timer, maybe
 
 log = logging.getLogger("tome")
 
@@ -205,7 +205,7 @@ class AnswerUpdate:
 
 file_sha256 = sha256_file
 MODES = ("uncompressed", "compressed")
-ADAPTERS_DIR = Path(__file__).resolve().parent / "uio" / "adapters"
+ADAPTERS_DIR = Path(__file__).resolve().parents[1] / "uio" / "adapters"
 CACHE_POLICIES = ("auto", "full", "streaming", "h2o", "gate")
 
 
@@ -399,7 +399,7 @@ class Tome:
     def embedder(self):
         """The segment/question embedder (sentence-transformers), loaded on first use."""
         if self._embedder is None:
-            from ingest.embed import load_embedder
+            from retrieval.embed import load_embedder
 
             with self._load_lock:
                 if self._embedder is None:
@@ -497,7 +497,7 @@ class Tome:
 
     def _embed(self, segments, name: str, report: Progress) -> list[bytes]:
         """One embedding per segment (for choosing segments and citing pages), with progress."""
-        from ingest.embed import to_bytes
+        from retrieval.embed import to_bytes
 
         n = len(segments)
 
@@ -730,12 +730,12 @@ class Tome:
 
         ``uncompressed``: the books' raw text in the prompt; ``compressed``: the books' stored
         memories in the cache. Either way all of it when it fits the budget, else the segments
-        closest to the question with their neighbours (``uio.select``); the sources list every
+        closest to the question with their neighbours (``retrieval.select``); the sources list every
         segment used, best first. ``cache_policy``/``cache_eviction`` prune the recent cache
         (prompt and generated tokens; never the memories), defaulting to the config's.
         """
-        from uio.prompt import build_messages, count_tokens, fit_budget
-        from uio.select import select_segments
+        from retrieval.prompt import build_messages, count_tokens, fit_budget
+        from retrieval.select import select_segments
 
         timer = Timer()  # stats["timing"]: where the time to the first token went
         if mode not in MODES:

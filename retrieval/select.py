@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from uio.prompt import Passage, Selection, TextSegment, fit_budget
+from retrieval.prompt import Passage, Selection, TextSegment, fit_budget
 
 
 def select_segments(books: Sequence[tuple[str, Sequence[TextSegment]]],

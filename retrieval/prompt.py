@@ -1,7 +1,7 @@
 """Put document text into a chat prompt: which segments fit the budget, and the messages.
 
 This is the "uncompressed" context: raw segment text in the window. Which
-segments go in is decided by ``uio.select.select_segments`` (everything when
+segments go in is decided by ``retrieval.select.select_segments`` (everything when
 it fits, else the segments closest to the question); ``fit_budget`` is the
 older rule, leading segments of each book in equal shares, kept for callers
 that have no scores.
