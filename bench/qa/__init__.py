@@ -1,0 +1,1 @@
+"""Question sets for the compression and retrieval evaluations: real manuals, planted books, pass keys."""
