@@ -22,7 +22,13 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tome", description="Ask questions about whole books.")
     p.add_argument("--model", help="qwen (default), smollm2, a hub id or a path [TOME_MODEL]")
     p.add_argument("--data-dir", type=Path, help="where the library lives [TOME_DATA_DIR, ./data]")
-    p.add_argument("--cache-policy", choices=["auto", "full", "streaming", "h2o", "gate"],
+    try:
+        from uio.cache import policy_choices  # the one list of policy names (uio.cache.POLICIES + "auto")
+    except ImportError:  # TEMP
+        def policy_choices():
+            return ("auto", "full", "streaming", "h2o", "gate")
+
+    p.add_argument("--cache-policy", choices=policy_choices(),
                    help="recent-cache policy: auto (Attention-Gate where trained, else full) [TOME_CACHE_POLICY]")
     p.add_argument("--cache-eviction", type=float, help="share of the recent cache to evict, 0-0.9 [0.6]")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -89,7 +95,7 @@ def _ray_address_or_file(args: argparse.Namespace) -> argparse.Namespace:
 
 def _recover(tome) -> None:
     """Finish ingestions a crash interrupted and delete files no row points at."""
-    if not tome.store.unfinished_documents() and not tome.config.memories_path.exists():
+    if not tome.needs_recovery():
         return
     report = tome.recover()
     for title in report.resumed:
@@ -133,7 +139,7 @@ def _ingest(tome, files: list[Path], password: str | None) -> int:
 
 
 def _ask(tome, docs: list[str], question: str, max_new_tokens: int | None, mode: str) -> int:
-    from storage import NotFound
+    from tome import NotFound
 
     try:
         ids = [tome.document(d).id for d in docs]

@@ -44,6 +44,9 @@ def forget_verified() -> None:
         _VERIFIED.clear()
 
 
+_PART_SUFFIX = ".safetensors"
+
+
 @dataclass(frozen=True)
 class MemoryFiles:
     root: Path
@@ -57,7 +60,7 @@ class MemoryFiles:
 
     def part(self, doc_sha: str, fingerprint: str, ratio: int, chunk: int) -> str:
         """Relative path of one compressed chunk of a document still being ingested."""
-        return self._stem(doc_sha, fingerprint, ratio) + f".chunk{chunk:05d}.safetensors"
+        return self._stem(doc_sha, fingerprint, ratio) + f".chunk{chunk:05d}{_PART_SUFFIX}"
 
     def path(self, rel: str) -> Path:
         p = self.root / rel
@@ -97,6 +100,12 @@ class MemoryFiles:
         """Every file (final, chunks, temporaries) belonging to a document."""
         folder = self.root / doc_sha[:2]
         return sorted(folder.glob(f"{doc_sha}-*")) if folder.is_dir() else []
+
+    def remove_parts(self, doc_sha: str) -> None:
+        """Delete a document's chunk files once its complete memory file is recorded."""
+        for f in self.of_document(doc_sha):
+            if f.name.endswith(_PART_SUFFIX) and ".chunk" in f.name:
+                f.unlink(missing_ok=True)
 
     def remove_document(self, doc_sha: str) -> int:
         files = self.of_document(doc_sha)

@@ -199,7 +199,7 @@ PAGES = [f"Page {i}. " + "The keeper lit the lantern at the north wall before th
 
 def test_ask_reports_where_the_time_to_first_token_went(tome_tiny, tmp_path):
     doc = tome_tiny.ingest(make_pdf(tmp_path / "b.pdf", PAGES)).document
-    tome_tiny._memories.clear()
+    tome_tiny.memories.cache.clear()
     forget_verified()
     final = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed"))[-1]
     t = final.stats["timing"]

@@ -53,7 +53,7 @@ def test_corrupt_or_missing_memory_file_is_reported_and_reingest_repairs_it(tome
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
-    tome_tiny._memories.clear()
+    tome_tiny.memories.cache.clear()
     with pytest.raises(CorruptMemory, match="corrupt.*re-ingest"):
         list(tome_tiny.ask([r.document.id], "Anything?", mode="compressed"))
     path.unlink()
@@ -121,7 +121,7 @@ def test_start_up_check_finishes_interrupted_ingestion_and_removes_orphans(tome_
     assert report.resumed == ["tides"] and report.removed == [] and report.orphans == [str(orphan)]
     doc = tome_tiny.documents()[0]
     assert doc.ready
-    tome_tiny._memories.clear()
+    tome_tiny.memories.cache.clear()
     again = tome_tiny.memory(doc)
     assert torch.equal(again.keys, reference.keys) and torch.equal(again.values, reference.values)
     assert not orphan.exists()

@@ -186,16 +186,16 @@ def _bare_prompt(tome, mode):
 
 @pytest.mark.parametrize("mode", ["uncompressed", "compressed"])
 def test_both_modes_choose_segments_through_the_selector(tome_tiny, tmp_path, monkeypatch, mode):
-    import retrieval.select
+    import tome.answer
 
     calls = []
-    real = retrieval.select.select_segments
+    real = tome.answer.select_segments
 
     def spy(books, scores, budget, neighbours=1):
         calls.append((len(books), budget))
         return real(books, scores, budget, neighbours)
 
-    monkeypatch.setattr(retrieval.select, "select_segments", spy)
+    monkeypatch.setattr(tome.answer, "select_segments", spy)  # the answer path's one call of the selector
     r = tome_tiny.ingest(make_pdf(tmp_path / "x.pdf", ["Some text about tides.", "More about gulls."]))
     list(tome_tiny.ask([r.document.id], "gulls?", max_new_tokens=2, mode=mode))
     assert len(calls) == 1 and calls[0][0] == 1 and calls[0][1] > 0

@@ -1,3 +1,14 @@
-"""Tome's service: configuration and the facade (``Tome``) that the UI and the CLI call."""
-from tome.service import *  # noqa: F401,F403  (split into modules in the next commit)
-from tome.service import ADAPTERS_DIR, CACHE_POLICIES, MODES, AnswerUpdate, Config, IngestResult, Source, Tome  # noqa: F401
+"""Tome's service: configuration and the facade (``Tome``) that the UI and the CLI call.
+
+Modules: ``config`` (settings, the one environment reader), ``models`` (base model, adapters, cache
+policies), ``library`` (ingest / recover / re-ingest / delete), ``memories`` (make, store, load),
+``answer`` (one context builder per mode), ``service`` (the facade), ``uploads``, ``lru``, ``timing``.
+"""
+from retrieval.citations import Source
+from storage import NotFound
+from tome.answer import MODES, AnswerUpdate
+from tome.config import Config
+from tome.library import IngestResult, Recovery
+from tome.service import Tome
+
+__all__ = ["MODES", "AnswerUpdate", "Config", "IngestResult", "NotFound", "Recovery", "Source", "Tome"]

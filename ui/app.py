@@ -108,7 +108,7 @@ def build_app(tome: Tome) -> gr.Blocks:
                     max_new = gr.Slider(16, 1024, value=defaults.max_new_tokens, step=16, label="Max new tokens")
                     temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
                 with gr.Row():
-                    policy = gr.Dropdown(handlers.POLICY_CHOICES, value=defaults.cache_policy, label="Cache policy",
+                    policy = gr.Dropdown(tome.policy_choices(), value=defaults.cache_policy, label="Cache policy",
                                          info="prunes the recent cache (question, answer); memories stay whole",
                                          elem_id="cache-policy")
                     eviction = gr.Slider(0, 90, value=round(defaults.cache_eviction * 100), step=5,

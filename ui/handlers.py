@@ -11,14 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from tome import CACHE_POLICIES, MODES, AnswerUpdate, Tome
+from tome import MODES, AnswerUpdate, Tome
 
 LIBRARY_HEADERS = ["ID", "Title", "Pages", "Tokens", "Memories on disk", "Status", "Added"]
 CHAT_MODES = ("compressed", "uncompressed", "compare")
-POLICY_CHOICES = [("Automatic (Attention-Gate where enabled, else full)", "auto"), ("Full cache", "full"),
-                  ("StreamingLLM (sinks + recent window)", "streaming"), ("H2O (heavy hitters + recent)", "h2o"),
-                  ("Attention-Gate (learned)", "gate")]
-assert [v for _, v in POLICY_CHOICES] == list(CACHE_POLICIES)
 MODEL_CHOICES = [("Qwen2.5-Coder-0.5B-Instruct (default)", "qwen"), ("SmolLM2-135M-Instruct (fast)", "smollm2")]
 
 
@@ -30,7 +26,7 @@ class ChatSettings:
     ratio: int = 8
     max_new_tokens: int = 256
     temperature: float = 0.0
-    cache_policy: str = "auto"  # recent-cache policy (see tome.CACHE_POLICIES)
+    cache_policy: str = "auto"  # recent-cache policy (see Tome.policy_choices)
     cache_eviction: float = 0.6  # share of the recent cache the policy drops
 
 
@@ -48,7 +44,7 @@ def _size(n: int) -> str:
 def library_rows(tome: Tome) -> list[list]:
     rows = []
     for d in tome.documents():
-        sets = tome.store.memory_sets(d.id)
+        sets = tome.memory_sets(d.id)
         memories = " · ".join(f"{m.ratio}x {_size(m.bytes)}" for m in sorted(sets, key=lambda m: m.ratio))
         rows.append([d.id, d.title, d.pages, d.tokens, memories or "–", d.status,
                      d.created_at.strftime("%Y-%m-%d %H:%M")])
@@ -60,7 +56,7 @@ def document_choices(tome: Tome) -> list[tuple[str, int]]:
 
 
 def conversation_choices(tome: Tome) -> list[tuple[str, int]]:
-    return [(f"{c.title} · {c.created_at.strftime('%Y-%m-%d %H:%M')}", c.id) for c in tome.store.list_conversations()]
+    return [(f"{c.title} · {c.created_at.strftime('%Y-%m-%d %H:%M')}", c.id) for c in tome.conversations()]
 
 
 def upload(tome: Tome, files: Sequence[str] | None, progress: Callable[[float, str], None] | None = None,
@@ -230,11 +226,11 @@ def open_conversation(tome: Tome, conversation_id: int | None) -> tuple[list[dic
     """A stored conversation as (compressed-or-single history, uncompressed history, its books)."""
     if conversation_id is None:
         return [], [], []
-    conv = next((c for c in tome.store.list_conversations() if c.id == int(conversation_id)), None)
+    conv = next((c for c in tome.conversations() if c.id == int(conversation_id)), None)
     if conv is None:
         return [], [], []
     left, right, question = [], [], None
-    messages = tome.store.messages(conv.id)
+    messages = tome.messages(conv.id)
     both = {m.mode for m in messages if m.role == "assistant"} == {"compressed", "uncompressed"}
     for m in messages:
         if m.role == "user":

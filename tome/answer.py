@@ -1,0 +1,233 @@
+"""Answering a question: one context builder per mode, then one generation path.
+
+- ``uncompressed``: the chosen books' raw text goes into the prompt (all of it
+  when it fits the token budget, else the segments closest to the question);
+- ``compressed``: the books' stored memories go into the cache before the
+  prompt (all when they fit, else the best segments' memories).
+Both choose segments by the same rule (``retrieval.select``), so comparing
+them is fair, and both cite the segments they used.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Iterator, Sequence
+
+from retrieval.citations import Source, cite
+from retrieval.prompt import Selection, build_messages, count_tokens, fit_budget
+from retrieval.retriever import Retriever
+from retrieval.select import select_segments
+from storage import DocumentInfo, Store
+from tome.memories import Memories
+from tome.models import Models
+from tome.timing import Timer
+
+MODES = ("uncompressed", "compressed")
+
+
+@dataclass
+class AnswerUpdate:
+    """One step of a streamed answer; the last one has ``done`` set and the figures."""
+
+    text: str
+    done: bool = False
+    mode: str = "uncompressed"
+    conversation_id: int | None = None
+    sources: list[Source] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)  # books that did not fit whole
+    context_tokens: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _SlotSegment:
+    """A segment seen through its memory: its size in the context is its number of slots."""
+
+    text: str
+    page_start: int
+    page_end: int
+    index: int
+    slots: int
+
+    @property
+    def n_tokens(self) -> int:
+        return self.slots
+
+
+@dataclass
+class Context:
+    """What one question is answered from: the chosen segments, then the messages and cache that carry them."""
+
+    selection: Selection
+    owner: dict[int, int]  # id(segment) -> its document's id
+    messages: list[dict] = field(default_factory=list)
+    cache: object = None  # a DynamicCache holding ``prefix`` memory slots (compressed mode)
+    prefix: int = 0
+    memory_bytes: int = 0
+    stats: dict = field(default_factory=dict)  # mode-specific figures for the answer
+
+
+class UncompressedContext:
+    """The books' raw text in the prompt, within ``Config.context_budget`` tokens."""
+
+    def __init__(self, answerer: "Answerer"):
+        self.a = answerer
+
+    def select(self, docs: Sequence[DocumentInfo], question: str, history, max_new: int, ratio, timer: Timer
+               ) -> Context:
+        a = self.a
+        with timer.phase("lookup"):
+            books = [(d.title, a.store.segments(d.id)) for d in docs]
+        bare = count_tokens(a.lm.tokenizer, build_messages(fit_budget([], 0), question, history))
+        room = a.lm.window - bare - max_new - 64  # 64: passage headers
+        return a.choose(docs, books, question, max(0, min(a.models.config.context_budget, room)), timer)
+
+    def assemble(self, ctx: Context, question: str, history, timer: Timer) -> None:
+        ctx.messages = build_messages(ctx.selection, question, history)
+
+
+class CompressedContext:
+    """The books' stored memories in the cache before the prompt, within the memory budget."""
+
+    def __init__(self, answerer: "Answerer"):
+        self.a = answerer
+        self.memories: list = []
+
+    def select(self, docs: Sequence[DocumentInfo], question: str, history, max_new: int, ratio, timer: Timer
+               ) -> Context:
+        a = self.a
+        self.docs, self.ratio, self.titles = docs, ratio, [d.title for d in docs]
+        self.memories = [a.memories.load(d, ratio, timer=timer) for d in docs]
+        with timer.phase("lookup"):
+            stored = [a.store.segments(d.id) for d in docs]
+        books = [(d.title, [_SlotSegment(s.text, s.page_start, s.page_end, s.index, mem.slots[j])
+                            for j, s in enumerate(segs)])
+                 for d, mem, segs in zip(docs, self.memories, stored)]
+        bare = count_tokens(a.lm.tokenizer, build_messages(fit_budget([], 0), question, history,
+                                                           memory_of=self.titles))
+        budget = max(0, a.lm.window - bare - max_new - 16)
+        cap = a.memory_budget()
+        if cap:  # the question attends to every slot: cap them for a flat TTFT
+            budget = min(budget, cap)
+        return a.choose(docs, books, question, budget, timer)
+
+    def assemble(self, ctx: Context, question: str, history, timer: Timer) -> None:
+        from uio.decoder import build_cache
+
+        models = self.a.models
+        with timer.phase("assembly"):
+            chosen = [mem.select([p.segment.index for p in ctx.selection.passages
+                                  if ctx.owner[id(p.segment)] == d.id]) for d, mem in zip(self.docs, self.memories)]
+            ctx.cache, ctx.prefix = build_cache(self.a.lm, chosen, models.adapter_for(self.ratio).fingerprint)
+        ctx.messages = build_messages(fit_budget([], 0), question, history, memory_of=self.titles)
+        ctx.memory_bytes = sum(m.nbytes for m in chosen)
+        ctx.stats = {"adapter_trained": models.adapter_trained(self.ratio),
+                     "ratio": self.ratio or models.config.ratio}
+
+
+BUILDERS = {"uncompressed": UncompressedContext, "compressed": CompressedContext}
+
+
+class Answerer:
+    """Streams answers over the chosen books and records both turns in the conversation."""
+
+    def __init__(self, models: Models, store: Store, retriever: Retriever, memories: Memories):
+        self.models, self.store, self.retriever, self.memories = models, store, retriever, memories
+
+    @property
+    def lm(self):
+        return self.models.lm
+
+    def memory_budget(self) -> int:
+        """Most memory slots a compressed answer attends to; 0: no cap (see Config.memory_budget)."""
+        if self.models.config.memory_budget >= 0:
+            return self.models.config.memory_budget
+        from uio.model import flat_ttft_slots
+
+        return 0 if self.lm.device.type != "cpu" else flat_ttft_slots(self.lm)
+
+    def choose(self, docs: Sequence[DocumentInfo], books, question: str, budget: int, timer: Timer) -> Context:
+        """The segments of ``books`` closest to ``question`` within ``budget`` (all of them when they fit)."""
+        with timer.phase("select"):
+            scores = self.retriever.scores(docs, question)
+            selection = select_segments(books, [scores[d.id] for d in docs], budget,
+                                        self.models.config.neighbours)
+        owner = {id(s): d.id for d, (_, segs) in zip(docs, books) for s in segs}
+        return Context(selection, owner)
+
+    def ask(self, doc_refs: Sequence[int | str], question: str, history: Sequence[dict] = (),
+            conversation_id: int | None = None, max_new_tokens: int | None = None,
+            temperature: float = 0.0, stop: threading.Event | None = None,
+            mode: str = "uncompressed", ratio: int | None = None, cache_policy: str | None = None,
+            cache_eviction: float | None = None) -> Iterator[AnswerUpdate]:
+        """Answer ``question`` over the chosen books, streaming; saves both turns to the conversation.
+
+        ``cache_policy``/``cache_eviction`` prune the recent cache (prompt and generated tokens; never the
+        memories), defaulting to the config's.
+        """
+        try:
+            from uio.generate import stream
+        except ImportError:  # TEMP until uio.generate.stream lands
+            stream = _old_stream
+
+        timer = Timer()  # stats["timing"]: where the time to the first token went
+        question = question.strip()
+        docs = self._ready(doc_refs, question, mode, timer)
+        max_new = max_new_tokens or self.models.config.max_new_tokens
+        policy = self.models.cache_policy(cache_policy, cache_eviction)
+        builder = BUILDERS[mode](self)
+        ctx = builder.select(docs, question, history, max_new, ratio, timer)
+        sources = cite(((ctx.owner[id(p.segment)], p) for p in ctx.selection.passages), question)
+        if conversation_id is None:
+            conversation_id = self.store.new_conversation(question[:80], [d.id for d in docs])
+        self.store.add_message(conversation_id, "user", question)
+        update = AnswerUpdate(text="", mode=mode, conversation_id=conversation_id, sources=sources,
+                              truncated=ctx.selection.truncated, context_tokens=ctx.selection.tokens)
+        with self.models.lock:
+            builder.assemble(ctx, question, history, timer)
+            gen = stream(self.lm, ctx.messages, policy, past_key_values=ctx.cache, prefix_len=ctx.prefix,
+                         max_new_tokens=max_new, temperature=temperature, stop=stop)
+            for piece in gen:
+                update.text += piece
+                yield replace(update)  # a snapshot: consumers may keep earlier updates
+        update.stats = self._figures(gen.stats, ctx, policy, timer)
+        update.done = True
+        update.text = update.text.strip()
+        self.store.add_message(conversation_id, "assistant", update.text, mode=mode,
+                               stats=update.stats | {"sources": [s.as_dict() for s in update.sources]})
+        yield update
+
+    def _ready(self, doc_refs: Sequence[int | str], question: str, mode: str, timer: Timer) -> list[DocumentInfo]:
+        """The chosen documents, after checking the mode, the question and that every book is ready."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        if not question:
+            raise ValueError("the question is empty")
+        with timer.phase("lookup"):
+            docs = [self.store.get_document(r) for r in doc_refs]
+        not_ready = [d.title for d in docs if not d.ready]
+        if not_ready:
+            raise ValueError(f"still being ingested: {', '.join(not_ready)}")
+        return docs
+
+    def _figures(self, stats, ctx: Context, policy, timer: Timer) -> dict:
+        """The answer's figures: speed, KV bytes held, the policy, where the time to the first token went."""
+        if policy.name != "full" and stats.kv_bytes_held:
+            kv = sum(stats.kv_bytes_held)  # what the policy really held at the end, memories included
+        else:
+            kv = ctx.memory_bytes + (stats.prompt_tokens + stats.new_tokens) * self.lm.kv_bytes_per_token
+        out = stats.as_dict() | {"model": self.lm.name, "context_tokens": ctx.selection.tokens, "kv_bytes": kv,
+                                 "cache_policy": policy.name}
+        timer.add("prefill", stats.prefill_s)
+        timer.add("first_decode", stats.first_decode_s)
+        out["timing"] = timer.as_dict() | {
+            "ttft_s": round(timer.since_start(stats.first_token_at), 4) if stats.first_token_at else None}
+        return out | ctx.stats
+
+
+def _old_stream(lm, messages, policy, past_key_values=None, prefix_len=0, **kw):  # TEMP
+    from uio.generate import stream_chat, stream_with_policy
+
+    if policy.name == "full":
+        return stream_chat(lm, messages, past_key_values=past_key_values, prefix_len=prefix_len, **kw)
+    return stream_with_policy(lm, messages, policy, past_key_values=past_key_values, prefix_len=prefix_len, **kw)

@@ -1,0 +1,113 @@
+"""Every setting of Tome, with its default and help; ``Config.from_env`` is the one reader of the environment."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def _opt(default: Any, help: str, env: str | None = None, parse: Callable[[str], Any] | None = None):
+    """A config field: its default, its help text and the environment variable that sets it."""
+    return field(default=default, metadata={"help": help, "env": env, "parse": parse})
+
+
+@dataclass
+class Config:
+    """Every setting of Tome. Fields read from the environment name their variable (``TOME_...``)."""
+
+    data_dir: Path = _opt(Path("data"), "where the library lives: database, uploads, memories, models",
+                          "TOME_DATA_DIR", Path)
+    db_url: str = _opt("", "SQLAlchemy URL of the database; empty: SQLite file tome.sqlite under data_dir",
+                       "TOME_DB_URL")
+    model: str = _opt("qwen", '"qwen" (embedded default), "smollm2" (embedded, fast), a hub id or a path',
+                      "TOME_MODEL")
+    models_dir: Path | None = _opt(None, "where prepared model copies live; default data_dir/models",
+                                   "TOME_MODELS_DIR", Path)
+    device: str = _opt("auto", '"auto", "cpu" or "cuda"', "TOME_DEVICE")
+    dtype: str = _opt("auto", '"auto", "float32", "bfloat16" or "float16"', "TOME_DTYPE")
+    segment_len: int = _opt(1024, "l: tokens per segment", "TOME_SEGMENT_LEN", int)
+    ratio: int = _opt(8, "compression ratio of the memories: 8 (M=128 slots per segment) or 32 (M=32)",
+                      "TOME_RATIO", int)
+    compress: bool = _opt(True, "compress every ingested document into memories (compressed mode needs them)",
+                          "TOME_COMPRESS", _flag)
+    adapter: Path | None = _opt(None, "UIO adapter file; default: the one shipped for the model and ratio",
+                                "TOME_ADAPTER", Path)
+    compress_batch: int = _opt(4, "segments per encoder batch")
+    chunk_segments: int = _opt(16, "segments per saved chunk: an interrupted ingestion resumes from the last one",
+                               "TOME_CHUNK_SEGMENTS", int)
+    memory_budget: int = _opt(-1, "most memory slots a compressed answer attends to (best segments first); "
+                                  "0: all that fit the window; -1 (auto): all on a GPU, on a CPU as many as keep "
+                                  "the first token near a 1-page question's (uio.model.flat_ttft_slots)",
+                              "TOME_MEMORY_BUDGET", int)
+    memory_cache_mb: int = _opt(1024, "MB of documents' memories kept between questions (RAM, or GPU if used)",
+                                "TOME_MEMORY_CACHE_MB", int)
+    int8_ingest: bool = _opt(False, "CPU ingestion through an int8 copy of the model (faster; uio/quant.py)",
+                             "TOME_INT8_INGEST", _flag)
+    ray_address: str = _opt("", 'ingest over Ray: "local" (start one here), "auto" or ray://host:port; empty: off',
+                            "TOME_RAY_ADDRESS")
+    ray_actors: int = _opt(2, "Ray actors (one per GPU when the cluster has GPUs), each with model + adapter",
+                           "TOME_RAY_ACTORS", int)
+    context_budget: int = _opt(3072, "most document tokens put in the prompt (keeps a CPU answer interactive)",
+                               "TOME_CONTEXT_BUDGET", int)
+    embedder: str = _opt("minilm", 'segment embedder: "minilm" (all-MiniLM-L6-v2, shipped in a wheel), a hub id '
+                                   "or a path", "TOME_EMBEDDER")
+    neighbours: int = _opt(1, "segments on each side of a retrieved one that come with it, when they fit",
+                           "TOME_NEIGHBOURS", int)
+    vector_index_min: int = _opt(100_000, "above this many segments (SQLite), search through the sqlite-vec index",
+                                 "TOME_VECTOR_INDEX_MIN", int)
+    max_new_tokens: int = _opt(256, "most tokens of an answer", "TOME_MAX_NEW_TOKENS", int)
+    cache_policy: str = _opt("auto", "policy for the recent (uncompressed) cache: auto (the Attention-Gate where "
+                                     "one ships and is on by default, else full) or a name of uio.cache.POLICIES",
+                             "TOME_CACHE_POLICY")
+    cache_eviction: float = _opt(0.6, "share of recent tokens a policy drops (stored memories are never evicted)",
+                                 "TOME_CACHE_EVICTION", float)
+    max_file_mb: int = _opt(200, "largest file accepted for ingestion, in MB", "TOME_MAX_FILE_MB", int)
+    threads: int = _opt(0, "torch intra-op threads; 0: torch's default", "TOME_THREADS", int)
+    tune_malloc: bool = _opt(True, "glibc allocator tuning at start-up (uio/runtime.py)", "TOME_TUNE_MALLOC", _flag)
+    host: str = _opt("127.0.0.1", "address the UI binds to", "TOME_HOST")
+    port: int = _opt(7860, "port of the UI", "TOME_PORT", int)
+    auth: str = _opt("", '"user:password" protects the UI; empty: no login (it binds to loopback by default)',
+                     "TOME_AUTH")
+
+    @property
+    def db(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data_dir / 'tome.sqlite').resolve()}"
+
+    @property
+    def models_path(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def uploads_path(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def memories_path(self) -> Path:
+        return self.data_dir / "memories"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+        """Defaults, then the ``TOME_*`` variables set in ``env`` (default: os.environ), then ``overrides``
+        that are not None (command-line flags)."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            var = f.metadata.get("env")
+            if var and env.get(var):
+                values[f.name] = (f.metadata.get("parse") or str)(env[var])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """{field name: help text (and its variable)}: what `app.py --help-config` and the docs print."""
+        out = {}
+        for f in fields(cls):
+            var = f.metadata.get("env")
+            out[f.name] = f.metadata["help"] + (f" [{var}]" if var else "")
+        return out

@@ -1,0 +1,133 @@
+"""A document's memories: made from its segments chunk by chunk (resumable), stored, and loaded for questions."""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from storage import DocumentInfo, MemoryFiles, MemorySetInfo, Store
+from storage.files import sha256_file
+from tome.lru import ByteLRU
+from tome.models import Models
+from tome.timing import Timer, maybe
+
+log = logging.getLogger("tome")
+
+Progress = Callable[[float, str], None]
+
+
+class Memories:
+    """Makes, stores and loads memory files; keeps recently used ones in a byte-bounded LRU."""
+
+    def __init__(self, models: Models, store: Store, files: MemoryFiles, cache_mb: int):
+        self.models, self.store, self.files = models, store, files
+        # file sha256 -> Memory, bounded in bytes: one big book must not push RAM over the edge
+        self.cache = ByteLRU(cache_mb << 20, size=lambda m: m.nbytes)
+        self._encoders: dict[tuple, object] = {}  # (adapter fingerprint, kind) -> int8 encoder / Ray pool
+
+    def clear(self) -> None:
+        """Forget loaded memories and encoders (after a model switch)."""
+        self.cache.clear()
+        self._encoders.clear()
+
+    def compress(self, doc: DocumentInfo, segments, name: str, report: Progress, adapter=None) -> MemorySetInfo:
+        """Compress all segments chunk by chunk (each chunk saved), then write the whole memory file.
+
+        A chunk saved by an earlier, interrupted run is read back instead of made again.
+        """
+        from uio.memory import Memory
+
+        with self.models.lock:
+            adapter = adapter or self.models.adapter_for()
+            fp, ratio = adapter.fingerprint, adapter.config.ratio
+            encoder = self.encoder(adapter)
+            n, size = len(segments), self.models.config.chunk_segments
+            parts = []
+            for c, start in enumerate(range(0, n, size)):
+                chunk = segments[start:start + size]
+                saved = self.files.root / self.files.part(doc.sha256, fp, ratio, c)
+                if saved.is_file():
+                    try:
+                        parts.append(Memory.load(saved, expect_fingerprint=fp))
+                        continue
+                    except Exception as e:  # a damaged chunk is simply made again
+                        log.warning("chunk %s unreadable (%s); recompressing", saved.name, e)
+
+                def step(done: int, _total: int, start: int = start) -> None:
+                    report(0.15 + 0.8 * (start + done) / n, f"{name}: compressed {start + done}/{n} segments")
+
+                mem = encoder.compress([s.token_ids for s in chunk], segment_ids=[s.index for s in chunk],
+                                       token_spans=[(s.token_start, s.token_end) for s in chunk],
+                                       progress=step)
+                mem.save(self.files.path(self.files.part(doc.sha256, fp, ratio, c)))
+                parts.append(mem)
+            rel = self.files.final(doc.sha256, fp, ratio)
+            final = self.files.path(rel)
+            Memory.concat(parts).save(final)
+        return MemorySetInfo(doc.id, fp, ratio, rel, final.stat().st_size, sha256_file(final))
+
+    def encoder(self, adapter):
+        """What compresses segments: the model itself, its int8 copy, or a pool of Ray actors.
+
+        All three have ``compress(token lists, segment_ids, token_spans, progress) -> Memory``.
+        """
+        from uio.encoder import Encoder
+
+        c = self.models.config
+        if c.ray_address:
+            key = (adapter.fingerprint, "ray")
+            if key not in self._encoders:
+                from uio.ray_pool import RayPool
+
+                m = self.models
+                self._encoders[key] = RayPool.start(adapter, address=c.ray_address, actors=c.ray_actors,
+                                                    batch_size=c.compress_batch, int8=c.int8_ingest,
+                                                    model=m.lm if m.lm_given else c.model,
+                                                    models_dir=c.models_path, dtype=c.dtype)
+            return self._encoders[key]
+        if c.int8_ingest and self.models.lm.device.type == "cpu":
+            key = (adapter.fingerprint, "int8")
+            if key not in self._encoders:
+                from uio.quant import int8_encoder
+
+                self._encoders[key] = int8_encoder(adapter, batch_size=c.compress_batch)
+            return self._encoders[key]
+        return Encoder(adapter, batch_size=c.compress_batch)
+
+    def load(self, doc: DocumentInfo, ratio: int | None = None, progress: Progress | None = None,
+             timer: Timer | None = None):
+        """A document's memories for the adapter of ``ratio``, checksum-verified, kept in the LRU.
+
+        Memories missing for this adapter (another ratio, a new adapter, another
+        model) are made now from the stored segments and recorded. The file is
+        memory-mapped and loaded straight onto the model's device.
+        """
+        from uio.memory import Memory
+
+        adapter = self.models.adapter_for(ratio)
+        fp = adapter.fingerprint
+        with maybe(timer, "lookup"):
+            ms = self.store.memory_set(doc.id, fp)
+        if ms is None:
+            ms = self._compress_stored(doc, adapter, progress)
+        mem = self.cache.get(ms.sha256)
+        if mem is not None:
+            return mem
+        with maybe(timer, "read"):
+            mem = Memory.load(self.files.verify(ms.path, ms.sha256), expect_fingerprint=fp,
+                              device=str(self.models.lm.device))
+        self.cache.put(ms.sha256, mem)
+        return mem
+
+    def _compress_stored(self, doc: DocumentInfo, adapter, progress: Progress | None) -> MemorySetInfo:
+        from ingest import Segment
+
+        limit = adapter.config.segment_len
+        tok = self.models.lm.tokenizer
+        segments = [Segment(r.index, r.text, r.page_start, r.page_end, r.token_start, r.token_end,
+                            tuple(tok(r.text, add_special_tokens=False)["input_ids"][:limit]) or (tok.eos_token_id,))
+                    for r in self.store.segments(doc.id)]
+        log.info("making %dx memories of %r for the current adapter", adapter.config.ratio, doc.title)
+        ms = self.compress(doc, segments, doc.title, progress or (lambda f, m: None), adapter)
+        self.store.finish_document(doc.id, ms)
+        self.files.remove_parts(doc.sha256)
+        return ms
