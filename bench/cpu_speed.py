@@ -21,8 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR, write_json  # noqa: E402
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000",
               "MALLOC_TOP_PAD_": "1073741824"}
 
@@ -35,7 +34,7 @@ def child(model: str, dtype: str, prompt: int, decode: int, repeats: int) -> dic
 
     if os.environ.get("MALLOC_ARENA_MAX"):
         tune_allocator()
-    lm = load_model(model, ROOT / ".cache" / "models", device="cpu", dtype=dtype)
+    lm = load_model(model, MODELS_DIR, device="cpu", dtype=dtype)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(100, lm.tokenizer.vocab_size - 100, (1, prompt), generator=g)
     with torch.inference_mode():
@@ -64,7 +63,7 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "DTYPE"), help=argparse.SUPPRESS)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cpu_speed.json")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "cpu_speed.json")
     a = ap.parse_args()
     if a.child:
         print(json.dumps(child(*a.child, a.prompt, a.decode, a.repeats)))
@@ -98,7 +97,7 @@ def main() -> None:
     meta = {"cpu": platform.processor() or platform.machine(), "native_bf16": cpu_has_fast_bf16(),
             "cores": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_json(a.out, {"meta": meta, "rows": rows})
     print(f"\nwrote {a.out}")
 
 

@@ -32,14 +32,12 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR, ROOT  # noqa: E402
 
 QUESTION = "Who keeps the north light?"
 FACT = "The keeper of the north light is a woman called Orla Venn."
@@ -180,7 +178,7 @@ def main() -> None:
     set_threads(a.threads)
     import torch
 
-    models = ROOT / ".cache" / "models"
+    models = MODELS_DIR
     lm = load_model(a.model, models, a.device, a.dtype)
     tmp = None
     if a.data_dir is None:
@@ -297,7 +295,7 @@ def main() -> None:
         print(f"\nIngestion, {speed['tokens']:,} tokens in segments of 1,024, batch {speed['batch']}: encoder "
               f"{speed['encoder_tok_s']:.0f} tok/s vs plain forward with logits {speed['plain_with_logits_tok_s']:.0f}"
               f" tok/s = {speed['encoder_vs_plain']:.2f}x")
-    out = a.out or ROOT / "bench" / "results" / f"e2e_{a.model}_{device}.json"
+    out = a.out or RESULTS_DIR / f"e2e_{a.model}_{device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": lm.name, "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
                                "ratio": a.ratio, "repeats": a.repeats, "reread_windows": a.reread_windows,

@@ -29,8 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR, write_json  # noqa: E402
 
 from bench.books import prose as book_prose  # noqa: E402
 
@@ -116,7 +115,7 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=170, help="words of prose per page")
     ap.add_argument("--segment-len", type=int, default=256)
     ap.add_argument("--max-new-tokens", type=int, default=40)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "eval_crossbook.json")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "eval_crossbook.json")
     ap.add_argument("--rescore", action="store_true", help="score the answers saved in --out again, no model run")
     args = ap.parse_args()
     if args.rescore:
@@ -131,7 +130,7 @@ def main() -> None:
     rng = random.Random(0)
     tmp = Path(tempfile.mkdtemp(prefix="tome-crossbook-"))
     paths, facts = make_books(tmp, rng, args.pages, args.words)
-    tome = Tome(Config(data_dir=tmp / "data", model=args.model, models_dir=ROOT / ".cache" / "models",
+    tome = Tome(Config(data_dir=tmp / "data", model=args.model, models_dir=MODELS_DIR,
                        segment_len=args.segment_len, max_new_tokens=args.max_new_tokens, device="cpu"))
     t0 = time.perf_counter()
     docs = [tome.ingest(p).document for p in paths]
@@ -199,7 +198,7 @@ def report(result: dict, out: Path) -> None:
                             "seconds": mean("seconds")})
     result["summary"] = summary
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    write_json(out, result)
     print(f"model {result['model']} (adapter trained: {result['adapter_trained']}), embedder {result['embedder']}, "
           f"l={result['segment_len']}, {result['tokens_per_book']:.0f} tokens/book, budget {result['context_budget']}")
     print("| books | mode | accuracy (both) | per fact | citation precision@2 | selected recall "

@@ -28,7 +28,6 @@ and writes bench/results/eval_memory_<name>.json and docs/passkey_<name>.png.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import re
@@ -39,8 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR, ROOT, write_json  # noqa: E402
 
 from uio.adapter import UIOAdapter  # noqa: E402
 from uio.decoder import cache_from  # noqa: E402
@@ -263,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="cpu")
-    ap.add_argument("--models-dir", type=Path, default=ROOT / ".cache" / "models")
+    ap.add_argument("--models-dir", type=Path, default=MODELS_DIR)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -327,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         for n, a in result["planted_qa"]["exact_match"].items():
             print(f"  {n:42s} {a:6.2f}")
     result["seconds"] = round(time.time() - t_start, 1)
-    out = ROOT / "bench" / "results" / f"eval_memory_{args.name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS_DIR / f"eval_memory_{args.name}.json"
+    write_json(out, result)
     png = ROOT / "docs" / f"passkey_{args.name}.png"
     heat_map(result["passkey"], png, f"Passkey accuracy, {lm.name}, l={l} (CPU, small sizes)")
     print(f"\nwrote {out.relative_to(ROOT)} and {png.relative_to(ROOT)} ({result['seconds']} s)")

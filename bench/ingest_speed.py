@@ -11,14 +11,11 @@ data dir. Writes bench/results/ingest_speed_<model>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -33,13 +30,13 @@ def main() -> None:
     from tome import Config, Tome
     from uio.model import load_model
 
-    lm = load_model(a.model, ROOT / ".cache" / "models")
+    lm = load_model(a.model, MODELS_DIR)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         pdf = make_book(Path(tmp) / "book.pdf", a.pages)
         for ratio in a.ratios:
             tome = Tome(Config(data_dir=Path(tmp) / f"data{ratio}", model=a.model, ratio=ratio,
-                               models_dir=ROOT / ".cache" / "models"), lm=lm)
+                               models_dir=MODELS_DIR), lm=lm)
             t0 = time.perf_counter()
             r = tome.ingest(pdf)
             total = time.perf_counter() - t0
@@ -67,9 +64,9 @@ def main() -> None:
     print(f"| raw KV cache, if it were kept | {rows[0]['raw_kv_bytes_per_token']:,} |")
     for r in rows:
         print(f"| {r['ratio']}x memories (file) | {r['memory_bytes_per_token']:,.1f} |")
-    out = a.out or ROOT / "bench" / "results" / f"ingest_speed_{a.model}.json"
+    out = a.out or RESULTS_DIR / f"ingest_speed_{a.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
+    write_json(out, rows)
     print(f"\nwrote {out}")
 
 

@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR  # noqa: E402
 
 NAMES = ["Orla Venn", "Tam Brody", "Ines Calder", "Rafe Moss", "Cora Lind", "Ned Harrow", "Mira Solt", "Jon Ash"]
 PLACES = ["north light", "salt market", "river bridge", "stone harbour", "winter field", "old mill"]
@@ -143,7 +141,7 @@ def main() -> None:
 
     tune_allocator()
     set_threads(a.threads)
-    models = ROOT / ".cache" / "models"
+    models = MODELS_DIR
     lm = load_model(a.model, models, "cpu", "float32")
     shipped = ADAPTERS_DIR / f"{embedded_key(a.model)}-{a.ratio}x.safetensors"
     path = a.adapter or (shipped if shipped.is_file() else None)
@@ -200,7 +198,7 @@ def main() -> None:
         print(f"\nQA from memories ({len(rows)} one-segment documents, half passkey, half planted fact): "
               f"fp32 {qa['fp32']:.0%}, int8 {qa['int8']:.0%} exact; same answer text {same:.0%}; "
               f"mean log-likelihood of the right answer fp32 {ll['fp32']:.3f}, int8 {ll['int8']:.3f}")
-    out = a.out or ROOT / "bench" / "results" / f"int8_ingest_{a.model}.json"
+    out = a.out or RESULTS_DIR / f"int8_ingest_{a.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": lm.name, "threads": torch.get_num_threads(), "segment_len": l,
                                "ratio": adapter.config.ratio, "adapter": path.name if path else "untrained",

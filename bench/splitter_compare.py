@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import random
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR, write_json  # noqa: E402
 
-from bench.ingest_speed import prose  # noqa: E402  (same seeded pseudo-English)
+from bench.books import prose  # noqa: E402  (same seeded pseudo-English)
 
 _SENTENCE_END = re.compile(r"[.!?;:][\"')\]]?$")
 
@@ -102,14 +99,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pages", type=int, default=40)
     ap.add_argument("--max-tokens", type=int, default=1024)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "splitter_compare.json")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "splitter_compare.json")
     a = ap.parse_args()
 
     from transformers import AutoTokenizer
 
     from ingest import read_document, split_segments
 
-    tokenizer = AutoTokenizer.from_pretrained(ROOT / ".cache" / "models" / "smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(MODELS_DIR / "smollm2")
     with tempfile.TemporaryDirectory() as tmp:
         pages = read_document(make_book(Path(tmp) / "book.pdf", a.pages)).pages
     t = time.perf_counter()
@@ -123,7 +120,7 @@ def main() -> None:
             measure("langchain RecursiveCharacterTextSplitter", theirs, pages, full, tokenizer, a.max_tokens, t_theirs)]
     result = {"pages": len(pages), "max_tokens": a.max_tokens, "rows": rows}
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1))
+    write_json(a.out, result)
     print("| splitter | segments | max tokens | mean tokens | over cap | page span correct | ends: paragraph / "
           "sentence / mid-sentence | text covered | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -13,7 +13,6 @@ Prints a table and writes bench/results/train_speed_<model>_<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -21,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR, ROOT, write_json  # noqa: E402
 
 from uio.model import load_model  # noqa: E402
 from uio.train.chain import chain_step  # noqa: E402
@@ -43,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    lm = load_model(a.model, ROOT / ".cache" / "models", a.device, "float32")
+    lm = load_model(a.model, MODELS_DIR, a.device, "float32")
     cfg = TrainConfig(model=a.model, ratio=a.ratio, segment_len=a.segment_len, segments=a.segments,
                       batch_size=a.batch_size, capacity=2, steps=10, warmup=1)
     text = ["The harbour was quiet in winter, and the boats lay on the shingle. " * 400]
@@ -90,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     res = {"model": lm.name, "device": str(lm.device), "threads": a.threads, "tokens": tokens,
            "config": {"B": a.batch_size, "T": a.segments, "l": a.segment_len, "M": a.segment_len // a.ratio},
            "rows": out}
-    path = ROOT / "bench" / "results" / f"train_speed_{a.model}_{lm.device.type}.json"
-    path.write_text(json.dumps(res, indent=2) + "\n")
+    path = RESULTS_DIR / f"train_speed_{a.model}_{lm.device.type}.json"
+    write_json(path, res)
     print(f"wrote {path.relative_to(ROOT)}")
     return 0
 

@@ -14,15 +14,12 @@ Prints a table and writes bench/results/uio_speed_<model>_<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR, write_json  # noqa: E402
 
 from uio.adapter import UIOAdapter  # noqa: E402
 from uio.decoder import build_cache  # noqa: E402
@@ -74,7 +71,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
 
-    lm = load_model(a.model, ROOT / ".cache" / "models", a.device, a.dtype)
+    lm = load_model(a.model, MODELS_DIR, a.device, a.dtype)
     dev = lm.device
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(100, lm.tokenizer.vocab_size - 100, (a.segments, 1024), generator=g)
@@ -100,7 +97,7 @@ def main() -> None:
     adapter = None
     for m in (128, 32):
         if adapter is not None:  # one adapter per model instance: reload a fresh base model
-            lm = load_model(a.model, ROOT / ".cache" / "models", a.device, a.dtype)
+            lm = load_model(a.model, MODELS_DIR, a.device, a.dtype)
         adapter = UIOAdapter(lm, MemoryConfig(num_mem=m))
         enc = Encoder(adapter, batch_size=a.batch)
         segs = ids.tolist()
@@ -154,9 +151,9 @@ def main() -> None:
     for ratio in (8, 32):
         b = result[f"bytes_per_token_{ratio}x"]
         print(f"| UIO {ratio}x memories | {b:,.1f} | 1/{raw_per_token / b:.2f} |")
-    out = a.out or ROOT / "bench" / "results" / f"uio_speed_{a.model}_{dev.type}.json"
+    out = a.out or RESULTS_DIR / f"uio_speed_{a.model}_{dev.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    write_json(out, result)
     print(f"\nwrote {out}")
 
 
