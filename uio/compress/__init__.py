@@ -1,0 +1,34 @@
+"""Segment compressors: one method per file, one interface (``uio.compress.base.Compressor``).
+
+    from uio.compress import make_compressor, identity
+    comp = make_compressor("kvzip", 8)            # or "keynorm", "snapkv", "streaming", "uio" (adapter=...)
+    mem = comp.compress(lm, token_lists, segment_ids, token_spans, progress)   # -> uio.memory.Memory
+    Memory.load(path, expect_fingerprint=identity(comp, lm))
+"""
+from __future__ import annotations
+
+from uio.compress.base import Compressor, ScoringCompressor, identity, slots_at_ratio, storage_dtype
+from uio.compress.keynorm import KeyNormCompressor
+from uio.compress.kvzip import KVzipCompressor
+from uio.compress.snapkv import SnapKVCompressor
+from uio.compress.streaming import StreamingCompressor
+from uio.compress.uio_encoder import UIOCompressor
+
+COMPRESSORS: dict[str, type[Compressor]] = {
+    cls.name: cls for cls in (KVzipCompressor, KeyNormCompressor, SnapKVCompressor, StreamingCompressor,
+                              UIOCompressor)
+}
+
+
+def make_compressor(name: str, ratio: int, **kw) -> Compressor:
+    """The compressor ``name`` at ``ratio`` (8 -> 1/8 of the tokens as slots); ``kw``: its other fields."""
+    try:
+        cls = COMPRESSORS[name]
+    except KeyError:
+        raise ValueError(f"unknown compressor {name!r}; choose one of {', '.join(sorted(COMPRESSORS))}") from None
+    return cls(ratio=ratio, **kw)
+
+
+__all__ = ["COMPRESSORS", "Compressor", "ScoringCompressor", "KVzipCompressor", "KeyNormCompressor",
+           "SnapKVCompressor", "StreamingCompressor", "UIOCompressor", "identity", "make_compressor",
+           "slots_at_ratio", "storage_dtype"]

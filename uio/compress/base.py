@@ -1,0 +1,326 @@
+"""The compressor interface: a batch of segments -> a ``uio.memory.Memory`` the decoder can read.
+
+A compressor is a small ``@dataclass`` (one per method, one file each, in the
+manner of NVIDIA kvpress): its fields are its parameters, ``name`` and
+``version`` are class constants, and ``compress`` is the only call. Every
+memory records ``identity(compressor, lm)``, a sha256 over the method, its
+parameters and the base model, so ``Memory.load(expect_fingerprint=...)``
+refuses memories another compressor (or another model) made.
+
+Training-free methods share ``ScoringCompressor``: prefill the segment alone
+(segments are independent, as in the UIO encoder) -> one score per (layer,
+KV head, token) -> the first ``n_sink`` tokens always win -> top-k per head ->
+gather the pre-RoPE keys and the values of the kept tokens in their original
+order. Subclasses only write ``score`` (and ``observe`` when they need the
+prefill's queries).
+
+Slot rule (all scoring methods): a segment of ``n`` tokens keeps
+``slots_at_ratio(n, ratio) = ceil(n / ratio)`` slots per layer and KV head
+(at least 1, at most n): a full 1,024-token segment keeps 128 at 8x and 32 at
+32x, exactly the UIO encoder's M; a short final segment keeps its own share
+instead of UIO's ``min(M, n)``, so a document's memory is never more than
+1/ratio of it (rounded up per segment).
+
+Heads keep different tokens: slot j of head h and slot j of head h' may come
+from different source tokens. The decoder places slot j at position j for
+every head (``uio.decoder.build_cache``), so that is harmless.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import Callable, ClassVar, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from uio.adapter import base_fingerprint, body
+from uio.memory import Memory
+from uio.model import LoadedModel
+
+Progress = Callable[[int, int], None]
+ATTN_IMPL = "tome_compress"
+
+
+def slots_at_ratio(n_tokens: int, ratio: int) -> int:
+    """Slots a segment of ``n_tokens`` keeps at ``ratio``: ceil(n / ratio), within [1, n]."""
+    if n_tokens < 1 or ratio < 1:
+        raise ValueError(f"need n_tokens >= 1 and ratio >= 1, got {n_tokens}, {ratio}")
+    return max(1, min(n_tokens, math.ceil(n_tokens / ratio)))
+
+
+def storage_dtype(lm: LoadedModel, store: str = "16bit") -> torch.dtype:
+    """Memories are stored in 16 bits: bf16 for a bf16 model, fp16 otherwise (fp32 and fp16 compute).
+
+    ``store="model"`` keeps the model's dtype (exactness tests). The decoder casts back on load.
+    """
+    if store == "model":
+        return lm.dtype
+    if store != "16bit":
+        raise ValueError(f"store must be '16bit' or 'model', not {store!r}")
+    return torch.bfloat16 if lm.dtype == torch.bfloat16 else torch.float16
+
+
+def model_shape(lm: LoadedModel) -> tuple[int, int, int, int]:
+    """(layers, query heads, kv heads, head_dim) of the base model."""
+    c = lm.model.config
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, hd
+
+
+_BASE_FP: dict[int, tuple[object, str]] = {}
+
+
+def model_fingerprint(lm: LoadedModel) -> str:
+    """``uio.adapter.base_fingerprint``, cached per model object (it reads a weight sample)."""
+    hit = _BASE_FP.get(id(lm.model))
+    if hit is None or hit[0] is not lm.model:
+        hit = (lm.model, base_fingerprint(lm))
+        _BASE_FP[id(lm.model)] = hit
+    return hit[1]
+
+
+@dataclass
+class Compressor:
+    """A way to turn segments into memory slots. Subclasses are dataclasses; fields are parameters."""
+
+    name: ClassVar[str] = "base"
+    version: ClassVar[str] = "1"
+    ratio: int = 8
+
+    def params(self) -> dict:
+        """Every parameter that changes the memories (the fields other than ``ratio``), JSON-able."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "ratio" and f.init
+                and f.metadata.get("identity", True)}
+
+    def identity(self, lm: LoadedModel) -> str:
+        """sha256 over name, ratio, params, version and the base model's fingerprint (see ``identity``)."""
+        doc = {"compressor": self.name, "version": self.version, "ratio": self.ratio, "params": self.params(),
+               "model": model_fingerprint(lm)}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+    def compress(self, lm: LoadedModel, token_lists: Sequence[Sequence[int]],
+                 segment_ids: Sequence[int] | None = None,
+                 token_spans: Sequence[tuple[int, int]] | None = None,
+                 progress: Progress | None = None) -> Memory:
+        """Memories of ``token_lists`` (one list of token ids per segment), in order.
+
+        Returns a Memory with keys (pre-RoPE) and values (layers, sum(slots), kv_heads, head_dim) in 16 bits,
+        ``slots`` per segment, ``fingerprint = identity(self, lm)`` and ``ratio = self.ratio``.
+        """
+        raise NotImplementedError
+
+
+def identity(compressor: Compressor, lm: LoadedModel) -> str:
+    """The fingerprint ``compressor``'s memories of ``lm`` carry (``Memory.fingerprint``).
+
+    Scoring methods: sha256 over name, ratio, params, version and ``uio.adapter.base_fingerprint(lm)``,
+    deterministic across processes (sorted JSON, never Python's ``hash``). The UIO encoder: its adapter's
+    fingerprint.
+    """
+    return compressor.identity(lm)
+
+
+# -- attention with a window onto the queries --------------------------------------------------------
+Observer = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], None]
+
+
+def causal_offset_mask(q_len: int, k_len: int, device: torch.device, dtype: torch.dtype = torch.float32
+                       ) -> torch.Tensor:
+    """(q_len, k_len) additive mask: query i (the last q_len positions) sees keys [0, k_len - q_len + i].
+
+    Additive float, never bool: eager-style explicit attention with a bool 4D mask is silently wrong in
+    transformers 5, and one convention everywhere avoids mixing them up.
+    """
+    i = torch.arange(q_len, device=device)[:, None]
+    j = torch.arange(k_len, device=device)[None]
+    return torch.zeros(q_len, k_len, dtype=dtype, device=device).masked_fill_(j > i + (k_len - q_len),
+                                                                             float("-inf"))
+
+
+def compress_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                       tome_observe: Observer | None = None, **kwargs):
+    """SDPA attention that first hands the rotated queries and keys to ``tome_observe``.
+
+    query (1, H, q, d), key/value (1, Hkv, k, d) with k >= q (the cache holds the earlier k - q positions).
+    Batch 1 without padding, so the causal mask is built here (transformers passes none for a custom
+    attention implementation).
+    """
+    if tome_observe is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    tome_observe(module, query, key)
+    q_len, k_len = query.shape[2], key.shape[2]
+    gqa = query.shape[1] != key.shape[1]
+    if q_len == k_len:
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=gqa)
+    else:
+        mask = causal_offset_mask(q_len, k_len, query.device, query.dtype)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=gqa)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTN_IMPL, compress_attention)
+
+
+@contextmanager
+def observed_attention(lm: LoadedModel) -> Iterator[None]:
+    """Route the model's attention through ``compress_attention`` inside the block.
+
+    Like the UIO encoder, this switches the model's attention implementation, so the model must not
+    answer questions from another thread meanwhile (ingestion holds the model).
+    """
+    previous = lm.model.config._attn_implementation
+    lm.model.config._attn_implementation = ATTN_IMPL
+    try:
+        yield
+    finally:
+        lm.model.config._attn_implementation = previous
+
+
+def attention_logits(module: torch.nn.Module, query: torch.Tensor, keys: torch.Tensor,
+                     mask: torch.Tensor | None) -> torch.Tensor:
+    """Explicit q·kᵀ·scale + mask in float32, grouped by KV head.
+
+    query (1, H, q, d) rotated; keys (1, Hkv, k, d) rotated; mask (q, k) additive or None.
+    Returns (Hkv, G, q, k) with G = H / Hkv query heads per KV head (GQA: query head h reads KV head h // G).
+    """
+    _, h, q_len, d = query.shape
+    kv = keys.shape[1]
+    q = query[0].reshape(kv, h // kv * q_len, d)
+    # q·kᵀ in the model's dtype (bf16 matmuls are several times faster on CPUs that have them; kvpress
+    # does the same), the mask and the softmax in float32.
+    # (The scale goes on the small query, and the mask is added in place: each pass over the (H, q, k)
+    # weights costs about as much as the matmul itself on a CPU.)
+    logits = torch.bmm(q * module.scaling, keys[0].transpose(1, 2)).float().view(kv, h // kv, q_len, -1)
+    if mask is not None:
+        logits += mask
+    return logits
+
+
+def attention_probs(module: torch.nn.Module, query: torch.Tensor, keys: torch.Tensor,
+                    mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(``attention_logits``): (Hkv, G, q, k) attention weights, float32."""
+    return attention_logits(module, query, keys, mask).softmax(-1)
+
+
+# -- the scoring methods' common part ----------------------------------------------------------------
+@dataclass
+class Prefill:
+    """A segment after its prefill.
+
+    ids (n,); keys, values (layers, n, kv_heads, head_dim): keys pre-RoPE, as k_proj (and a k_norm, if any)
+    gives them; cache: the rotated segment KV, for passes that read the segment again (KVzip); observed:
+    per layer, what ``ScoringCompressor.observe`` returned during the prefill (None where it returns None).
+    """
+
+    ids: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+    cache: DynamicCache
+    observed: list = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass
+class ScoringCompressor(Compressor):
+    """Prefill -> score (layers, kv_heads, n) -> sinks -> top-k per head -> gather pre-RoPE K and V."""
+
+    n_sink: int = 4  # the first tokens are attention sinks: always kept (within the budget)
+    store: str = "16bit"  # "16bit" (bf16 for a bf16 model, else fp16) or "model" (the model's dtype)
+
+    # -- what subclasses write -------------------------------------------------------------------
+    def observe(self, module: torch.nn.Module, query: torch.Tensor, keys: torch.Tensor):
+        """Called per layer during the prefill with rotated query (1, H, n, d) and keys (1, Hkv, n, d)."""
+        return None
+
+    def score(self, lm: LoadedModel, pre: Prefill) -> torch.Tensor:
+        """(layers, kv_heads, n) float: higher = keep."""
+        raise NotImplementedError
+
+    # -- the mechanical part ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def compress(self, lm: LoadedModel, token_lists: Sequence[Sequence[int]],
+                 segment_ids: Sequence[int] | None = None,
+                 token_spans: Sequence[tuple[int, int]] | None = None,
+                 progress: Progress | None = None) -> Memory:
+        if not token_lists:
+            raise ValueError("nothing to compress")
+        if any(len(t) == 0 for t in token_lists):
+            raise ValueError("empty segment")
+        ids = list(segment_ids) if segment_ids is not None else list(range(len(token_lists)))
+        spans = [tuple(s) for s in token_spans] if token_spans is not None else []
+        out_dtype = storage_dtype(lm, self.store)
+        keys, values, slots = [], [], []
+        for i, tokens in enumerate(token_lists):
+            k, v = self.compress_one(lm, tokens)
+            keys.append(k.to(out_dtype))
+            values.append(v.to(out_dtype))
+            slots.append(k.shape[1])
+            if progress:
+                progress(i + 1, len(token_lists))
+        return Memory(torch.cat(keys, 1), torch.cat(values, 1), ids, slots, spans, identity(self, lm), self.ratio)
+
+    def compress_one(self, lm: LoadedModel, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One segment -> kept keys (pre-RoPE), values (layers, slots, kv_heads, head_dim) in compute dtype."""
+        pre = self.prefill(lm, tokens)
+        k = slots_at_ratio(pre.n, self.ratio)
+        if k == pre.n:  # keep-all: no scoring pass needed
+            return pre.keys, pre.values
+        scores = self.score(lm, pre).float()
+        index = self.select(scores, k)
+        return gather_slots(pre.keys, index), gather_slots(pre.values, index)
+
+    def select(self, scores: torch.Tensor, k: int) -> torch.Tensor:
+        """(layers, kv, n) scores -> (layers, kv, k) kept token indices, ascending (document order).
+
+        The first min(n_sink, k) tokens are forced in; ties are broken by topk's fixed order on the CPU
+        (deterministic), and subclasses whose scores tie by design break ties themselves.
+        """
+        scores = scores.clone()
+        scores[..., :min(self.n_sink, k)] = float("inf")
+        return scores.topk(k, dim=-1).indices.sort(-1).values
+
+    def prefill(self, lm: LoadedModel, tokens: Sequence[int]) -> Prefill:
+        """Run the segment alone through the model (positions 0..n-1), capturing pre-RoPE K, V."""
+        net = body(lm)
+        ids = torch.as_tensor(list(tokens), dtype=torch.long, device=lm.device)
+        grabbed_k: list[torch.Tensor] = []
+        grabbed_v: list[torch.Tensor] = []
+        observed: list = []
+        hooks = []
+        for layer in net.layers:
+            attn = layer.self_attn
+            # Pre-RoPE keys are what enters apply_rotary_pos_emb: k_proj's output, or k_norm's where a model
+            # normalises keys (Qwen3); the hook sees the (1, n, kv*hd) / (1, n, kv, hd) tensor either way.
+            k_src = getattr(attn, "k_norm", None) or attn.k_proj
+            hooks.append(k_src.register_forward_hook(lambda _m, _i, o: grabbed_k.append(o)))
+            hooks.append(attn.v_proj.register_forward_hook(lambda _m, _i, o: grabbed_v.append(o)))
+        cache = DynamicCache(config=lm.model.config)
+        try:
+            with observed_attention(lm):
+                net(input_ids=ids[None], past_key_values=cache, use_cache=True,
+                    position_ids=torch.arange(len(ids), device=lm.device)[None],
+                    tome_observe=lambda m, q, k: observed.append(self.observe(m, q, k)))
+        finally:
+            for h in hooks:
+                h.remove()
+        layers, _, kv, hd = model_shape(lm)
+        keys = torch.stack([k.reshape(len(ids), kv, hd) for k in grabbed_k])  # (layers, n, kv, hd)
+        values = torch.stack([v.reshape(len(ids), kv, hd) for v in grabbed_v])
+        return Prefill(ids, keys, values, cache, observed)
+
+
+def gather_slots(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (layers, n, kv, hd), index (layers, kv, k) -> (layers, k, kv, hd): each head's kept tokens."""
+    xt = x.transpose(1, 2)  # (layers, kv, n, hd)
+    out = xt.gather(2, index[..., None].expand(-1, -1, -1, x.shape[-1]))
+    return out.transpose(1, 2).contiguous()
