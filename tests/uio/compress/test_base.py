@@ -1,0 +1,135 @@
+"""The compressor interface on tiny random models: slot counts, sinks, keep-all exactness, identity, refusal."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from uio.compress import COMPRESSORS, identity, make_compressor, slots_at_ratio, storage_dtype
+from uio.decoder import logits_over_memories
+from uio.memory import Memory, MemoryMismatch
+
+SCORING = ["kvzip", "snapkv", "keynorm", "streaming"]
+
+
+def tokens(n: int, seed: int = 0) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(100, 5000, (n,), generator=g).tolist()
+
+
+def test_registry_lists_every_name_once_and_refuses_unknown():
+    assert sorted(COMPRESSORS) == ["keynorm", "kvzip", "snapkv", "streaming", "uio"]
+    assert all(cls.name == name for name, cls in COMPRESSORS.items())
+    assert len({cls for cls in COMPRESSORS.values()}) == len(COMPRESSORS)
+    with pytest.raises(ValueError, match="unknown compressor"):
+        make_compressor("h2o", 8)
+    c = make_compressor("kvzip", 32, n_sink=2)
+    assert (c.ratio, c.n_sink, c.version) == (32, 2, "1")
+    assert c.params() == {"n_sink": 2, "store": "16bit", "chunk_size": 2048}
+
+
+def test_slot_rule():
+    assert slots_at_ratio(1024, 8) == 128 and slots_at_ratio(1024, 32) == 32
+    assert slots_at_ratio(100, 8) == 13 and slots_at_ratio(100, 32) == 4  # ceil
+    assert slots_at_ratio(5, 32) == 1 and slots_at_ratio(1, 8) == 1 and slots_at_ratio(7, 1) == 7
+    with pytest.raises(ValueError):
+        slots_at_ratio(0, 8)
+
+
+@pytest.mark.parametrize("name", SCORING)
+@pytest.mark.parametrize("ratio", [8, 32])
+def test_exact_slot_counts_per_segment_layer_and_head(tiny_qwen, name, ratio):
+    lengths = [256, 100, 5, 1]
+    segs = [tokens(n, i) for i, n in enumerate(lengths)]
+    mem = make_compressor(name, ratio).compress(tiny_qwen, segs, segment_ids=[3, 4, 5, 6],
+                                                token_spans=[(0, 256), (256, 356), (356, 361), (361, 362)])
+    expect = [slots_at_ratio(n, ratio) for n in lengths]
+    assert mem.slots == expect == ([32, 13, 1, 1] if ratio == 8 else [8, 4, 1, 1])
+    # (layers, slots, kv_heads, head_dim): every layer and KV head holds the same number of slots
+    assert mem.keys.shape == mem.values.shape == (2, sum(expect), 2, 16)
+    assert mem.segment_ids == [3, 4, 5, 6] and mem.token_spans[1] == (256, 356) and mem.ratio == ratio
+    assert mem.keys.dtype == torch.float16  # 16-bit storage for a float32 model
+    assert torch.isfinite(mem.keys).all() and torch.isfinite(mem.values).all()
+
+
+@pytest.mark.parametrize("name", SCORING)
+def test_sinks_are_always_kept_in_every_layer_and_head(tiny_llama, name):
+    ids = tokens(200, 1)
+    comp = make_compressor(name, 32, store="model")  # 7 slots: the 4 sinks + 3 chosen
+    mem = comp.compress(tiny_llama, [ids])
+    pre = comp.prefill(tiny_llama, ids)
+    assert mem.slots == [7]
+    # slots are in document order, so the sinks are the first four slots of every head of every layer
+    assert torch.equal(mem.keys[:, :4], pre.keys[:, :4]) and torch.equal(mem.values[:, :4], pre.values[:, :4])
+    one = make_compressor(name, 100, store="model").compress(tiny_llama, [ids])  # budget 2 < n_sink
+    assert one.slots == [2] and torch.equal(one.keys, pre.keys[:, :2])
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_qwen"])
+@pytest.mark.parametrize("name", SCORING)
+def test_keep_all_memory_gives_the_full_context_logits(request, model, name):
+    lm = request.getfixturevalue(model)
+    seg, nxt = tokens(48, 2), tokens(6, 3)
+    full = lm.model(torch.tensor([seg + nxt])).logits[0, len(seg):]
+    mem = make_compressor(name, 1, store="model").compress(lm, [seg])
+    assert mem.slots == [48]
+    got = logits_over_memories(lm, [mem], torch.tensor([nxt]), fingerprint=mem.fingerprint)[0]
+    torch.testing.assert_close(got, full, atol=1e-4, rtol=1e-4)
+    # 16-bit storage (the default) stays close; build_cache casts back to the model's dtype
+    mem16 = make_compressor(name, 1).compress(lm, [seg])
+    assert mem16.keys.dtype == torch.float16
+    got16 = logits_over_memories(lm, [mem16], torch.tensor([nxt]))[0]
+    assert got16.dtype == full.dtype
+    torch.testing.assert_close(got16, full, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("name", SCORING)
+def test_deterministic_memory_and_fingerprint(tiny_qwen, name):
+    segs = [tokens(120, 4), tokens(64, 5)]
+    a = make_compressor(name, 8).compress(tiny_qwen, segs)
+    b = make_compressor(name, 8).compress(tiny_qwen, segs)
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values) and a.slots == b.slots
+    assert a.fingerprint == b.fingerprint == identity(make_compressor(name, 8), tiny_qwen)
+    assert len(a.fingerprint) == 64
+
+
+def test_fingerprints_differ_by_method_ratio_params_and_model(tiny_llama, tiny_qwen):
+    fps = {identity(make_compressor(n, r), tiny_llama) for n in SCORING for r in (8, 32)}
+    assert len(fps) == 8
+    assert identity(make_compressor("kvzip", 8), tiny_llama) != identity(make_compressor("kvzip", 8, n_sink=2),
+                                                                         tiny_llama)
+    assert identity(make_compressor("kvzip", 8), tiny_llama) != identity(make_compressor("kvzip", 8), tiny_qwen)
+    # query_block only bounds memory: the same scores, so the same identity
+    assert identity(make_compressor("kvzip", 8), tiny_llama) == identity(make_compressor("kvzip", 8, query_block=7),
+                                                                         tiny_llama)
+
+
+def test_memory_of_another_compressor_is_refused_on_load(tiny_llama, tmp_path):
+    kvzip, snap = make_compressor("kvzip", 8), make_compressor("snapkv", 8)
+    mem = kvzip.compress(tiny_llama, [tokens(80, 6)], token_spans=[(0, 80)])
+    mem.save(tmp_path / "m.safetensors")
+    back = Memory.load(tmp_path / "m.safetensors", expect_fingerprint=identity(kvzip, tiny_llama))
+    assert torch.equal(back.keys, mem.keys) and torch.equal(back.values, mem.values)
+    assert back.keys.dtype == torch.float16 and back.token_spans == [(0, 80)] and back.ratio == 8
+    with pytest.raises(MemoryMismatch):
+        Memory.load(tmp_path / "m.safetensors", expect_fingerprint=identity(snap, tiny_llama))
+    with pytest.raises(MemoryMismatch):
+        Memory.load(tmp_path / "m.safetensors", expect_fingerprint=identity(make_compressor("kvzip", 32), tiny_llama))
+
+
+def test_storage_dtype_rule(tiny_llama):
+    assert storage_dtype(tiny_llama) == torch.float16
+    assert storage_dtype(replace(tiny_llama, dtype=torch.bfloat16)) == torch.bfloat16
+    assert storage_dtype(replace(tiny_llama, dtype=torch.float16)) == torch.float16
+    assert storage_dtype(tiny_llama, "model") == torch.float32
+    with pytest.raises(ValueError):
+        storage_dtype(tiny_llama, "int8")
+
+
+def test_progress_and_refusals(tiny_llama):
+    seen = []
+    make_compressor("keynorm", 8).compress(tiny_llama, [tokens(30), tokens(20)], progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 2), (2, 2)]
+    with pytest.raises(ValueError):
+        make_compressor("keynorm", 8).compress(tiny_llama, [])
+    with pytest.raises(ValueError):
+        make_compressor("keynorm", 8).compress(tiny_llama, [[]])
