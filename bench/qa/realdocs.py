@@ -20,7 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.qa.grading import contains, grade as _grade, normalize  # noqa: E402
+from bench.qa.grading import contains, grade as _grade, normalize, tokens  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SET_PATH = HERE / "realdocs.json"
@@ -107,7 +107,15 @@ def check(data: dict | None = None, out=sys.stdout) -> int:
         failures += not (ok_hash and ok_pages)
         print(f"{doc['id']:<12} {doc['package']:<14} {n:>5}  {status}", file=out)
     print(file=out)
-    print(f"{'question':<14} {'kind':<8} {'style':<10} {'gold':<26} {'alts':>5}  result", file=out)
+    page_tokens = {d: {n: tokens(t) for n, t in ps.items()} for d, ps in pages.items()}
+
+    def pages_with(doc: str, answer: str) -> int:
+        needle = tokens(answer)
+        k = len(needle)
+        return sum(any(toks[i:i + k] == needle for i in range(len(toks) - k + 1))
+                   for toks in page_tokens.get(doc, {}).values()) if needle else 0
+
+    print(f"{'question':<14} {'kind':<8} {'style':<10} {'gold':<28} {'alts':>5} {'elsewhere':>9}  result", file=out)
     seen: set[str] = set()
     for q in data["questions"]:
         problems = []
@@ -123,7 +131,7 @@ def check(data: dict | None = None, out=sys.stdout) -> int:
             problems.append("single question without exactly one gold page")
         if sorted(q["docs"]) != sorted({g["doc"] for g in q["gold"]}):
             problems.append("docs do not match the gold pages")
-        alts_on, alts_all = 0, 0
+        alts_on, alts_all, elsewhere = 0, 0, []
         for gold, alts in zip(q["gold"], parts):
             if gold["doc"] not in docs:
                 problems.append(f"unknown document {gold['doc']}")
@@ -135,6 +143,7 @@ def check(data: dict | None = None, out=sys.stdout) -> int:
             if not contains(text, alts[0]):
                 problems.append(f"'{alts[0]}' ({normalize(alts[0])}) not on {gold['doc']} p{gold['page']}")
             alts_on += sum(contains(text, a) for a in alts)
+            elsewhere.append(str(max(pages_with(gold["doc"], alts[0]) - 1, 0)))
             alts_all += len(alts)
         # the reference answer must grade as correct against itself
         reference = " ; ".join(p[0] for p in parts)
@@ -142,7 +151,8 @@ def check(data: dict | None = None, out=sys.stdout) -> int:
             problems.append("reference answer does not grade as correct")
         failures += bool(problems)
         gold_s = ", ".join(f"{g['doc']} p{g['page']}" for g in q["gold"])
-        print(f"{q['id']:<14} {q['kind']:<8} {q['style']:<10} {gold_s:<26} {alts_on:>2}/{alts_all:<2}  "
+        print(f"{q['id']:<14} {q['kind']:<8} {q['style']:<10} {gold_s:<28} {alts_on:>2}/{alts_all:<2} "
+              f"{'+'.join(elsewhere):>9}  "
               + ("ok" if not problems else "FAIL: " + "; ".join(problems)), file=out)
     kinds = {}
     for q in data["questions"]:
@@ -150,7 +160,8 @@ def check(data: dict | None = None, out=sys.stdout) -> int:
     print(file=out)
     print(f"{len(data['documents'])} documents, {len(data['questions'])} questions: "
           + ", ".join(f"{k} {s} {n}" for (k, s), n in sorted(kinds.items())), file=out)
-    print("alts = acceptable answers found on the gold page (the first one must be)", file=out)
+    print("alts = acceptable answers found on the gold page (the first one must be); elsewhere = other pages "
+          "of the same book where the first answer also occurs (information only)", file=out)
     print(f"{'ALL OK' if not failures else f'{failures} FAILURE(S)'}", file=out)
     return failures
 
