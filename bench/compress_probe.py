@@ -34,7 +34,6 @@ sys.path.insert(0, str(ROOT))
 from uio.compress import make_compressor  # noqa: E402
 from uio.compress.base import gather_slots, identity, slots_at_ratio, storage_dtype  # noqa: E402
 from uio.decoder import stream_over_memories  # noqa: E402
-from uio.generate import stream_chat  # noqa: E402
 from uio.memory import Memory  # noqa: E402
 from uio.model import load_model  # noqa: E402
 
