@@ -18,13 +18,9 @@ instruction line, 1 = at the very end).
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.qa.grading import contains  # noqa: E402
+from bench.qa.grading import contains
 
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
                "I will quiz you about the important information there.")

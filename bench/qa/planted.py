@@ -26,10 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.qa.grading import grade as _grade  # noqa: E402
+from bench.qa.grading import grade as _grade
 
 FIXED_DATE = _dt.datetime(2024, 1, 1, tzinfo=_dt.timezone.utc)
 

@@ -17,10 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.qa.grading import contains, grade as _grade, normalize, tokens  # noqa: E402
+from bench.qa.grading import contains, grade as _grade, normalize, tokens
 
 HERE = Path(__file__).resolve().parent
 SET_PATH = HERE / "realdocs.json"
