@@ -13,6 +13,11 @@ Speed: compression tokens/s of each compressor's public ``compress`` on the
 two segments at 8x, against a plain forward of the same segments.
 
     .venv/bin/python bench/compress_probe.py [--models smollm2,qwen] [--threads 1] [--trials 1]
+        [--depths 0,25,50,75,100] [--methods kvzip,snapkv,keynorm,streaming] [--spaced kvzip] [--out ...]
+
+``--spaced kvzip`` also answers from kvzip's memories with option (b) positions: each head's kept slots
+keep their relative spacing inside their segment, scaled into the segment's slots (fractional RoPE
+positions), instead of the default consecutive 0..m-1.
 
 Prints a table; writes bench/results/compress_probe.json.
 """
@@ -60,10 +65,46 @@ def answer(lm, memories: list[Memory], prompt_text: str | None = None) -> str:
     return "".join(gen)
 
 
-def memories_at(lm, comp, segments: list[list[int]], ratios: list[int]) -> dict[int, Memory]:
+def spaced_positions(indices: list[torch.Tensor], lengths: list[int]) -> torch.Tensor:
+    """Option (b): each kept slot at its segment's offset + its source position scaled into the segment's slots.
+
+    indices: per segment (layers, kv, k_j) kept token indices; lengths: tokens per segment.
+    Returns (layers, kv, sum k_j) float positions; segment j occupies [off_j, off_j + k_j) as in the default.
+    """
+    out, off = [], 0
+    for idx, n in zip(indices, lengths):
+        k = idx.shape[-1]
+        out.append(off + idx.float() * (k / n))
+        off += k
+    return torch.cat(out, -1)
+
+
+def spaced_answer(lm, mem: Memory, positions: torch.Tensor) -> str:
+    """Answer with the memory's keys rotated to per-head ``positions`` (layers, kv, m) instead of 0..m-1."""
+    from transformers import DynamicCache
+
+    from uio.adapter import body
+    from uio.generate import stream
+
+    keys = mem.keys.to(lm.dtype).permute(0, 2, 1, 3)  # (layers, kv, m, hd)
+    values = mem.values.to(lm.dtype).permute(0, 2, 1, 3)
+    layers, kv, m, hd = keys.shape
+    cos, sin = body(lm).rotary_emb(values, positions.reshape(1, -1))  # RoPE takes fractional positions too
+    cos, sin = cos.view(layers, kv, m, hd), sin.view(layers, kv, m, hd)
+    rotated = keys * cos + torch.cat([-keys[..., hd // 2:], keys[..., :hd // 2]], -1) * sin
+    cache = DynamicCache(config=lm.model.config)
+    for layer in range(layers):
+        cache.update(rotated[layer][None].contiguous(), values[layer][None].contiguous(), layer)
+    gen = stream(lm, [{"role": "user", "content": QUESTION}], past_key_values=cache, prefix_len=m, max_new_tokens=12)
+    return "".join(gen)
+
+
+def memories_at(lm, comp, segments: list[list[int]], ratios: list[int], kept: dict | None = None
+                ) -> dict[int, Memory]:
     """The compressor's memories at several ratios from one prefill + one scoring pass per segment.
 
-    The same steps as ``ScoringCompressor.compress_one``, with the selection repeated per ratio.
+    The same steps as ``ScoringCompressor.compress_one``, with the selection repeated per ratio;
+    ``kept`` (if given) receives per ratio the per-segment kept indices (layers, kv, k).
     """
     parts: dict[int, list] = {r: [] for r in ratios}
     with torch.inference_mode():
@@ -73,6 +114,8 @@ def memories_at(lm, comp, segments: list[list[int]], ratios: list[int]) -> dict[
             for r in ratios:
                 k = slots_at_ratio(pre.n, r)
                 idx = comp.select(scores, k)
+                if kept is not None:
+                    kept.setdefault(r, []).append(idx)
                 parts[r].append((gather_slots(pre.keys, idx), gather_slots(pre.values, idx)))
     dt = storage_dtype(lm, comp.store)
     out = {}
@@ -100,7 +143,8 @@ def speed(lm, segments: list[list[int]]) -> dict:
     return out
 
 
-def probe(model: str, depths: list[int], trials: int, ratios: list[int], rng: random.Random) -> dict:
+def probe(model: str, depths: list[int], trials: int, ratios: list[int], rng: random.Random,
+          spaced: tuple[str, ...] = (), methods: tuple[str, ...] = tuple(METHODS)) -> dict:
     lm = load_model(model, ROOT / ".cache" / "models", "cpu", "auto")
     tok = lm.tokenizer
     hits: dict[str, dict[str, list[int]]] = {}
@@ -112,9 +156,13 @@ def probe(model: str, depths: list[int], trials: int, ratios: list[int], rng: ra
             segs = haystack(tok, key, depth)
             rows: dict[str, str] = {"raw context": answer(lm, [], tok.decode(sum(segs, [])))}
             rows["keep-all (1x)"] = answer(lm, [make_compressor("streaming", 1).compress(lm, segs)])
-            for name in METHODS:
-                for r, mem in memories_at(lm, make_compressor(name, ratios[0]), segs, ratios).items():
+            for name in methods:
+                kept: dict = {}
+                for r, mem in memories_at(lm, make_compressor(name, ratios[0]), segs, ratios, kept).items():
                     rows[f"{name} {r}x"] = answer(lm, [mem])
+                    if name in spaced:
+                        pos = spaced_positions(kept[r], [len(t) for t in segs])
+                        rows[f"{name} {r}x (b)"] = spaced_answer(lm, mem, pos)
             for row, text in rows.items():
                 ok = key in re.sub(r"\D", "", text)
                 hits.setdefault(row, {}).setdefault(str(depth), []).append(int(ok))
@@ -135,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ratios", default="8,32")
     ap.add_argument("--trials", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--spaced", default="", help="methods also read with option (b) positions, e.g. kvzip")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compress_probe.json")
     args = ap.parse_args(argv)
@@ -143,14 +193,15 @@ def main(argv: list[str] | None = None) -> None:
     ratios = [int(r) for r in args.ratios.split(",")]
     results = {}
     for model in args.models.split(","):
-        results[model] = probe(model, depths, args.trials, ratios, random.Random(args.seed))
+        results[model] = probe(model, depths, args.trials, ratios, random.Random(args.seed),
+                               tuple(x for x in args.spaced.split(",") if x), tuple(args.methods.split(",")))
     for model, res in results.items():
         print(f"\n{res['model']} ({res['dtype']}), passkey 5 digits at 2,048 tokens (2 x 1,024-token segments), "
               f"share found per depth")
-        print(f"{'method':18s} " + " ".join(f"{d:>5d}%" for d in depths) + "   mean")
+        print(f"{'method':22s} " + " ".join(f"{d:>5d}%" for d in depths) + "   mean")
         for row, per in res["passkey"].items():
             vals = [per[str(d)] for d in depths]
-            print(f"{row:18s} " + " ".join(f"{v:6.2f}" for v in vals) + f" {sum(vals) / len(vals):6.2f}")
+            print(f"{row:22s} " + " ".join(f"{v:6.2f}" for v in vals) + f" {sum(vals) / len(vals):6.2f}")
         print(f"compression speed, tokens/s ({args.threads} thread(s)):")
         for name, v in res["speed_tok_s"].items():
             rel = v / res["speed_tok_s"]["plain forward"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
-import torch
 
 from uio.adapter import UIOAdapter
 from uio.compress.base import Compressor, Progress, storage_dtype
