@@ -1,4 +1,10 @@
-"""Citations: which book and pages an answer's context came from, with a short quote."""
+"""Citations: which book and page an answer's context came from, with a short quote around the match.
+
+A segment that was ranked is cited at the page of its best-matching passage
+(not the segment's page range), quoting that passage around the words it
+shares with the question; ``terms`` are those words, for the UI to highlight.
+A segment that came in only as a neighbour keeps its page range and its start.
+"""
 from __future__ import annotations
 
 import re
@@ -24,6 +30,7 @@ class Source:
     snippet: str = ""
     score: float | None = None  # similarity to the question (None: not ranked)
     segment: int | None = None  # the segment's index in its document
+    terms: tuple[str, ...] = ()  # the question's words found in the snippet (for highlighting)
 
     @property
     def pages(self) -> str:
@@ -36,7 +43,8 @@ class Source:
         """What is stored with the answer's message (JSON)."""
         return {"document_id": self.document_id, "title": self.title, "page_start": self.page_start,
                 "page_end": self.page_end, "segment": self.segment, "label": self.label(),
-                "score": None if self.score is None else round(self.score, 4), "snippet": self.snippet}
+                "score": None if self.score is None else round(self.score, 4), "snippet": self.snippet,
+                "terms": list(self.terms)}
 
 
 def snippet(text: str, question: str = "") -> str:
@@ -50,8 +58,31 @@ def snippet(text: str, question: str = "") -> str:
     return lead + (quote if len(quote) <= SNIPPET_CHARS else quote[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …")
 
 
+def terms_in(text: str, question: str) -> tuple[str, ...]:
+    """The question's words (3+ letters, not stop words) that occur in ``text``, as they appear in the question."""
+    from storage.fulltext import STOPWORDS
+
+    have = {w.lower() for w in _WORD.findall(text)}
+    out: list[str] = []
+    for w in _WORD.findall(question):
+        if w.lower() in have and w.lower() not in STOPWORDS and w.lower() not in (x.lower() for x in out):
+            out.append(w)
+    return tuple(out)
+
+
+def cite_one(doc_id: int, p: Passage, question: str = "") -> Source:
+    """The citation of one chosen segment: at its best passage's page when it was ranked."""
+    m = p.match
+    if m is not None:
+        quote = snippet(m.text, question)
+        return Source(doc_id, p.title, m.page_start, m.page_end, quote, p.score, getattr(p.segment, "index", None),
+                      terms_in(quote, question))
+    quote = snippet(p.segment.text, question)
+    return Source(doc_id, p.title, p.segment.page_start, p.segment.page_end, quote, p.score,
+                  getattr(p.segment, "index", None), terms_in(quote, question))
+
+
 def cite(passages: Iterable[tuple[int, Passage]], question: str = "") -> list[Source]:
     """Every (document id, passage) used, best score first (document order among equals): the citations."""
-    out = [Source(doc_id, p.title, p.segment.page_start, p.segment.page_end, snippet(p.segment.text, question),
-                  p.score, getattr(p.segment, "index", None)) for doc_id, p in passages]
+    out = [cite_one(doc_id, p, question) for doc_id, p in passages]
     return sorted(out, key=lambda s: -s.score if s.score is not None else float("inf"))

@@ -80,6 +80,15 @@ class Embedder:
                     progress(min(start + len(batch), len(texts)), len(texts))
         return out
 
+    @property
+    def tokenizer(self):
+        """The model's (fast) word-piece tokenizer: passages are cut to what the model reads whole."""
+        return self.model.tokenizer
+
+    @property
+    def max_pieces(self) -> int:
+        return int(getattr(self.model, "max_seq_length", 256) or 256)
+
     def encode_one(self, text: str) -> np.ndarray:
         return self.encode([text])[0]
 

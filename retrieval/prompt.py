@@ -16,6 +16,12 @@ SYSTEM_PROMPT = (
     "precisely. If the documents do not contain the answer, say that they do not."
 )
 
+# The prompt when passages carry their pages: each block is labelled with its book and page.
+PAGED_PROMPT = (
+    "You answer questions using only the passages below; each is labelled [book, page]. Answer from "
+    "their text, briefly and precisely. If the passages do not contain the answer, say that they do not."
+)
+
 MEMORY_PROMPT = (
     "You answer questions about documents you have just read; their content comes before this "
     "conversation. Answer from them, briefly and precisely. If they do not contain the answer, say so. "
@@ -39,11 +45,25 @@ class Passage:
     title: str
     segment: TextSegment
     score: float | None = None  # similarity to the question, when the selector ranked it
+    match: object | None = None  # the segment's best-matching passage (retrieval.retriever.Retrieved), if ranked
+    breaks: tuple[tuple[int, int], ...] = ()  # (character offset, page) where each page starts in its text
 
     @property
     def pages(self) -> str:
         a, b = self.segment.page_start, self.segment.page_end
         return f"p. {a}" if a == b else f"pp. {a}-{b}"
+
+    def labelled(self) -> str:
+        """The segment's text labelled [book, p. N] at its start and [p. N] wherever a new page starts."""
+        if not self.breaks:
+            return f"[{self.title}, {self.pages}]\n{self.segment.text}"
+        text = self.segment.text
+        starts = [0] + [b for b, _ in self.breaks[1:]]  # text before the first passage goes with its page
+        ends = starts[1:] + [len(text)]
+        parts = [(page, text[a:b].strip()) for (_, page), a, b in zip(self.breaks, starts, ends)]
+        parts = [(page, t) for page, t in parts if t]
+        return "\n\n".join((f"[{self.title}, p. {page}]" if k == 0 else f"[p. {page}]") + f"\n{t}"
+                             for k, (page, t) in enumerate(parts))
 
 
 @dataclass(frozen=True)
@@ -88,9 +108,12 @@ def build_messages(selection: Selection, question: str, history: Sequence[dict] 
     if memory_of:
         system = MEMORY_PROMPT + " ".join(f"[{t}]" for t in memory_of)
     else:
-        blocks = [f"[{p.title}, {p.pages}]\n{p.segment.text}" for p in selection.passages]
+        blocks = [p.labelled() for p in selection.passages]
         docs = "\n\n".join(blocks) if blocks else "(no documents selected)"
-        system = f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"
+        if any(p.breaks for p in selection.passages):
+            system = f"{PAGED_PROMPT}\n\nPassages:\n\n{docs}"
+        else:
+            system = f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"
     messages = [{"role": "system", "content": system}]
     messages += [{"role": m["role"], "content": m["content"]} for m in history
                  if m.get("role") in ("user", "assistant")]

@@ -1,4 +1,9 @@
-"""Vector search over stored segment embeddings, behind one call: ``VectorSearch.search``.
+"""Vector search over stored embeddings (passages, or whole segments), behind one call: ``VectorSearch.search``.
+
+``kind`` says which vectors: "passages" (what the retriever scores since
+passages exist: windows of <= 200 word pieces the embedder reads whole) or
+"segments" (one vector per 1,024-token segment, of which the embedder reads
+only the first 256 word pieces; kept for comparison and old callers).
 
 Two ways, same answer (the tests check the indexed one against brute force):
 
@@ -40,7 +45,7 @@ VEC0_MAX_K = 4096  # sqlite-vec refuses larger k
 @dataclass(frozen=True)
 class Hit:
     document_id: int
-    index: int  # segment index within the document
+    index: int  # segment index (kind "segments") or passage ordinal (kind "passages") within the document
     score: float  # cosine similarity, higher is closer
 
 
@@ -54,11 +59,17 @@ def topk_brute_force(matrix: np.ndarray | torch.Tensor, query: np.ndarray, k: in
     return top.indices.tolist(), top.values.tolist()
 
 
-class VectorSearch:
-    """Top-k segments of some documents for a query vector; see the module docstring for the two paths."""
+KINDS = ("segments", "passages")
 
-    def __init__(self, store: Store, index_threshold: int = 100_000, cache_docs: int = 64):
+
+class VectorSearch:
+    """Top-k segments or passages of some documents for a query vector; see the module docstring for the two paths."""
+
+    def __init__(self, store: Store, index_threshold: int = 100_000, cache_docs: int = 64, kind: str = "segments"):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}")
         self.store = store
+        self.kind = kind
         self.index_threshold = index_threshold
         self._matrices: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # (id, sha, embedder) -> (n, d)
         self._cache_docs = cache_docs
@@ -67,35 +78,47 @@ class VectorSearch:
         url = store.engine.url
         if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
             self._index_path: Path | None = Path(url.database).with_suffix(Path(url.database).suffix + ".vec")
+            if kind == "passages":
+                self._index_path = self._index_path.with_suffix(".pvec")
         else:
             self._index_path = None
 
     def uses_index(self, n_segments: int) -> bool:
         return self._index_path is not None and n_segments > self.index_threshold
 
-    def search(self, query: np.ndarray, docs: Sequence[DocumentInfo], k: int) -> list[Hit]:
-        """The ``k`` segments of ``docs`` closest to ``query`` (unit float32), best first.
+    def embedder_of(self, doc: DocumentInfo) -> str | None:
+        return doc.passage_embedder if self.kind == "passages" else doc.embedder
 
-        Every document must carry embeddings of one model (``DocumentInfo.embedder``).
+    def blobs(self, doc_id: int) -> list[bytes | None]:
+        return self.store.passage_embeddings(doc_id) if self.kind == "passages" else self.store.embeddings(doc_id)
+
+    def count(self, doc_ids: Sequence[int]) -> int:
+        return self.store.count_passages(doc_ids) if self.kind == "passages" else self.store.count_segments(doc_ids)
+
+    def search(self, query: np.ndarray, docs: Sequence[DocumentInfo], k: int) -> list[Hit]:
+        """The ``k`` segments (or passages) of ``docs`` closest to ``query`` (unit float32), best first.
+
+        Every document must carry embeddings of one model (``DocumentInfo.embedder``,
+        or ``passage_embedder`` for passages).
         """
-        docs = [d for d in docs if d.embedder]
+        docs = [d for d in docs if self.embedder_of(d)]
         if not docs or k <= 0:
             return []
-        n = self.store.count_segments([d.id for d in docs])
+        n = self.count([d.id for d in docs])
         if self.uses_index(n):
             return self._indexed(query, docs, min(k, VEC0_MAX_K))
         return self._brute_force(query, docs, k)
 
     # -- brute force -------------------------------------------------------
     def matrix(self, doc: DocumentInfo) -> torch.Tensor:
-        key = (doc.id, doc.sha256, doc.embedder)
+        key = (doc.id, doc.sha256, self.embedder_of(doc))
         with self._lock:
             if key in self._matrices:
                 self._matrices.move_to_end(key)
                 return self._matrices[key]
-        blobs = self.store.embeddings(doc.id)
+        blobs = self.blobs(doc.id)
         if any(b is None for b in blobs):
-            raise ValueError(f"{doc.title!r} has segments without embeddings")
+            raise ValueError(f"{doc.title!r} has {self.kind} without embeddings")
         m = torch.from_numpy(np.stack([np.frombuffer(b, dtype="<f4") for b in blobs])) if blobs \
             else torch.zeros(0, 0)
         with self._lock:
@@ -117,7 +140,7 @@ class VectorSearch:
             if self._index is None:
                 self._index = SqliteVecIndex(self._index_path)
             for d in docs:
-                self._index.ensure(d, self.store)
+                self._index.ensure(d, self.blobs(d.id), self.embedder_of(d))
         return self._index.query(query, [d.id for d in docs], k)
 
 
@@ -144,15 +167,14 @@ class SqliteVecIndex:
                      "embedder TEXT, n INTEGER, dim INTEGER)")
         return conn
 
-    def ensure(self, doc: DocumentInfo, store: Store) -> None:
-        """Index ``doc`` unless the side file already holds exactly its current embeddings."""
-        blobs = store.embeddings(doc.id)
+    def ensure(self, doc: DocumentInfo, blobs: Sequence[bytes], embedder: str | None) -> None:
+        """Index ``doc``'s vectors ``blobs`` unless the side file already holds exactly these."""
         dim = len(blobs[0]) // 4 if blobs and blobs[0] else 0
         conn = self._connect()
         try:
             row = conn.execute("SELECT sha256, embedder, n, dim FROM indexed WHERE document_id = ?",
                                (doc.id,)).fetchone()
-            if row == (doc.sha256, doc.embedder, len(blobs), dim):
+            if row == (doc.sha256, embedder, len(blobs), dim):
                 return
             dims = {r[0] for r in conn.execute("SELECT dim FROM indexed")}
             with conn:
@@ -166,8 +188,8 @@ class SqliteVecIndex:
                 conn.executemany("INSERT INTO vec_segments(document_id, embedding, idx) VALUES (?, ?, ?)",
                                  [(doc.id, b, j) for j, b in enumerate(blobs)])
                 conn.execute("INSERT OR REPLACE INTO indexed VALUES (?, ?, ?, ?, ?)",
-                             (doc.id, doc.sha256, doc.embedder, len(blobs), dim))
-            log.info("vector index: %s (%d segments) indexed", doc.title, len(blobs))
+                             (doc.id, doc.sha256, embedder, len(blobs), dim))
+            log.info("vector index: %s (%d vectors) indexed", doc.title, len(blobs))
         finally:
             conn.close()
 

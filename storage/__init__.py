@@ -1,7 +1,7 @@
 """The store: documents, segments and conversations in a SQL database (SQLite by default)."""
 from storage.files import CorruptMemory, MemoryFiles
 from storage.store import (ConversationInfo, DocumentInfo, MemorySetInfo, MessageRecord, NotFound,
-                           SegmentRecord, Store)
+                           PassageRecord, SegmentRecord, Store, TextHit)
 
 __all__ = ["Store", "DocumentInfo", "SegmentRecord", "ConversationInfo", "MessageRecord", "NotFound",
-           "MemorySetInfo", "MemoryFiles", "CorruptMemory"]
+           "MemorySetInfo", "MemoryFiles", "CorruptMemory", "PassageRecord", "TextHit"]

@@ -10,12 +10,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import bindparam, create_engine, delete, event, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import migrate
-from storage.schema import Conversation, Document, MemorySet, Message, Segment
+from storage import fulltext, migrate
+from storage.schema import Conversation, Document, MemorySet, Message, Passage, Segment
 
 
 class NotFound(LookupError):
@@ -45,6 +45,7 @@ class DocumentInfo:
     created_at: datetime
     extractor: str = ""
     embedder: str | None = None  # model of the stored segment embeddings; None: not embedded
+    passage_embedder: str | None = None  # model that cut and embedded the passages; None: no passages
 
     @property
     def ready(self) -> bool:
@@ -64,6 +65,37 @@ class SegmentRecord:
     @property
     def n_tokens(self) -> int:
         return self.token_end - self.token_start
+
+
+@dataclass(frozen=True)
+class PassageRecord:
+    """A passage of a segment (<= 200 word pieces of the embedder, one page); span within the segment's text."""
+
+    document_id: int
+    index: int  # ordinal within the document
+    segment: int
+    page: int
+    start: int
+    end: int
+    text: str
+
+
+class PassageLike(Protocol):
+    index: int
+    segment: int
+    page: int
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(frozen=True)
+class TextHit:
+    """A passage found by full-text search: higher score is better (BM25 on SQLite, ts_rank_cd on PostgreSQL)."""
+
+    document_id: int
+    index: int  # the passage's ordinal within its document
+    score: float
 
 
 @dataclass(frozen=True)
@@ -94,7 +126,7 @@ class MessageRecord:
 
 def _doc_info(d: Document) -> DocumentInfo:
     return DocumentInfo(d.id, d.sha256, d.title, d.filename, d.kind, d.pages, d.tokens, d.status,
-                        d.error, d.created_at, d.extractor, d.embedder)
+                        d.error, d.created_at, d.extractor, d.embedder, d.passage_embedder)
 
 
 def _memset_info(m: MemorySet) -> MemorySetInfo:
@@ -262,6 +294,78 @@ class Store:
             d.embedder = embedder
             s.flush()
             return _doc_info(d)
+
+    # -- passages ----------------------------------------------------------
+    def set_passages(self, doc_id: int, embedder: str, passages: Sequence[PassageLike],
+                     embeddings: Sequence[bytes] | None = None) -> DocumentInfo:
+        """Replace all of a document's passages (cut and embedded by ``embedder``), atomically."""
+        if embeddings is not None and len(embeddings) != len(passages):
+            raise ValueError(f"{len(embeddings)} embeddings for {len(passages)} passages")
+        vecs = list(embeddings) if embeddings is not None else [None] * len(passages)
+        with self._session.begin() as s:
+            d = s.get(Document, doc_id)
+            if d is None:
+                raise NotFound(f"no document with id {doc_id}")
+            s.execute(delete(Passage).where(Passage.document_id == doc_id))
+            s.add_all([Passage(document_id=doc_id, idx=p.index, segment_idx=p.segment, page=p.page,
+                               char_start=p.start, char_end=p.end, text=p.text, embedding=v)
+                       for p, v in zip(passages, vecs)])
+            d.passage_embedder = embedder
+            s.flush()
+            return _doc_info(d)
+
+    def passages(self, doc_id: int) -> list[PassageRecord]:
+        with self._session() as s:
+            rows = s.execute(select(Passage.document_id, Passage.idx, Passage.segment_idx, Passage.page,
+                                    Passage.char_start, Passage.char_end, Passage.text)
+                             .where(Passage.document_id == doc_id).order_by(Passage.idx))
+            return [PassageRecord(*r) for r in rows]
+
+    def passage_embeddings(self, doc_id: int) -> list[bytes | None]:
+        """The stored vector of each passage, in document order."""
+        with self._session() as s:
+            return list(s.scalars(select(Passage.embedding).where(Passage.document_id == doc_id)
+                                  .order_by(Passage.idx)))
+
+    def count_passages(self, doc_ids: Iterable[int] | None = None) -> int:
+        q = select(func.count(Passage.id))
+        if doc_ids is not None:
+            q = q.where(Passage.document_id.in_(list(doc_ids)))
+        with self._session() as s:
+            return s.scalar(q) or 0
+
+    def search_text(self, doc_ids: Sequence[int], query: str, k: int = 50) -> list[TextHit]:
+        """The ``k`` passages of ``doc_ids`` that best match ``query`` by full text, best first.
+
+        SQLite: FTS5 BM25; PostgreSQL: ``ts_rank_cd`` over ``to_tsvector('english', text)``
+        (see storage/fulltext.py for how user text is quoted). Other databases: [].
+        """
+        doc_ids = list(doc_ids)
+        if not doc_ids or k <= 0 or not query.strip():
+            return []
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            match = fulltext.fts5_query(query)
+            if not match:
+                return []
+            sql = text("SELECT p.document_id, p.idx, -bm25(passages_fts) AS score FROM passages_fts "
+                       "JOIN passages p ON p.id = passages_fts.rowid "
+                       "WHERE passages_fts MATCH :q AND p.document_id IN :ids "
+                       "ORDER BY bm25(passages_fts) LIMIT :k")
+            params = {"q": match, "ids": doc_ids, "k": k}
+        elif dialect == "postgresql":
+            if not fulltext.terms(query):
+                return []
+            sql = text("WITH q AS (SELECT replace(plainto_tsquery('english', :q)::text, '&', '|')::tsquery AS q) "
+                       "SELECT p.document_id, p.idx, ts_rank_cd(to_tsvector('english', p.text), q.q) AS score "
+                       "FROM passages p, q WHERE to_tsvector('english', p.text) @@ q.q "
+                       "AND p.document_id IN :ids ORDER BY score DESC, p.document_id, p.idx LIMIT :k")
+            params = {"q": query, "ids": doc_ids, "k": k}
+        else:
+            return []
+        sql = sql.bindparams(bindparam("ids", expanding=True))
+        with self.engine.connect() as conn:
+            return [TextHit(int(d), int(i), float(sc)) for d, i, sc in conn.execute(sql, params)]
 
     def segment_ids(self, doc_id: int) -> list[int]:
         """Row ids of a document's segments, in document order (keys of the vector index)."""

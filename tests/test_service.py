@@ -12,12 +12,12 @@ def test_ingest_and_ask_records_conversation_and_sources(tome_tiny, tmp_path):
     final = updates[-1]
     assert final.done and not any(u.done for u in updates[:-1])
     assert final.stats["new_tokens"] >= 1 and final.stats["prompt_tokens"] > final.context_tokens
-    assert [(s.page_start, s.page_end) for s in final.sources] == [(1, 2)]
+    assert [(s.page_start, s.page_end) for s in final.sources] == [(2, 2)]  # the matching passage's page
     msgs = tome_tiny.store.messages(final.conversation_id)
     assert [m.role for m in msgs] == ["user", "assistant"]
     assert msgs[0].content == "What about gulls?" and msgs[1].mode == "uncompressed"
     cited = msgs[1].stats["sources"]
-    assert [c["label"] for c in cited] == ["b, pp. 1-2"]
+    assert [c["label"] for c in cited] == ["b, p. 2"]
     assert cited[0]["document_id"] == r.document.id and "gulls" in cited[0]["snippet"]
     assert isinstance(cited[0]["score"], float)
 

@@ -147,12 +147,21 @@ class Answerer:
         return 0 if self.lm.device.type != "cpu" else flat_ttft_slots(self.lm)
 
     def choose(self, docs: Sequence[DocumentInfo], books, question: str, budget: int, timer: Timer) -> Context:
-        """The segments of ``books`` closest to ``question`` within ``budget`` (all of them when they fit)."""
+        """The segments of ``books`` closest to ``question`` within ``budget`` (all of them when they fit).
+
+        Segments are scored by their best passage (vectors and full text fused, see
+        ``retrieval.retriever``); each chosen segment keeps that passage, for its
+        citation, and its page breaks, for the prompt's page labels.
+        """
         with timer.phase("select"):
-            scores = self.retriever.scores(docs, question)
+            ranking = self.retriever.rank(docs, question)
+            scores = ranking.segment_scores([d.id for d in docs])
             selection = select_segments(books, [scores[d.id] for d in docs], budget,
                                         self.models.config.neighbours)
         owner = {id(s): d.id for d, (_, segs) in zip(docs, books) for s in segs}
+        selection = Selection([replace(p, match=ranking.best(owner[id(p.segment)], p.segment.index),
+                                       breaks=ranking.page_breaks(owner[id(p.segment)], p.segment.index))
+                               for p in selection.passages], selection.truncated)
         return Context(selection, owner)
 
     def ask(self, doc_refs: Sequence[int | str], question: str, history: Sequence[dict] = (),

@@ -51,6 +51,15 @@ class Library:
                  retriever: Retriever, memories: Memories):
         self.models, self.store, self.files, self.uploads = models, store, files, uploads
         self.retriever, self.memories = retriever, memories
+        retriever.pages_of = self._pages_of  # exact page breaks for passages made after ingestion
+
+    def _pages_of(self, doc: DocumentInfo):
+        """A stored document's pages, read again from its kept upload (None when it is gone)."""
+        upload = self.uploads.find(doc.sha256)
+        if upload is None:
+            return None
+        cfg = self.models.config
+        return read_document(upload, max_bytes=cfg.max_file_mb << 20, title=doc.title).pages
 
     def delete(self, doc_id: int) -> None:
         """Remove a document's rows, memory files and kept upload."""
@@ -137,6 +146,12 @@ class Library:
             doc = existing
             if embeddings is not None:
                 doc = self.store.set_embeddings(doc.id, embedder, embeddings)
+        if doc.passage_embedder != embedder:  # passages: <= 200 word pieces, one page each, with vectors
+            t = time.perf_counter()
+            passages = self.retriever.passages_of(segments, extracted.pages)
+            doc = self.store.set_passages(doc.id, embedder, passages,
+                                          self.retriever.embed_passages(passages, name, report))
+            timings["embed_s"] = timings.get("embed_s", 0.0) + time.perf_counter() - t
         return doc, segments
 
     def recover(self) -> Recovery:

@@ -6,6 +6,7 @@ chat, so a model (or a book) cannot inject markup into the page.
 from __future__ import annotations
 
 import html
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,9 +108,20 @@ def reingest(tome: Tome, doc_id: int | float | None, progress: Callable[[float, 
     return f"✅ **{html.escape(r.document.title)}** read again: {r.document.pages} pages, {r.document.tokens:,} tokens."
 
 
+def highlight(snippet: str, terms: Sequence[str]) -> str:
+    """``snippet`` HTML-escaped, then each whole-word occurrence of ``terms`` wrapped in <mark>."""
+    out = html.escape(snippet)
+    words = sorted({html.escape(t) for t in terms if t and t.strip()}, key=len, reverse=True)
+    if not words:
+        return out
+    # not inside an entity the escaping made ("amp" in "&amp;"): no & or # just before
+    pattern = re.compile(r"(?<![\w&#])(" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+    return pattern.sub(r"<mark>\1</mark>", out)
+
+
 def _source_line(s) -> str:
     score = f" ({s.score:.2f})" if s.score is not None else ""
-    snippet = f": “{html.escape(s.snippet)}”" if s.snippet else ""
+    snippet = f": “{highlight(s.snippet, getattr(s, 'terms', ()))}”" if s.snippet else ""
     return f"- **{html.escape(s.label())}**{score}{snippet}"
 
 

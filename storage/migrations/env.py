@@ -2,7 +2,7 @@
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from storage.schema import Base
+from storage.schema import Base, include_name
 
 config = context.config
 target_metadata = Base.metadata
@@ -12,7 +12,7 @@ def run() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:  # called from storage.migrate with an open connection
         context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=connection.dialect.name == "sqlite")
+                          render_as_batch=connection.dialect.name == "sqlite", include_name=include_name)
         with context.begin_transaction():
             context.run_migrations()
         return
@@ -20,7 +20,7 @@ def run() -> None:
                                 poolclass=pool.NullPool)
     with engine.connect() as conn:
         context.configure(connection=conn, target_metadata=target_metadata,
-                          render_as_batch=conn.dialect.name == "sqlite")
+                          render_as_batch=conn.dialect.name == "sqlite", include_name=include_name)
         with context.begin_transaction():
             context.run_migrations()
 

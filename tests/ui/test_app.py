@@ -42,7 +42,8 @@ def test_chat_streams_escapes_html_and_ends_with_cited_sources(tome_tiny, tmp_pa
     assert history[0] == {"role": "user", "content": "Where do &lt;b&gt;gulls&lt;/b&gt; nest?"}
     assert history[1]["role"] == "assistant" and history[1]["content"]
     assert history[2]["metadata"]["title"] == "Sources: g, p. 1"
-    assert "Gulls nest on page one" in history[2]["content"] and "first token" in history[2]["content"]
+    assert "<mark>Gulls</mark> <mark>nest</mark> on page one" in history[2]["content"]  # question words marked
+    assert "first token" in history[2]["content"]
     assert conv is not None and notice == ""
     # A follow-up in the same conversation sends the earlier turn (not the sources note) back.
     steps = list(handlers.chat(tome_tiny, "And then?", history, [r.document.id], conv, settings=UNCOMPRESSED))
