@@ -184,8 +184,8 @@ def observed_attention(lm: LoadedModel) -> Iterator[None]:
 
 
 def attention_logits(module: torch.nn.Module, query: torch.Tensor, keys: torch.Tensor,
-                     mask: torch.Tensor | None) -> torch.Tensor:
-    """Explicit q·kᵀ·scale + mask in float32, grouped by KV head.
+                     mask: torch.Tensor | None, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+    """Explicit q·kᵀ·scale + mask, grouped by KV head, in ``dtype`` (None: the model's).
 
     query (1, H, q, d) rotated; keys (1, Hkv, k, d) rotated; mask (q, k) additive or None.
     Returns (Hkv, G, q, k) with G = H / Hkv query heads per KV head (GQA: query head h reads KV head h // G).
@@ -197,7 +197,8 @@ def attention_logits(module: torch.nn.Module, query: torch.Tensor, keys: torch.T
     # does the same), the mask and the softmax in float32.
     # (The scale goes on the small query, and the mask is added in place: each pass over the (H, q, k)
     # weights costs about as much as the matmul itself on a CPU.)
-    logits = torch.bmm(q * module.scaling, keys[0].transpose(1, 2)).float().view(kv, h // kv, q_len, -1)
+    logits = torch.bmm(q * module.scaling, keys[0].transpose(1, 2))
+    logits = (logits if dtype is None else logits.to(dtype)).view(kv, h // kv, q_len, -1)
     if mask is not None:
         logits += mask
     return logits

@@ -113,7 +113,8 @@ class KVzipCompressor(ScoringCompressor):
         """(kv, width): max over group heads and queries of the attention on keys [lo, lo + width).
 
         query (1, H, q_len, d); keys (1, Hkv, K, d) whose last q_len are the queries' own (causal among them).
-        Queries go in blocks so the (Hkv, G, block, K) weights stay small.
+        Queries go in blocks so the (Hkv, G, block, K) weights stay small. Weights in float32 (kvpress uses
+        the model's dtype; a bf16 softmax was not measurably faster here, and float32 keeps near ties apart).
         """
         kv = keys.shape[1]
         k_len = keys.shape[2]
