@@ -6,9 +6,10 @@
    The first ``--skip`` tokens are not scored (every policy holds them all).
 2. Planted-fact QA through the chat template: a made-up fact early in a
    held-out passage, the question after it; greedy answer via
-   ``stream_with_policy``; correct when the answer contains the fact's value.
+   ``uio.generate.stream``; correct when the answer contains the fact's value.
 3. KV bytes held and decode tokens/s at one context length (``--speed-len``)
-   at 50 % eviction, ratios to FullCache measured in the same run.
+   at 50 % eviction, ratios to FullCache measured in the same run (full read through PolicyCache
+   like the others: ``ChunkedFullCache``).
 4. With UIO memories present: a memory prefix (``--adapter``, or an untrained
    one with LoRA at its zero init: the point is that the policy leaves the
    prefix whole), perplexity of the held-out text read after it, full vs gate.
@@ -34,8 +35,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from uio.cache import PolicyCache, gate_weights_path, make_policy  # noqa: E402
-from uio.generate import stream_with_policy  # noqa: E402
+from uio import generate, shipped  # noqa: E402
+from uio.cache import AttentionGate, ChunkedFullCache, PolicyCache, load_gates, resolve_policy  # noqa: E402
 from uio.model import embedded_key, load_model  # noqa: E402
 from uio.runtime import set_threads  # noqa: E402
 from uio.train.gate import heldout_texts, token_stream  # noqa: E402
@@ -44,6 +45,14 @@ RATES = (0.3, 0.5, 0.7)
 EVICTING = ("streaming", "h2o", "gate")
 NAMES = ["Alder", "Brook", "Cedar", "Dune", "Ember", "Fjord", "Grove", "Heath", "Isle", "Juniper", "Kestrel",
          "Larch", "Moor", "Nettle", "Orchid", "Pine", "Quill", "Rowan", "Sorrel", "Thistle"]
+
+
+def policy_for(name: str, rate: float | None, key: str, gate_path: Path, gate_window: float = 0.0):
+    """The policy of one row. Full is read through PolicyCache in chunks too, like the policies it is
+    compared with (the same chunks, the same machinery)."""
+    if name == "full":
+        return ChunkedFullCache()
+    return resolve_policy(name, rate, key, gate_file=gate_path, gate_window=gate_window)
 
 
 @torch.inference_mode()
@@ -91,8 +100,8 @@ def qa_accuracy(lm, policy, items: list[dict], chunk: int) -> tuple[float, float
         return float("nan"), float("nan")
     hits, rates = 0, []
     for item in items:
-        gen = stream_with_policy(lm, item["messages"], policy, max_new_tokens=20, chunk=chunk,
-                                 evict_every=chunk)  # it restates the question first
+        gen = generate.stream(lm, item["messages"], policy, max_new_tokens=20, chunk=chunk,
+                              evict_every=chunk)  # it restates the question first
         text = "".join(gen)
         hits += item["answer"] in text
         rates.append(gen.stats.eviction_rate)
@@ -101,7 +110,7 @@ def qa_accuracy(lm, policy, items: list[dict], chunk: int) -> tuple[float, float
 
 def speed(lm, policy, ids: torch.Tensor, chunk: int, new_tokens: int) -> dict:
     messages = [{"role": "user", "content": lm.tokenizer.decode(ids[0])}]
-    gen = stream_with_policy(lm, messages, policy, max_new_tokens=new_tokens, chunk=chunk, evict_every=chunk)
+    gen = generate.stream(lm, messages, policy, max_new_tokens=new_tokens, chunk=chunk, evict_every=chunk)
     for _ in gen:
         pass
     s = gen.stats
@@ -142,8 +151,7 @@ def speed_table(lm, stream: torch.Tensor, args, gate_path: Path, key: str) -> di
     speeds: dict[str, dict] = {}
     for _ in range(args.speed_repeats):  # interleaved rounds, best decode speed kept (a shared machine is noisy)
         for name in ("full",) + EVICTING:
-            policy = make_policy(name, None if name == "full" else 0.5,
-                                 gate_path=gate_path if name == "gate" else None, model_name=key)
+            policy = policy_for(name, 0.5, key, gate_path)
             got = speed(lm, policy, speed_ids, args.chunk, args.speed_new)
             if name not in speeds or got["decode_tok_s"] > speeds[name]["decode_tok_s"]:
                 speeds[name] = got
@@ -181,7 +189,7 @@ def main() -> None:
     ap.add_argument("--no-speed", action="store_true", help="skip the speed table")
     ap.add_argument("--policies", default=",".join(EVICTING), help="evicting policies to run, comma-separated")
     ap.add_argument("--gate-window", type=float, default=0.0, help="share of the budget the gate keeps as a "
-                                                                   "recency window (make_policy gate_window)")
+                                                                   "recency window (resolve_policy gate_window)")
     ap.add_argument("--no-threshold", action="store_true", help="skip the gate at its own threshold (no target)")
     ap.add_argument("--match-gate", action="store_true",
                     help="run StreamingLLM and H2O at the eviction the gate actually reached at each rate "
@@ -191,7 +199,7 @@ def main() -> None:
 
     set_threads(args.threads)
     key = embedded_key(args.model) or args.model
-    gate_path = args.gate or gate_weights_path(key)
+    gate_path = args.gate or shipped.gate_path(key)
     lm = load_model(args.model, args.models_dir, device=args.device)
     texts = heldout_texts()
     stream = token_stream(lm.tokenizer, texts)
@@ -238,15 +246,14 @@ def main() -> None:
             gate_row = results[f"gate@{target}"]
             rate = round(gate_row["eviction_rate"], 4)
             qa_rate = rate if math.isnan(gate_row["qa_eviction_rate"]) else round(gate_row["qa_eviction_rate"], 4)
-        policy = make_policy(name, rate, gate_path=gate_path if name == "gate" else None, model_name=key,
-                             gate_window=args.gate_window if name == "gate" else 0.0)
-        qa_policy = policy if qa_rate == rate else make_policy(name, qa_rate, model_name=key)
+        policy = policy_for(name, rate, key, gate_path, args.gate_window)
+        qa_policy = policy if qa_rate == rate else policy_for(name, qa_rate, key, gate_path)
         row = measure(name, rate, policy, qa_policy)
         row["matched_to_gate"] = rate != target
         report("full" if target is None else f"{name}@{target}", row)
 
     if not args.no_threshold:  # the gate at its own threshold (no budget): the eviction rate it chooses
-        policy = make_policy("gate", None, gate_path=gate_path, model_name=key)
+        policy = AttentionGate(weights=load_gates(gate_path, key))  # threshold 0.5, no target
         report("gate@threshold", measure("gate", None, policy, policy), label="gate@thr 0.5")
 
     speeds = {} if args.no_speed else speed_table(lm, stream, args, gate_path, key)
@@ -291,7 +298,7 @@ def uio_row(lm, seqs, args, gate_path: Path, key: str) -> dict:
     for name, rate in (("full", None), ("gate", 0.5)):
         cache, m = build_cache(lm, [memory], adapter.fingerprint)
         before = cache.layers[0].keys[:, :, :m].clone()
-        policy = make_policy(name, rate, gate_path=gate_path if name == "gate" else None, model_name=key)
+        policy = policy_for(name, rate, key, gate_path)
         pc_nll, ev, _ = perplexity(lm, policy, ids, args.chunk, args.skip, cache=cache, prefix_len=m)
         row[f"{name}_ppl"] = math.exp(pc_nll)
         row[f"{name}_eviction_rate"] = ev

@@ -2,18 +2,18 @@
 """Should cache_policy="auto" use the gate? TTFT and answers on the default answer path, gate vs full.
 
 Tome's default ask (uncompressed mode) puts the selected passages in the
-system prompt. With no policy it answers through ``stream_chat`` (one
-prefill); under a policy through ``stream_with_policy`` (prefill in chunks of
-``uio.generate.PREFILL_CHUNK`` tokens, 32 before session 4, with eviction
-after each). This bench builds that prompt with
+system prompt. With the full cache ``uio.generate.stream`` answers with one
+prefill; under an evicting policy it prefills in chunks of
+``uio.generate.PREFILL_CHUNK`` tokens (32 before session 4) with eviction
+after each. This bench builds that prompt with
 ``retrieval.prompt.build_messages`` around a held-out passage with a made-up fact
 planted in its first fifth, at two lengths (``--long``, the default
 context_budget, and ``--short``), and answers it three ways, interleaved:
 
-- ``full``: ``stream_chat``, what auto gives a model without a gate;
-- ``gate``: ``stream_with_policy`` with the shipped gate at ``--eviction``;
-- ``chunked-full``: ``stream_with_policy`` with ``FullCache``, to split the
-  chunked prefill's cost from the gate's own.
+- ``full``: ``FullCache``, what auto gives a model without a gate;
+- ``gate``: the shipped gate at ``--eviction``;
+- ``chunked-full``: ``ChunkedFullCache`` (the full cache through the policy
+  path), to split the chunked prefill's cost from the gate's own.
 
 Reports TTFT ratios to full (same run), QA hits and whether the gate's answer
 equals full's. Writes bench/results/gate_default_<model>.json.
@@ -33,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from uio.cache import FullCache, make_policy  # noqa: E402
-from uio.generate import PREFILL_CHUNK, stream_chat, stream_with_policy  # noqa: E402
+from uio.cache import ChunkedFullCache, FullCache, resolve_policy  # noqa: E402
+from uio.generate import PREFILL_CHUNK, stream  # noqa: E402
 from uio.model import embedded_key, load_model  # noqa: E402
 from retrieval.prompt import Passage, Selection, build_messages  # noqa: E402
 from uio.runtime import set_threads  # noqa: E402
@@ -72,11 +72,9 @@ def items(tokenizer, length: int, count: int, seed: int) -> list[dict]:
 
 def answer(lm, how: str, messages: list[dict], new_tokens: int, eviction: float, key: str,
            chunk: int = PREFILL_CHUNK) -> dict:
-    if how == "full":
-        gen = stream_chat(lm, messages, max_new_tokens=new_tokens)
-    else:
-        policy = FullCache() if how == "chunked-full" else make_policy("gate", eviction, model_name=key)
-        gen = stream_with_policy(lm, messages, policy, max_new_tokens=new_tokens, chunk=chunk)
+    policy = (FullCache() if how == "full" else ChunkedFullCache() if how == "chunked-full"
+              else resolve_policy("gate", eviction, key))
+    gen = stream(lm, messages, policy, max_new_tokens=new_tokens, chunk=chunk)
     text = "".join(gen)
     s = gen.stats
     return {"text": text, "ttft_s": s.ttft_s, "prompt_tokens": s.prompt_tokens, "eviction_rate": s.eviction_rate,

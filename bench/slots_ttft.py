@@ -6,7 +6,7 @@
 Checks the default memory budget's rule (``uio.model.flat_ttft_slots``) on this
 machine without ingesting books: random pre-RoPE keys/values of 1 segment's
 slots, of the budget, and of bench/e2e.py's 300-page book (150 segments) at the model's ratio
-go through the answer path (``build_cache`` + ``stream_chat``, one new token).
+go through the answer path (``build_cache`` + ``stream`` with the full cache, one new token).
 Reports assembly + prefill + first token, median of the repeats after a warm-up,
 as a ratio to the 1-segment case. Writes bench/results/slots_ttft_<model>_<device>.json.
 """
@@ -41,7 +41,7 @@ def main() -> None:
     import torch
 
     from uio.decoder import build_cache
-    from uio.generate import stream_chat
+    from uio.generate import stream
     from uio.memory import Memory
     from uio.model import flat_ttft_slots, load_model
 
@@ -60,7 +60,7 @@ def main() -> None:
         for _ in range(a.repeats + 1):
             start = time.perf_counter()
             cache, prefix = build_cache(lm, [mem])
-            gen = stream_chat(lm, messages, max_new_tokens=1, past_key_values=cache, prefix_len=prefix)
+            gen = stream(lm, messages, past_key_values=cache, prefix_len=prefix, max_new_tokens=1)
             list(gen)
             times.append(gen.stats.first_token_at - start)
         rows.append({"case": label, "slots": m, "ttft_s": statistics.median(times[1:])})  # first: warm-up

@@ -15,7 +15,7 @@ from tome import Config
 from uio.adapter import UIOAdapter
 from uio.decoder import build_cache, rotate_keys
 from uio.encoder import Encoder
-from uio.generate import stream_chat
+from uio.generate import stream
 from tome.lru import ByteLRU
 from uio.memory import Memory, MemoryConfig
 from uio.quant import int8_encoder
@@ -140,8 +140,8 @@ def test_prefill_computes_logits_for_the_last_position_only(adapter, tokenizer):
     cache, m = build_cache(lm, [Encoder(adapter).compress(SEGMENTS[:1])])
     h = lm.model.register_forward_hook(grab, with_kwargs=True)
     try:
-        gen = stream_chat(lm, [{"role": "user", "content": "Where is the lantern?"}], max_new_tokens=3,
-                          past_key_values=cache, prefix_len=m)
+        gen = stream(lm, [{"role": "user", "content": "Where is the lantern?"}], past_key_values=cache,
+                     prefix_len=m, max_new_tokens=3)
         "".join(gen)
     finally:
         h.remove()
@@ -151,16 +151,15 @@ def test_prefill_computes_logits_for_the_last_position_only(adapter, tokenizer):
 
 def test_prefill_time_spans_every_chunk_of_a_chunked_prompt(adapter):
     # Under a cache policy the prompt is read in chunks; all of them are the prefill, not the first decode.
-    from uio.cache import make_policy
-    from uio.generate import stream_with_policy
+    from uio.cache import resolve_policy
 
     lm = adapter.lm
     spans: list[list[float]] = []
     pre = lm.model.register_forward_pre_hook(lambda *a: spans.append([time.perf_counter()]))
     post = lm.model.register_forward_hook(lambda *a: spans[-1].append(time.perf_counter()))
     try:
-        gen = stream_with_policy(lm, [{"role": "user", "content": "Where is the lantern? " * 6}],
-                                 make_policy("streaming", 0.5), max_new_tokens=3, chunk=8)
+        gen = stream(lm, [{"role": "user", "content": "Where is the lantern? " * 6}],
+                     resolve_policy("streaming", 0.5), max_new_tokens=3, chunk=8)
         "".join(gen)
     finally:
         pre.remove()

@@ -20,7 +20,7 @@ from transformers.cache_utils import DynamicLayer
 
 from uio.adapter import body
 from uio.encoder import Encoder
-from uio.generate import Generation, stream_chat
+from uio.generate import Generation, stream
 from uio.memory import Memory, MemoryMismatch
 from uio.model import LoadedModel
 
@@ -138,8 +138,8 @@ def stream_over_memories(lm: LoadedModel, memories: Sequence[Memory], messages: 
                          stop: threading.Event | None = None, fingerprint: str | None = None) -> Generation:
     """Answer chat ``messages`` while attending to ``memories``, streaming the text."""
     cache, m = build_cache(lm, memories, fingerprint)
-    return stream_chat(lm, messages, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop,
-                       past_key_values=cache, prefix_len=m)
+    return stream(lm, messages, past_key_values=cache, prefix_len=m, max_new_tokens=max_new_tokens,
+                  temperature=temperature, stop=stop)
 
 
 class IncrementalReader:

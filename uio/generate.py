@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from uio.cache.base import CachePolicy, PolicyCache, kv_bytes
+from uio.cache.full import FullCache
 from uio.model import LoadedModel
 
 # Under a cache policy the prompt is read this many tokens per forward, with eviction after each (so it also
@@ -29,9 +31,9 @@ class GenerationStats:
     first_decode_s: float = 0.0  # from the prefill's logits to the first token handed out
     first_token_at: float = 0.0  # perf_counter() when the first token came (callers measure end to end)
     stopped: bool = False  # the user stopped it
-    policy: str | None = None  # the recent-cache policy; None: plain generate()
+    policy: str = "full"  # the recent-cache policy's name (uio.cache.POLICIES)
     eviction_rate: float = 0.0  # share of the recent tokens' K/V no longer held at the end
-    kv_bytes_held: list[int] = field(default_factory=list)  # per layer, after eviction (pads included)
+    kv_bytes_held: list[int] = field(default_factory=list)  # per layer at the end, memories and pads included
 
     @property
     def prefill_tok_s(self) -> float:
@@ -160,30 +162,50 @@ def _streamed(lm: LoadedModel, stats: GenerationStats, stop: threading.Event | N
     return Generation(pieces(), stats)
 
 
-def stream_chat(lm: LoadedModel, messages: list[dict], max_new_tokens: int = 256,
-                temperature: float = 0.0, stop: threading.Event | None = None,
-                past_key_values=None, prefix_len: int = 0) -> Generation:
-    """Generate an answer to chat ``messages`` in a background thread, streaming its text.
+def stream(lm: LoadedModel, messages: list[dict], policy: CachePolicy = FullCache(), past_key_values=None,
+           prefix_len: int = 0, max_new_tokens: int = 256, temperature: float = 0.0,
+           stop: threading.Event | None = None, chunk: int = PREFILL_CHUNK, evict_every: int = EVICT_EVERY
+           ) -> Generation:
+    """Generate an answer to chat ``messages`` in a background thread, streaming its text, with the
+    recent-cache ``policy`` (uio.cache) applied as the cache grows.
 
-    ``past_key_values`` may hold ``prefix_len`` positions already (memories):
-    the prompt then continues after them.
+    ``past_key_values`` may hold ``prefix_len`` positions already (memories): the prompt then continues
+    after them, and the policy never evicts them. The prompt is prefilled ``chunk`` tokens at a time and the
+    policy evicts after each chunk and every ``evict_every`` decoded tokens. A policy that never evicts
+    (FullCache) skips that machinery: HF ``generate`` reads the prompt in one prefill (same tokens).
     """
     enc, stats = _encode(lm, messages, prefix_len, max_new_tokens)
+    stats.policy = policy.name
+    if policy.fast_path:
+        return _generate(lm, enc, stats, past_key_values, prefix_len, max_new_tokens, temperature, stop)
+    return _with_policy(lm, enc["input_ids"], stats, policy, past_key_values, prefix_len, max_new_tokens,
+                        temperature, stop, chunk, evict_every)
+
+
+def _generate(lm: LoadedModel, enc: dict, stats: GenerationStats, past_key_values, prefix_len: int,
+              max_new_tokens: int, temperature: float, stop: threading.Event | None) -> Generation:
+    """Everything kept: HF ``generate`` on the whole prompt (one prefill)."""
     if prefix_len:
         # generate() skips the input positions the cache already covers; placeholders stand for them.
         filler = torch.full((1, prefix_len), lm.tokenizer.pad_token_id, dtype=torch.long)
         enc = {"input_ids": torch.cat([filler, enc["input_ids"]], 1),
                "attention_mask": torch.ones(1, prefix_len + stats.prompt_tokens, dtype=torch.long)}
     enc = {k: v.to(lm.device) for k, v in enc.items()}
+    # Our own cache object (what generate() would make) so that the bytes it holds can be reported.
+    cache = past_key_values if past_key_values is not None else DynamicCache(config=lm.model.config)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    kwargs = dict(**enc, max_new_tokens=max_new_tokens, past_key_values=past_key_values,
+    kwargs = dict(**enc, max_new_tokens=max_new_tokens, past_key_values=cache,
                   pad_token_id=lm.tokenizer.pad_token_id, **sampling)
     if not sampling["do_sample"]:
         # The shipped generation configs carry sampling defaults; greedy must not warn about them.
         kwargs.update(temperature=None, top_p=None, top_k=None)
 
     def work(streamer: _TimedStreamer, stop: threading.Event) -> None:
-        lm.model.generate(**kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
+        try:
+            lm.model.generate(**kwargs, streamer=streamer,
+                              stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
+        finally:
+            stats.kv_bytes_held = kv_bytes(cache, lm.model.config.num_hidden_layers)
 
     return _streamed(lm, stats, stop, work)
 
@@ -195,19 +217,12 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
     return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
 
 
-def stream_with_policy(lm: LoadedModel, messages: list[dict], policy, past_key_values=None, prefix_len: int = 0,
-                       max_new_tokens: int = 256, temperature: float = 0.0, stop: threading.Event | None = None,
-                       chunk: int = PREFILL_CHUNK, evict_every: int = EVICT_EVERY) -> Generation:
-    """Like ``stream_chat``, with a recent-cache ``policy`` (uio.cache) applied as the cache grows.
-
-    The prompt is prefilled ``chunk`` tokens at a time and the policy evicts after each chunk and every
-    ``evict_every`` decoded tokens; the ``prefix_len`` memory slots in ``past_key_values`` are never evicted.
-    """
-    from uio.cache import PolicyCache
-
-    enc, stats = _encode(lm, messages, prefix_len, max_new_tokens)
-    stats.policy = policy.name
-    ids = enc["input_ids"].to(lm.device)
+def _with_policy(lm: LoadedModel, ids: torch.Tensor, stats: GenerationStats, policy: CachePolicy,
+                 past_key_values, prefix_len: int, max_new_tokens: int, temperature: float,
+                 stop: threading.Event | None, chunk: int, evict_every: int) -> Generation:
+    """The prompt in chunks through a PolicyCache, evicting after each chunk and every ``evict_every``
+    decoded tokens."""
+    ids = ids.to(lm.device)
     eos = _eos_ids(lm)
 
     def pick(logits: torch.Tensor) -> torch.Tensor:

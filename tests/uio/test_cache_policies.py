@@ -1,12 +1,16 @@
 """Cache policies on tiny random models: they keep exactly what they say, and eviction is real."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import pytest
 import torch
 
-from uio.cache import H2O, POLICIES, FullCache, PolicyCache, StreamingLLM, make_policy
+from uio.cache import (H2O, POLICIES, CachePolicy, ChunkedFullCache, FullCache, PolicyCache, StreamingLLM,
+                       policy_choices, policy_label, resolve_policy)
 from uio.decoder import cache_from
-from uio.generate import stream_chat, stream_with_policy
+from uio.generate import stream
 
 
 def _ids(lm, n: int, seed: int = 1) -> torch.Tensor:
@@ -69,7 +73,7 @@ def test_h2o_keeps_recent_plus_most_attended(tiny_llama):
         pc.forward(ids[:, :32])
         pc.evict()
         pc.forward(ids[:, 32:])
-        scores = pc.scores[0].clone()
+        scores = policy.scores[0].clone()
         positions = pc.positions[0].clone()
         pc.evict()
     for h in range(positions.shape[0]):
@@ -84,10 +88,11 @@ def test_h2o_scores_are_the_attention_the_model_gives(tiny_llama):
     """One decode step's accumulated score per KV head equals that step's attention weights, summed over its group."""
     model = tiny_llama.model
     ids = _ids(tiny_llama, 10)
-    pc = PolicyCache(model, H2O(budget_tokens=100))
+    policy = H2O(budget_tokens=100)
+    pc = PolicyCache(model, policy)
     with torch.no_grad():
         pc.forward(ids[:, :9])
-        before = pc.scores[1][:, :9].clone()
+        before = policy.scores[1][:, :9].clone()
         pc.forward(ids[:, 9:])
         eager = model.config._attn_implementation
         model.config._attn_implementation = "eager"
@@ -97,7 +102,7 @@ def test_h2o_scores_are_the_attention_the_model_gives(tiny_llama):
             model.config._attn_implementation = eager
     kv = model.config.num_key_value_heads
     expect = att.view(kv, -1, 10).sum(1)
-    assert torch.allclose(pc.scores[1][:, :9] - before, expect[:, :9], atol=1e-5)
+    assert torch.allclose(policy.scores[1][:, :9] - before, expect[:, :9], atol=1e-5)
 
 
 def test_memory_prefix_is_never_evicted(tiny_llama):
@@ -161,11 +166,11 @@ def _text(gen) -> str:
     return "".join(gen)
 
 
-def test_policy_generation_with_full_cache_equals_stream_chat(tiny_llama):
+def test_policy_generation_with_full_cache_equals_one_prefill(tiny_llama):
     messages = [{"role": "user", "content": "Tell me about the sea and the ships that sail on it, please."}]
-    plain = stream_chat(tiny_llama, messages, max_new_tokens=16)
+    plain = stream(tiny_llama, messages, max_new_tokens=16)
     text = _text(plain)
-    gen = stream_with_policy(tiny_llama, messages, FullCache(), max_new_tokens=16, chunk=8)
+    gen = stream(tiny_llama, messages, ChunkedFullCache(), max_new_tokens=16, chunk=8)
     assert _text(gen) == text
     assert gen.stats.new_tokens == plain.stats.new_tokens
     assert gen.stats.policy == "full" and gen.stats.eviction_rate == 0.0
@@ -175,8 +180,8 @@ def test_policy_generation_with_full_cache_equals_stream_chat(tiny_llama):
 def test_policy_generation_after_memories_reports_eviction(tiny_llama):
     messages = [{"role": "user", "content": "word " * 120}]
     cache = _memory_cache(tiny_llama, 8)
-    gen = stream_with_policy(tiny_llama, messages, StreamingLLM(target_eviction=0.5), past_key_values=cache,
-                             prefix_len=8, max_new_tokens=40, chunk=16)
+    gen = stream(tiny_llama, messages, StreamingLLM(target_eviction=0.5), past_key_values=cache,
+                 prefix_len=8, max_new_tokens=40, chunk=16)
     _text(gen)
     assert gen.stats.prefix_len == 8
     assert 0.4 < gen.stats.eviction_rate < 0.6
@@ -188,27 +193,109 @@ def test_policy_path_prefills_a_default_prompt_in_one_forward_and_evicts_while_d
     forwards = []
     h = tiny_llama.model.register_forward_hook(lambda *a: forwards.append(1))
     try:
-        gen = stream_with_policy(tiny_llama, messages, StreamingLLM(target_eviction=0.5), max_new_tokens=3)
+        gen = stream(tiny_llama, messages, StreamingLLM(target_eviction=0.5), max_new_tokens=3)
         _text(gen)
     finally:
         h.remove()
     assert gen.stats.prompt_tokens > 120 and len(forwards) == 1 + 2  # one prefill, then one per new token
     held = {}
     for every in (4, 1000):  # decode evicts every `evict_every` tokens, whatever the prefill chunk
-        gen = stream_with_policy(tiny_llama, messages, StreamingLLM(target_eviction=0.5), max_new_tokens=24,
-                                 evict_every=every)
+        gen = stream(tiny_llama, messages, StreamingLLM(target_eviction=0.5), max_new_tokens=24,
+                     evict_every=every)
         _text(gen)
         assert gen.stats.new_tokens == 24
         held[every] = gen.stats.kv_bytes_held[0]
     assert held[4] < held[1000]
 
 
-def test_make_policy_names():
-    assert POLICIES == ("full", "streaming", "h2o", "gate")
-    assert isinstance(make_policy("full"), FullCache)
-    assert make_policy("streaming", 0.3).budget(100) == 70
-    assert make_policy("h2o", 0.7).budget(100) == 30
+def test_resolve_policy_names(tmp_path):
+    assert tuple(POLICIES) == ("full", "streaming", "h2o", "gate")
+    assert isinstance(resolve_policy("full", 0.6), FullCache)
+    assert resolve_policy("streaming", 0.3).budget(100) == 70
+    assert resolve_policy("h2o", 0.7).budget(100) == 30
     with pytest.raises(ValueError):
-        make_policy("lru", 0.5)
+        resolve_policy("lru", 0.5)
     with pytest.raises(FileNotFoundError, match="uio.train.gate"):
-        make_policy("gate", 0.5, model_name="no-such-model")
+        resolve_policy("gate", 0.5, "no-such-model", gate_file=tmp_path / "none.safetensors")
+
+
+def test_registry_lists_each_policy_once_and_auto_first():
+    names = policy_choices()
+    assert names[0] == "auto" and names[1:] == tuple(POLICIES)
+    assert len(set(names)) == len(names)
+    assert all(cls.name == name for name, cls in POLICIES.items())
+    assert policy_label("full") == "Full cache" and policy_label("auto").startswith("Automatic")
+    with pytest.raises(ValueError, match="use one of auto, full, streaming, h2o, gate"):
+        resolve_policy("lru", 0.5)
+    with pytest.raises(ValueError, match="eviction"):
+        resolve_policy("h2o", 1.5)
+
+
+@dataclass
+class KeyNorm(CachePolicy):
+    """Keeps the entries whose keys have the smallest norm (kvpress's KnormPress), after two sinks."""
+
+    name: ClassVar[str] = "knorm"
+
+    def protected(self, budget):
+        return 2, 0
+
+    def score(self, layer, view):
+        return -view.keys.float().norm(dim=-1)
+
+
+def test_a_new_policy_is_one_small_dataclass(tiny_llama, monkeypatch):
+    """A policy defined here works through PolicyCache, and through the registry, with no base code edited."""
+    monkeypatch.setitem(POLICIES, "knorm", KeyNorm)
+    assert "knorm" in policy_choices()
+    policy = resolve_policy("knorm", 0.5)
+    assert isinstance(policy, KeyNorm) and policy.target_eviction == 0.5
+    pc = PolicyCache(tiny_llama.model, policy)
+    with torch.no_grad():
+        pc.forward(_ids(tiny_llama, 64))
+        keys = [layer.keys[0].clone() for layer in pc.cache.layers]  # (H, 64, hd) before eviction
+        pc.evict()
+    assert pc.eviction_rate() == pytest.approx(0.5)
+    for layer, k in enumerate(keys):
+        for h in range(k.shape[0]):
+            rest = 2 + k[h, 2:].norm(dim=-1).argsort()[:30]  # the budget of 32 less the two sinks
+            assert set(pc.positions[layer][h].tolist()) == {0, 1} | set(rest.tolist())
+
+
+def _decoded_ids(lm, run) -> tuple[list[int], object]:
+    """The tokens fed back one at a time while ``run()`` generates (every new token but the last)."""
+    fed: list[int] = []
+
+    def grab(_module, _args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] == 1:
+            fed.append(int(ids[0, 0]))
+
+    h = lm.model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        gen = run()
+        _text(gen)
+    finally:
+        h.remove()
+    return fed, gen
+
+
+@pytest.mark.parametrize("slots", [0, 8])
+def test_stream_with_the_full_cache_equals_the_chunked_policy_path_token_for_token(tiny_llama, slots):
+    messages = [{"role": "user", "content": "Tell me about the harbour, the boats and the tides, please."}]
+
+    def run(policy, **kw):
+        cache = _memory_cache(tiny_llama, slots) if slots else None
+        return lambda: stream(tiny_llama, messages, policy, past_key_values=cache, prefix_len=slots,
+                              max_new_tokens=12, **kw)
+
+    fast_ids, fast = _decoded_ids(tiny_llama, run(FullCache()))
+    slow_ids, slow = _decoded_ids(tiny_llama, run(ChunkedFullCache(), chunk=8))
+    assert len(fast_ids) >= 3 and fast_ids == slow_ids
+    assert fast.stats.new_tokens == slow.stats.new_tokens
+    for s in (fast.stats, slow.stats):
+        assert s.policy == "full" and s.eviction_rate == 0.0 and s.prefill_s > 0 and s.first_token_at > 0
+    # The full cache reports what it holds: memories, prompt and every new token fed back.
+    assert fast.stats.kv_bytes_held == slow.stats.kv_bytes_held
+    held = slots + fast.stats.prompt_tokens + fast.stats.new_tokens - 1
+    assert sum(fast.stats.kv_bytes_held) == held * tiny_llama.kv_bytes_per_token

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uio.cache import AttentionGate, PolicyCache, make_policy
+from uio.cache import AttentionGate, PolicyCache, resolve_policy
 from uio.gate import AttentionGates, GateConfig, collect_hidden, straight_through
-from uio.generate import stream_with_policy
+from uio.generate import stream
 from uio.train.gate import GatedModel, calibrate, collect_layer_inputs, eviction, gate_loss, lm_loss, local_loss
 
 
@@ -143,9 +143,9 @@ def test_gate_at_a_target_eviction_uses_the_calibrated_threshold(tiny_llama, tmp
     assert len(gates.quantiles) == 101 and gates.quantiles == sorted(gates.quantiles)
     path = tmp_path / "gate.safetensors"
     gates.save(path)
-    policy = make_policy("gate", 0.5, gate_path=path)
+    policy = resolve_policy("gate", 0.5, gate_file=path)
     assert policy.target_eviction is None and policy.threshold == pytest.approx(gates.quantiles[50], abs=1e-3)
-    gen = stream_with_policy(tiny_llama, [{"role": "user", "content": "word " * 60}], policy, max_new_tokens=8)
+    gen = stream(tiny_llama, [{"role": "user", "content": "word " * 60}], policy, max_new_tokens=8)
     "".join(gen)
     assert gen.stats.policy == "gate" and 0.2 < gen.stats.eviction_rate < 0.7
 
@@ -155,7 +155,7 @@ def test_gate_with_a_recency_window_keeps_the_newest_share_of_its_budget(tiny_ll
     gates.quantiles = calibrate(tiny_llama.model, gates, [_ids(tiny_llama, 96)])
     path = tmp_path / "gate.safetensors"
     gates.save(path)
-    policy = make_policy("gate", 0.6, gate_path=path, gate_window=0.5)
+    policy = resolve_policy("gate", 0.6, gate_file=path, gate_window=0.5)
     assert policy.window_share == 0.5 and policy.target_eviction == 0.6
     pc = _read(tiny_llama, policy, _ids(tiny_llama, 192), 32)
     window = -(-int(0.5 * 0.4 * 192 * 1000) // 1000)  # ceil(0.5 * budget) = 39 newest tokens
@@ -169,7 +169,7 @@ def test_gate_with_a_recency_window_keeps_the_newest_share_of_its_budget(tiny_ll
 def test_uncalibrated_gate_follows_the_target_online(tiny_llama, tmp_path):
     path = tmp_path / "gate.safetensors"
     _gates(tiny_llama, init_bias=0.0).save(path)
-    policy = make_policy("gate", 0.5, gate_path=path)
+    policy = resolve_policy("gate", 0.5, gate_file=path)
     assert policy.target_eviction == 0.5
     pc = _read(tiny_llama, policy, _ids(tiny_llama, 160), 32)
     assert 0.4 < pc.eviction_rate() < 0.65
@@ -191,13 +191,14 @@ def test_weights_round_trip_and_refuse_another_model(tiny_llama, tmp_path):
 
 
 def test_gate_fits_only_a_model_of_its_shape(tiny_llama, smollm2, tmp_path):
-    from uio.cache import gate_fits, gate_weights_path
+    from uio.cache import gate_fits
+    from uio.shipped import gate_path
 
     path = tmp_path / "g.safetensors"
     _gates(tiny_llama).save(path)
     assert gate_fits(path, tiny_llama.model) and not gate_fits(path, smollm2.model)
-    assert gate_fits(gate_weights_path("smollm2"), smollm2.model)
-    assert not gate_fits(gate_weights_path("smollm2"), tiny_llama.model)
+    assert gate_fits(gate_path("smollm2"), smollm2.model)
+    assert not gate_fits(gate_path("smollm2"), tiny_llama.model)
 
 
 def test_training_can_start_from_saved_gates(tiny_llama, tmp_path):
@@ -244,10 +245,42 @@ def test_decoded_tokens_are_judged_together_at_eviction_as_in_one_pass(tiny_llam
         one.forward(ids)
         for i in range(24):
             steps.forward(ids[:, i:i + 1])
-        assert steps.prob_history[0] == [] and len(steps._gate_pending[0]) == 24  # nothing judged yet
+        assert steps.policy.prob_history[0] == [] and len(steps.policy._pending[0]) == 24  # nothing judged yet
         one.evict()
         steps.evict()
     for layer in range(tiny_llama.model.config.num_hidden_layers):
-        assert torch.allclose(torch.cat(steps.prob_history[layer], 1), torch.cat(one.prob_history[layer], 1),
-                              atol=1e-5)
+        assert torch.allclose(torch.cat(steps.policy.prob_history[layer], 1),
+                              torch.cat(one.policy.prob_history[layer], 1), atol=1e-5)
         assert torch.equal(steps.positions[layer], one.positions[layer])
+
+
+def test_auto_is_the_gate_only_where_a_fitting_gate_ships_for_a_model_in_auto_gates(tiny_llama, tmp_path,
+                                                                                    monkeypatch):
+    from types import SimpleNamespace
+
+    import uio.shipped
+    from uio.cache import AUTO_GATES, FullCache
+
+    monkeypatch.setattr(uio.shipped, "WEIGHTS_DIR", tmp_path)  # shipped gates: tiny ones saved here
+    other_shape = SimpleNamespace(config=SimpleNamespace(hidden_size=32, num_hidden_layers=2, num_key_value_heads=2))
+    assert "qwen" in AUTO_GATES and "smollm2" not in AUTO_GATES
+    # No gate ships: auto is the full cache, the gate by name is refused.
+    assert isinstance(resolve_policy("auto", 0.6, "qwen", tiny_llama.model), FullCache)
+    with pytest.raises(ValueError, match="pick another cache policy"):
+        resolve_policy("gate", 0.6, "qwen", tiny_llama.model)
+    for key in ("qwen", "smollm2"):
+        gates = _gates(tiny_llama)
+        gates.config.base_model = key
+        gates.save(uio.shipped.gate_path(key))
+    auto = resolve_policy("AUTO", 0.6, "qwen", tiny_llama.model)
+    assert isinstance(auto, AttentionGate) and auto.weights.config.base_model == "qwen"
+    assert auto.target_eviction == 0.6  # uncalibrated: the target, online
+    assert isinstance(resolve_policy("auto", 0.6, "qwen"), AttentionGate)  # model not loaded: the file counts
+    # A gate of another shape than the loaded model does not count as shipped.
+    assert isinstance(resolve_policy("auto", 0.6, "qwen", other_shape), FullCache)
+    with pytest.raises(ValueError, match="no Attention-Gate weights ship"):
+        resolve_policy("gate", 0.6, "qwen", other_shape)
+    # A model not in AUTO_GATES: full by default, its gate selectable by name.
+    assert isinstance(resolve_policy("auto", 0.6, "smollm2", tiny_llama.model), FullCache)
+    assert isinstance(resolve_policy("gate", 0.6, "SmolLM2", tiny_llama.model), AttentionGate)
+    assert isinstance(resolve_policy("auto", 0.6, None, tiny_llama.model), FullCache)

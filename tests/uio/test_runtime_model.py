@@ -3,7 +3,7 @@ import threading
 import pytest
 import torch
 
-from uio.generate import stream_chat
+from uio.generate import stream
 from uio.model import EMBEDDED, ModelError, embedded_key, package_dir
 from uio.runtime import choose_dtype, tune_allocator
 
@@ -48,7 +48,7 @@ def _greedy_reference(lm, messages, n):
 
 def test_streamed_text_equals_plain_greedy_generation(tiny_llama):
     messages = [{"role": "user", "content": "Tell me about lighthouses."}]
-    gen = stream_chat(tiny_llama, messages, max_new_tokens=12)
+    gen = stream(tiny_llama, messages, max_new_tokens=12)
     text = "".join(gen)
     assert gen.stats.new_tokens >= 1
     assert gen.stats.prompt_tokens > 5
@@ -59,7 +59,7 @@ def test_streamed_text_equals_plain_greedy_generation(tiny_llama):
 
 def test_stop_event_ends_generation_early(tiny_llama):
     stop = threading.Event()
-    gen = stream_chat(tiny_llama, [{"role": "user", "content": "Count."}], max_new_tokens=200, stop=stop)
+    gen = stream(tiny_llama, [{"role": "user", "content": "Count."}], max_new_tokens=200, stop=stop)
     for i, _ in enumerate(gen):
         if i == 2:
             stop.set()
@@ -70,4 +70,4 @@ def test_stop_event_ends_generation_early(tiny_llama):
 def test_prompt_longer_than_window_is_refused(tiny_llama):
     long = "word " * 5000
     with pytest.raises(ValueError, match="exceeds the model.s window"):
-        stream_chat(tiny_llama, [{"role": "user", "content": long}], max_new_tokens=10)
+        stream(tiny_llama, [{"role": "user", "content": long}], max_new_tokens=10)

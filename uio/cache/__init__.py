@@ -1,17 +1,22 @@
-"""Policies for the recent cache (the stored memories are never evicted) and the cache that applies them."""
+"""Policies for the recent cache (the stored memories are never evicted), the cache that applies them,
+and the one place a policy is chosen by name (``resolve_policy``; "auto" is decided here and nowhere else).
+
+A policy is a dataclass in its own file (``full``, ``streaming``, ``h2o``, ``attention_gate``) that scores
+entries per KV head; ``base.CachePolicy`` does the rest. Adding one: write its file and list it in
+``POLICIES``; the CLI, the config and the UI read the names from ``policy_choices()``.
+"""
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
-from uio.cache.attention_gate import AttentionGate
-from uio.cache.base import CachePolicy, LayerView, PolicyCache
-from uio.cache.full import FullCache
+from uio.cache.attention_gate import AttentionGate, load_gates
+from uio.cache.base import CachePolicy, LayerView, PolicyCache, top_per_head
+from uio.cache.full import ChunkedFullCache, FullCache
 from uio.cache.h2o import H2O
 from uio.cache.streaming import StreamingLLM
 
-POLICIES = ("full", "streaming", "h2o", "gate")
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+# name -> policy class, in the order the choices are offered.
+POLICIES: dict[str, type[CachePolicy]] = {cls.name: cls for cls in (FullCache, StreamingLLM, H2O, AttentionGate)}
 # Models whose shipped gate cache_policy="auto" applies (the one place this is decided). A shipped gate
 # stays selectable by name everywhere; "auto" uses it only where it measured no worse for the default
 # answer (TTFT, answers): docs/GATE.md "The default". The default model's gate is on by default (issue 6);
@@ -19,9 +24,17 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 AUTO_GATES = frozenset({"qwen"})
 
 
-def gate_weights_path(model_name: str) -> Path:
-    """Where the shipped gate of a base model lives (uio/weights/gate-<name>.safetensors)."""
-    return WEIGHTS_DIR / f"gate-{model_name}.safetensors"
+def policy_choices() -> tuple[str, ...]:
+    """Every name resolve_policy accepts: "auto", then the registered policies."""
+    return ("auto", *POLICIES)
+
+
+def policy_label(name: str) -> str:
+    """What a UI shows for one of ``policy_choices()``."""
+    if name == "auto":
+        return "Automatic (Attention-Gate where enabled, else full)"
+    cls = POLICIES[name]
+    return cls.label or cls.name
 
 
 def gate_fits(path: Path, model) -> bool:
@@ -41,56 +54,59 @@ def gate_fits(path: Path, model) -> bool:
         c.hidden_size, c.num_hidden_layers, c.num_key_value_heads)
 
 
-def make_policy(name: str, target_eviction: float | None = None, gate_path: Path | None = None,
-                model_name: str | None = None, sink: int = 4, gate_window: float = 0.0) -> CachePolicy:
-    """A policy by name. ``target_eviction`` (0..1) sets every policy's budget so they compare at equal eviction.
+def _model_key(model_key: str | None) -> str | None:
+    """"SmolLM2-135M-Instruct" -> "smollm2"; a name no embedded model answers to stays as given."""
+    if not model_key:
+        return None
+    from uio.model import embedded_key
 
-    "gate" loads ``gate_path`` (default: the shipped gate of ``model_name``); a missing file raises
-    FileNotFoundError saying how to train one. ``gate_window``: the share of the budget the gate keeps as a
-    window of the newest tokens (``AttentionGate.window_share``; needs a target).
+    return embedded_key(model_key) or model_key
+
+
+def shipped_gate(model_key: str | None, model=None) -> Path | None:
+    """The gate shipped for ``model_key`` (uio.shipped.gate_path), if the file exists and, when ``model``
+    (the loaded transformers model) is given, fits it."""
+    from uio.shipped import gate_path
+
+    key = _model_key(model_key)
+    path = gate_path(key) if key else None
+    if not (path and path.is_file()):
+        return None
+    return path if model is None or gate_fits(path, model) else None
+
+
+def resolve_policy(name: str, eviction: float, model_key: str | None = None, model=None, *,
+                   gate_file: Path | None = None, gate_window: float = 0.0) -> CachePolicy:
+    """The policy object for ``name`` (one of ``policy_choices()``, any case) at ``eviction`` (0..1, the
+    share of the recent tokens it drops; FullCache ignores it).
+
+    "auto" is the Attention-Gate where one ships for ``model_key`` (a model key or name), fits ``model``
+    (when given: the loaded transformers model) and the model is in ``AUTO_GATES``; else the full cache.
+    "gate" raises ValueError where no fitting gate ships. ``gate_file``: gate weights to use instead of the
+    shipped ones (benches; a missing file raises FileNotFoundError saying how to train one).
+    ``gate_window``: ``AttentionGate.window_share``. The gate file names its base model: a gate of another
+    model is refused, not misapplied.
     """
-    if name == "full":
-        return FullCache()
-    if target_eviction is not None and not 0.0 <= target_eviction < 1.0:
-        raise ValueError(f"target_eviction must be in [0, 1), not {target_eviction}")
-    if name == "streaming":
-        return StreamingLLM(target_eviction=target_eviction if target_eviction is not None else 0.5, sink=sink)
-    if name == "h2o":
-        return H2O(target_eviction=target_eviction if target_eviction is not None else 0.5)
-    if name == "gate":
-        from uio.model import embedded_key
-
-        if model_name is not None:
-            model_name = embedded_key(model_name) or model_name  # "SmolLM2-135M-Instruct" -> "smollm2"
-        if gate_path is None:
-            if model_name is None:
-                raise ValueError("the gate policy needs gate_path or model_name")
-            gate_path = gate_weights_path(model_name)
-        gates = _gates(Path(gate_path), model_name)
-        threshold = gates.threshold_for(target_eviction) if target_eviction is not None else None
-        if threshold is not None and gate_window > 0:
-            return AttentionGate(target_eviction=target_eviction, weights=gates, window_share=gate_window)
-        if threshold is not None:  # calibrated: a fixed threshold, decisions made once per token
-            return AttentionGate(weights=gates, threshold=threshold)
-        return AttentionGate(target_eviction=target_eviction, weights=gates)
-    raise ValueError(f"unknown cache policy {name!r}; choose one of {', '.join(POLICIES)}")
+    name = name.lower()
+    if name not in policy_choices():
+        raise ValueError(f"unknown cache policy {name!r}; use one of {', '.join(policy_choices())}")
+    if not 0.0 <= eviction < 1.0:
+        raise ValueError(f"cache eviction must be in [0, 1), got {eviction}")
+    key = _model_key(model_key)
+    options = {}
+    if name in ("auto", "gate"):
+        # Looked up once per call: gate_fits reads the file's header.
+        path = Path(gate_file) if gate_file is not None else shipped_gate(key, model)
+        if name == "auto":
+            name = "gate" if path is not None and key in AUTO_GATES else "full"
+        elif path is None:
+            raise ValueError(f"no Attention-Gate weights ship for {model_key!r}; pick another cache policy "
+                             "(docs/GATE.md says how to train them)")
+        if name == "gate":
+            options = {"weights": load_gates(path, key), "window_share": gate_window}
+    return POLICIES[name].at(eviction, **options)
 
 
-def _gates(path: Path, model_name: str | None):
-    """The gate weights of ``path``, read from disk once per file version (a policy is made per question)."""
-    from uio.gate import AttentionGates
-
-    if not path.is_file():
-        return AttentionGates.load(path, base_model=model_name)  # raises, saying how to train one
-    return _load_gates(path, path.stat().st_mtime_ns, model_name)
-
-
-@lru_cache(maxsize=4)
-def _load_gates(path: Path, _version: int, model_name: str | None):
-    from uio.gate import AttentionGates
-
-    return AttentionGates.load(path, base_model=model_name)  # read-only afterwards: policies share it
-
-
-__all__ = ["AUTO_GATES", "POLICIES", "AttentionGate", "CachePolicy", "FullCache", "H2O", "LayerView", "PolicyCache",
-           "StreamingLLM", "gate_fits", "gate_weights_path", "make_policy"]
+__all__ = ["AUTO_GATES", "POLICIES", "AttentionGate", "CachePolicy", "ChunkedFullCache", "FullCache", "H2O",
+           "LayerView", "PolicyCache", "StreamingLLM", "gate_fits", "load_gates", "policy_choices", "policy_label",
+           "resolve_policy", "shipped_gate", "top_per_head"]

@@ -1,26 +1,29 @@
 """The recent-cache policy interface, and the cache that really removes what a policy evicts.
 
-A policy looks at one layer's recent entries (everything after the
-``prefix_len`` memory slots, which are never touched) and says which to keep,
-per KV head. ``PolicyCache`` wraps a transformers ``DynamicCache``: after each
-prefill chunk or decode step it gathers the kept entries into smaller
-tensors. Heads may keep different tokens, so each layer is padded to its
-longest head and the pads are masked out of attention.
+A policy is a small dataclass that scores one layer's recent entries per KV head (everything after the
+``prefix_len`` memory slots, which are never touched): ``score(layer, view) -> (H, L)``, higher stays.
+``CachePolicy.keep`` does the mechanical part the policies share: the first ``sink`` recent positions
+and the newest ``window`` ones are kept whatever their score, and each head keeps its best-scored
+entries up to the budget. A policy that decides otherwise (the gate's calibrated threshold) overrides
+``select`` only. A policy that needs to see the model run (H2O the attention given, the gate the layer
+inputs) keeps that state itself, fed by ``before_attention`` / ``after_attention`` and realigned after
+each eviction by ``reorder``: ``PolicyCache`` knows no policy by name.
 
-The per-layer masks, the hidden states a gate reads and the queries H2O
-scores with all travel through forward hooks that act only when the forward
-call carries ``tome_cache=<PolicyCache>``; other callers of the same model are
-unaffected.
+``PolicyCache`` wraps a transformers ``DynamicCache``: after each prefill chunk or decode step it
+gathers the kept entries into smaller tensors. Heads may keep different tokens, so each layer is padded
+to its longest head and the pads are masked out of attention.
+
+The per-layer masks and the policies' observations travel through forward hooks that act only when the
+forward call carries ``tome_cache=<PolicyCache>``; other callers of the same model are unaffected.
 """
 from __future__ import annotations
 
-import importlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 from transformers import DynamicCache
-
 
 
 @dataclass
@@ -30,8 +33,6 @@ class LayerView:
     keys: torch.Tensor  # (H, L, hd), rotated
     values: torch.Tensor  # (H, L, hd)
     positions: torch.Tensor  # (H, L) absolute positions, -1 for pads
-    scores: torch.Tensor | None  # (H, L) accumulated attention received (policies that ask for it)
-    keep_prob: torch.Tensor | None  # (H, L) gate keep probability (gates)
     seen: int  # recent tokens seen so far
     first_pos: int  # position of the first recent token (= prefix_len)
 
@@ -40,41 +41,101 @@ class LayerView:
         return self.positions >= 0
 
 
+def top_per_head(priority: torch.Tensor, k: int) -> torch.Tensor:
+    """(H, L) bool marking each head's k largest entries (priority -inf never wins over a real one)."""
+    k = min(max(k, 0), priority.shape[1])
+    idx = priority.topk(k, dim=1).indices
+    return torch.zeros_like(priority, dtype=torch.bool).scatter_(1, idx, True)
+
+
 @dataclass
 class CachePolicy:
-    """Keep everything. Subclasses override ``keep``; ``target_eviction`` sets the budget."""
+    """Base of the policies. Keeps everything unless ``score`` gives priorities; ``target_eviction`` sets
+    the budget (the share of the recent tokens seen that each head drops)."""
 
     target_eviction: float | None = None
-    needs_scores: bool = field(default=False, init=False)  # accumulate attention received (H2O)
-    name: str = field(default="full", init=False)
 
+    name: ClassVar[str] = "custom"  # the registry name (uio.cache.POLICIES); GenerationStats.policy
+    label: ClassVar[str] = ""  # what the UI shows (uio.cache.policy_label); empty: the name
+    # Nothing is ever evicted, so uio.generate.stream may skip PolicyCache: HF generate, one prefill.
+    fast_path: ClassVar[bool] = False
+    # after_attention reads this cache's per-layer masks (PolicyCache.layer_mask): build them every forward.
+    needs_layer_masks: ClassVar[bool] = False
+
+    @classmethod
+    def at(cls, eviction: float, **options) -> "CachePolicy":
+        """The policy that evicts ``eviction`` (0..1) of the recent tokens; what resolve_policy builds."""
+        return cls(target_eviction=eviction, **options)
+
+    # ---- what a policy says --------------------------------------------------------------------
     def budget(self, seen: int) -> int | None:
         """Entries one head may hold after ``seen`` recent tokens; None: no fixed budget."""
         if self.target_eviction is None:
             return None
         return max(1, math.ceil(round((1.0 - self.target_eviction) * seen, 6)))  # round: 0.3 * 100 is 30
 
-    def keep(self, layer: int, view: LayerView) -> torch.Tensor:
-        """(H, L) bool: which entries stay. Pads are dropped whatever this says."""
-        return view.valid
-
-    def gate_for(self, layer: int):
-        """The gate module of this layer, for policies that compute keep probabilities."""
+    def score(self, layer: int, view: LayerView) -> torch.Tensor | None:
+        """(H, L) priority of each entry, higher stays (pads are ignored); None: keep everything."""
         return None
+
+    def protected(self, budget: int | None) -> tuple[int, int]:
+        """(sink, window): the first ``sink`` recent positions and the newest ``window`` positions are kept
+        whatever their score; they count against the budget."""
+        return 0, 0
+
+    def select(self, candidates: torch.Tensor, k: int | None) -> torch.Tensor:
+        """(H, L) bool: which candidates stay. ``candidates`` holds the scores, -inf where an entry is not
+        one (pad or protected); ``k``: what the budget leaves per head after the protected entries,
+        None without a budget. Each head's k best; override for another rule (a threshold)."""
+        if k is None:
+            return torch.ones_like(candidates, dtype=torch.bool)
+        return top_per_head(candidates, k)
+
+    def keep(self, layer: int, view: LayerView) -> torch.Tensor:
+        """(H, L) bool: which entries stay; pads are dropped whatever this says."""
+        priority = self.score(layer, view)
+        if priority is None:
+            return view.valid
+        budget = self.budget(view.seen)
+        sink, window = self.protected(budget)
+        pos, valid = view.positions, view.valid
+        kept = valid & ((pos < view.first_pos + sink) | (pos >= view.first_pos + view.seen - window))
+        candidates = priority.masked_fill(~valid | kept, float("-inf"))
+        k = None if budget is None else budget - sink - window
+        return (kept | self.select(candidates, k)) & valid
+
+    # ---- what a policy sees (per-cache state; the defaults keep none) --------------------------
+    def attach(self, cache: "PolicyCache") -> None:
+        """A PolicyCache starts using this policy: reset per-cache state (a policy serves one cache at a time)."""
+
+    def before_attention(self, cache: "PolicyCache", layer: int, hidden: torch.Tensor, position_embeddings) -> None:
+        """Layer ``layer``'s attention is about to read ``hidden`` (1, q, D), the new tokens' (normed) inputs."""
+
+    def after_attention(self, cache: "PolicyCache", layer: int, attn: torch.nn.Module) -> None:
+        """Layer ``layer``'s attention ran: its cache layer holds the new tokens' K/V after the held ones."""
 
     def prepare(self, cache: "PolicyCache") -> None:
         """Called once before each eviction pass over the layers (e.g. to set a cache-wide threshold)."""
 
+    def reorder(self, layer: int, take: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Layer ``layer``'s entries were gathered: ``take`` applies the same gather to (H, L) per-entry
+        state (0 at new pads), so that state stays aligned with ``PolicyCache.positions``."""
 
-def top_per_head(priority: torch.Tensor, k: int) -> torch.Tensor:
-    """(H, L) bool marking each head's k largest entries (priority -inf never wins over a real one)."""
-    k = min(k, priority.shape[1])
-    idx = priority.topk(k, dim=1).indices
-    return torch.zeros_like(priority, dtype=torch.bool).scatter_(1, idx, True)
+
+def kv_bytes(cache: DynamicCache | None, n_layers: int) -> list[int]:
+    """Bytes of keys + values each layer of ``cache`` holds (pads included: real memory)."""
+    out = []
+    for layer in range(n_layers):
+        cl = cache.layers[layer] if cache is not None and layer < len(cache.layers) else None
+        if cl is None or not cl.is_initialized or cl.keys is None:
+            out.append(0)
+        else:
+            out.append(cl.keys.numel() * cl.keys.element_size() + cl.values.numel() * cl.values.element_size())
+    return out
 
 
 class PolicyCache:
-    """A DynamicCache plus, per layer, the positions (and scores) of its recent entries."""
+    """A DynamicCache plus, per layer, the positions of its recent entries; evicts what the policy says."""
 
     def __init__(self, model, policy: CachePolicy, cache: DynamicCache | None = None, prefix_len: int = 0):
         self.model, self.policy, self.prefix_len = model, policy, prefix_len
@@ -85,14 +146,6 @@ class PolicyCache:
         self.cache = cache if cache is not None else DynamicCache(config=cfg)
         empty = torch.empty(self.kv_heads, 0, dtype=torch.long, device=model.device)
         self.positions = [empty.clone() for _ in range(self.n_layers)]
-        self.scores: list[torch.Tensor | None] = [None] * self.n_layers
-        self.keep_prob: list[torch.Tensor | None] = [None] * self.n_layers
-        self.gate_state: list[object] = [None] * self.n_layers  # a gate's own rolling K/V
-        self.prob_history: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers)]  # every (H, q) given
-        # Layer inputs of tokens the gate has not judged yet. Its decisions matter only when eviction runs, so
-        # decoded tokens are judged together then, in one call per layer: on CPU a call per token per layer
-        # cost more than eviction saved (qwen at 768 tokens decoded at 0.89x the full cache's speed).
-        self._gate_pending: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers)]
         self.seen = 0
         self.next_pos = prefix_len
         self._dtype, self._device = model.dtype, model.device  # model.device walks the parameters: once
@@ -101,8 +154,8 @@ class PolicyCache:
         # Per layer, the additive mask (heads, held) over everything held, while it is known: the last row
         # of the previous forward's mask. Decoding then builds its mask with one cat instead of rebuilding it.
         self._held_masks: list[torch.Tensor | None] = [None] * self.n_layers
-        self._pending: dict[int, tuple] = {}
         install_hooks(model)
+        policy.attach(self)
 
     # ---- sizes -----------------------------------------------------------------------------------
     def layer_len(self, layer: int) -> int:
@@ -110,14 +163,7 @@ class PolicyCache:
 
     def kv_bytes_held(self) -> list[int]:
         """Bytes of keys + values each layer holds now (memories included, pads included: real memory)."""
-        out = []
-        for layer in range(self.n_layers):
-            cl = self.cache.layers[layer] if layer < len(self.cache.layers) else None
-            if cl is None or not cl.is_initialized or cl.keys is None:
-                out.append(0)
-            else:
-                out.append(cl.keys.numel() * cl.keys.element_size() + cl.values.numel() * cl.values.element_size())
-        return out
+        return kv_bytes(self.cache, self.n_layers)
 
     def eviction_rate(self) -> float:
         """Share of the recent tokens seen that are no longer held, over layers and heads."""
@@ -131,7 +177,7 @@ class PolicyCache:
         """Run the model on new tokens (1, q) after everything held; returns the model output."""
         q = input_ids.shape[1]
         pos = torch.arange(self.next_pos, self.next_pos + q, device=input_ids.device)[None]
-        if self._uniform and not self.policy.needs_scores:
+        if self._uniform and not self.policy.needs_layer_masks:
             # No pads and equal lengths: one plain causal mask serves all layers. None at all for one token,
             # or when nothing is held yet: the model's own causal path (SDPA is_causal) is faster on CPU.
             empty = self.prefix_len == 0 and self.positions[0].shape[1] == 0
@@ -149,8 +195,13 @@ class PolicyCache:
                             else [None] * self.n_layers)
         self.seen += q
         self.next_pos += q
-        self._masks, self._pending = [], {}
+        self._masks = []
         return out
+
+    def layer_mask(self, layer: int) -> torch.Tensor:
+        """The additive (1, heads, q, held + q) mask of the forward running now (policies with
+        ``needs_layer_masks``, from ``after_attention``)."""
+        return self._masks[layer]
 
     def _mask(self, layer: int, q: int) -> torch.Tensor:
         """Additive (1, heads, q, held + q) mask: memories, the valid recent entries of each head, causal new."""
@@ -167,53 +218,10 @@ class PolicyCache:
         causal = torch.full((q, q), low, dtype=dtype, device=device).triu_(1)[None].expand(self.heads, -1, -1)
         return torch.cat([held[:, None].expand(-1, q, -1), causal], 2)[None]
 
-    # ---- hooks (called from the model's forward) -------------------------------------------------
-    def _before_attention(self, layer: int, hidden: torch.Tensor, position_embeddings) -> None:
-        if self.policy.gate_for(layer) is not None:
-            self._gate_pending[layer].append(hidden)
-            if hidden.shape[1] > 1:  # a prompt chunk: judge it now rather than hold its hidden states
-                self._judge(layer)
-        if self.policy.needs_scores:
-            self._pending[layer] = (hidden, position_embeddings)
-
-    def _after_attention(self, layer: int, attn_module) -> None:
-        if layer not in self._pending:
-            return
-        hidden, (cos, sin) = self._pending.pop(layer)
-        cl = self.cache.layers[layer]
-        hd = cl.keys.shape[-1]
-        qs = attn_module.q_proj(hidden).view(*hidden.shape[:-1], -1, hd).transpose(1, 2)
-        apply = importlib.import_module(type(attn_module).__module__).apply_rotary_pos_emb
-        qs, _ = apply(qs, qs, cos, sin)
-        groups = self.heads // self.kv_heads
-        keys = cl.keys.repeat_interleave(groups, 1)
-        logits = (qs @ keys.transpose(-1, -2)) * attn_module.scaling + self._masks[layer]
-        probs = logits.float().softmax(-1)[0]  # (heads, q, L)
-        got = probs.sum(1).view(self.kv_heads, groups, -1).sum(1)[:, self.prefix_len:]  # (H, Lr + q)
-        old = self.scores[layer]
-        if old is not None:
-            got[:, :old.shape[1]] += old
-        self.scores[layer] = got
-
-    def _judge(self, layer: int) -> None:
-        """Run the layer's gate over the tokens it has not judged yet (in order, continuing its own state)."""
-        pending = self._gate_pending[layer]
-        if not pending:
-            return
-        hidden = pending[0] if len(pending) == 1 else torch.cat(pending, 1)
-        probs, self.gate_state[layer] = self.policy.gate_for(layer).step(hidden, self.gate_state[layer])
-        new = probs[0].transpose(0, 1).to(torch.float32)  # (H, q)
-        self.prob_history[layer].append(new)
-        old = self.keep_prob[layer]
-        self.keep_prob[layer] = new if old is None else torch.cat([old, new], 1)
-        self._gate_pending[layer] = []
-
     # ---- eviction --------------------------------------------------------------------------------
     @torch.no_grad()
     def evict(self) -> None:
         """Ask the policy what to keep in every layer and really drop the rest."""
-        for layer in range(self.n_layers):
-            self._judge(layer)
         self.policy.prepare(self)
         self._held_masks = [None] * self.n_layers
         for layer in range(self.n_layers):
@@ -223,8 +231,7 @@ class PolicyCache:
             cl = self.cache.layers[layer]
             p = self.prefix_len
             view = LayerView(keys=cl.keys[0, :, p:], values=cl.values[0, :, p:], positions=positions,
-                             scores=self.scores[layer], keep_prob=self.keep_prob[layer], seen=self.seen,
-                             first_pos=self.prefix_len)
+                             seen=self.seen, first_pos=self.prefix_len)
             keep = self.policy.keep(layer, view) & view.valid
             if bool(keep.all()):
                 continue
@@ -239,10 +246,7 @@ class PolicyCache:
             cl.keys = torch.cat([cl.keys[:, :, :p], k_new], 2)
             cl.values = torch.cat([cl.values[:, :, :p], v_new], 2)
             self.positions[layer] = positions.gather(1, order).masked_fill(~slot_ok, -1)
-            for name in ("scores", "keep_prob"):
-                held = getattr(self, name)[layer]
-                if held is not None:
-                    getattr(self, name)[layer] = held.gather(1, order).masked_fill(~slot_ok, 0.0)
+            self.policy.reorder(layer, lambda t: t.gather(1, order).masked_fill(~slot_ok, 0.0))
         self._uniform = (len({p.shape[1] for p in self.positions}) == 1
                          and not any(bool((p < 0).any()) for p in self.positions))
 
@@ -260,14 +264,14 @@ def _attn_pre_hook(module, args, kwargs):
     pc = kwargs.get("tome_cache")
     if isinstance(pc, PolicyCache):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
-        pc._before_attention(module.layer_idx, hidden, kwargs.get("position_embeddings"))
+        pc.policy.before_attention(pc, module.layer_idx, hidden, kwargs.get("position_embeddings"))
     return None
 
 
 def _attn_post_hook(module, args, kwargs, output):
     pc = kwargs.get("tome_cache")
     if isinstance(pc, PolicyCache):
-        pc._after_attention(module.layer_idx, module)
+        pc.policy.after_attention(pc, module.layer_idx, module)
     return None
 
 

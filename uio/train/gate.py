@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from uio.gate import AttentionGates, GateConfig, attention_inputs, straight_through
+from uio.shipped import gate_path
 
 ATTN_NAME = "tome_gated"
 
@@ -205,7 +206,7 @@ def calibrate(model, gates: AttentionGates, sequences: list[torch.Tensor], chunk
             pc.forward(ids[:, i:i + chunk])
             pc.evict()
         end = ids.shape[1] - cfg.recent
-        probs += [torch.cat(h, 1)[:, cfg.sink:end].flatten() for h in pc.prob_history]
+        probs += [torch.cat(h, 1)[:, cfg.sink:end].flatten() for h in pc.policy.prob_history]
     allp = torch.cat(probs)
     return [float(x) for x in torch.quantile(allp, torch.linspace(0, 1, 101))]
 
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     key = embedded_key(args.model) or args.model
-    out = args.out or Path(__file__).resolve().parents[1] / "weights" / f"gate-{key}.safetensors"
+    out = args.out or gate_path(key)
     log_path = args.log or Path("bench/results") / f"gate_train_{key}.jsonl"
     lm = load_model(args.model, args.models_dir, device=args.device, dtype="float32")
     if args.init:

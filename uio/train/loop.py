@@ -28,7 +28,6 @@ from uio.train.chain import ObjectiveWeights, chain_step
 from uio.train.data import ChainBatches
 from uio.train.tbptt import ReservoirTBPTT
 
-ADAPTERS_DIR = Path(__file__).resolve().parents[1] / "adapters"
 CKPT_FORMAT = "tome-uio-train-1"
 
 
@@ -83,10 +82,11 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def default_adapter_path(model: str, ratio: int) -> Path:
-    """Where tome.py looks for the shipped adapter of a model and ratio."""
+    """Where the service looks for the shipped adapter of a model and ratio (uio.shipped.adapter_path)."""
     from uio.model import embedded_key
+    from uio.shipped import adapter_path
 
-    return ADAPTERS_DIR / f"{embedded_key(model) or Path(model).name}-{ratio}x.safetensors"
+    return adapter_path(embedded_key(model) or Path(model).name, ratio)
 
 
 @dataclass
