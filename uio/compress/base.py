@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Callable, ClassVar, Iterator, Sequence
@@ -73,14 +74,15 @@ def model_shape(lm: LoadedModel) -> tuple[int, int, int, int]:
     return c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, hd
 
 
-_BASE_FP: dict[int, tuple[object, str]] = {}
+_BASE_FP: dict[int, tuple[weakref.ref, str]] = {}
 
 
 def model_fingerprint(lm: LoadedModel) -> str:
-    """``uio.adapter.base_fingerprint``, cached per model object (it reads a weight sample)."""
+    """``uio.adapter.base_fingerprint``, cached per model object (it reads a weight sample; base models are
+    frozen). A weak reference: the cache never keeps a model alive, and a new model at a reused id misses."""
     hit = _BASE_FP.get(id(lm.model))
-    if hit is None or hit[0] is not lm.model:
-        hit = (lm.model, base_fingerprint(lm))
+    if hit is None or hit[0]() is not lm.model:
+        hit = (weakref.ref(lm.model), base_fingerprint(lm))
         _BASE_FP[id(lm.model)] = hit
     return hit[1]
 
