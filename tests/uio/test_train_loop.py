@@ -100,12 +100,12 @@ def test_chain_batches_replay_to_a_position(tokenizer):
 
 def test_cli_stops_resumes_and_writes_the_adapter_where_tome_looks(smollm2, tmp_path):
     """`python -m uio.train` on the real SmolLM2 (2 tiny steps): stop, resume, final adapter with its config."""
-    import tome
+    from uio.shipped import ADAPTERS_DIR
     from uio.train.__main__ import main
     from uio.train.loop import default_adapter_path
 
-    assert default_adapter_path("smollm2", 8) == tome.ADAPTERS_DIR / "smollm2-8x.safetensors"
-    assert default_adapter_path("qwen", 32) == tome.ADAPTERS_DIR / "qwen-32x.safetensors"
+    assert default_adapter_path("smollm2", 8) == ADAPTERS_DIR / "smollm2-8x.safetensors"
+    assert default_adapter_path("qwen", 32) == ADAPTERS_DIR / "qwen-32x.safetensors"
     corpus = tmp_path / "train.jsonl"
     corpus.write_text("".join(json.dumps({"id": str(i), "source": "s", "title": "t", "text": t}) + "\n"
                               for i, t in enumerate(texts())))
