@@ -104,7 +104,7 @@ def split_passages(text: str, breaks: Breaks, tokenizer, segment: int = 0, first
         part = text[b0:b1]
         if not part.strip():
             continue
-        offsets = [o for o in tokenizer(part, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = [o for o in tokenizer(part, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
                    ["offset_mapping"] if o[1] > o[0]]
         if not offsets:
             continue

@@ -20,12 +20,17 @@ from retrieval.prompt import Passage, Selection, TextSegment, fit_budget
 
 
 def select_segments(books: Sequence[tuple[str, Sequence[TextSegment]]],
-                    scores: Sequence[Mapping[int, float]], budget: int, neighbours: int = 1) -> Selection:
+                    scores: Sequence[Mapping[int, float]], budget: int, neighbours: int = 1,
+                    every_book: bool = False) -> Selection:
     """Choose segments of ``books`` (title, segments in document order) within ``budget``.
 
     ``scores[i]`` maps a position in ``books[i][1]`` to its similarity with the
     question (missing: never chosen as a hit, may come in as a neighbour).
     Without any score at all this falls back to ``fit_budget`` (leading segments).
+    ``every_book``: first each book's best hit (best books first), then the usual
+    order; otherwise one book's hit and its neighbours can fill a small budget
+    before a second book's hit is reached (a question about two books then
+    sees one).
     """
     if len(scores) != len(books):
         raise ValueError("one score map per book")
@@ -49,10 +54,20 @@ def select_segments(books: Sequence[tuple[str, Sequence[TextSegment]]],
 
     ranked = sorted(((sc, i, j) for i, m in enumerate(scores) for j, sc in m.items()
                      if 0 <= j < len(sizes[i])), key=lambda x: (-x[0], x[1], x[2]))
+    pending: set[tuple[int, int]] = set()  # hits taken up front whose neighbours are still to come
+    if every_book:
+        seen: set[int] = set()
+        for _, i, j in ranked:
+            if i not in seen:
+                seen.add(i)
+                if take(i, j):
+                    pending.add((i, j))
     for _, i, j in ranked:
-        if j in chosen[i]:
+        if (i, j) in pending:
+            pending.discard((i, j))
+        elif j in chosen[i]:
             continue  # already in as a neighbour of a better hit
-        if not take(i, j):
+        elif not take(i, j):
             continue  # too big for what is left; a smaller, lower-ranked hit may still fit
         for d in range(1, neighbours + 1):
             take(i, j + d)  # what follows first: an answer usually continues past a cut

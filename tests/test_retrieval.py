@@ -59,6 +59,17 @@ def test_selector_prefers_the_best_hit_and_skips_what_does_not_fit():
     assert sel.tokens <= 65
 
 
+def test_selector_every_book_takes_each_books_best_hit_before_neighbours():
+    from retrieval.select import select_segments
+
+    a, b = [Seg(i, 10) for i in range(5)], [Seg(i, 10) for i in range(5)]
+    scores = [{2: 0.9, 3: 0.8}, {4: 0.5}]
+    plain = select_segments([("A", a), ("B", b)], scores, budget=30, neighbours=1)
+    assert [(p.title, p.segment.index) for p in plain.passages] == [("A", 1), ("A", 2), ("A", 3)]  # B never in
+    both = select_segments([("A", a), ("B", b)], scores, budget=30, neighbours=1, every_book=True)
+    assert [(p.title, p.segment.index) for p in both.passages] == [("A", 2), ("A", 3), ("B", 4)]
+
+
 def test_selector_for_random_inputs_never_exceeds_the_budget():
     from retrieval.select import select_segments
 

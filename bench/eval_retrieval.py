@@ -1,0 +1,354 @@
+"""Retrieval on real manuals: does the gold page come first? Today's segment vectors vs passages, full text, hybrid.
+
+    python bench/eval_retrieval.py                 # build/reuse the library, recall table, latency
+    python bench/eval_retrieval.py --answers qwen  # + answer accuracy (slow: run with nohup, TOME_THREADS=1)
+
+The library: the 7 Debian manuals of bench/qa/realdocs.json (994 pages), ingested
+through ``Tome.ingest`` with ``Config(compress=False)`` (so segments, segment
+vectors, passages and their vectors are made the product's way), plus one
+byte-altered copy of R-data for the latency library (1,035 pages). It is kept
+under --data (default .cache/eval_retrieval, git-ignored) and reused when present.
+
+Measured, per question (over the question's own books, as a user picks them):
+
+- recall@k of the gold page: the gold page is among the first k *cited pages*.
+  For today's segment vectors a cited unit is a whole segment (1,024 Qwen
+  tokens, ~3 pages: its page range counts), for the passage methods a page
+  (passages of one page merged), so the segment rows get ~3 pages per slot;
+- context: the gold page (two-book: both gold pages) is inside the segments
+  ``retrieval.select.select_segments`` puts in a 3,072-token context (the
+  answer path's rule and default budget), segments ranked the way each row says;
+- latency: time to rank one question over the whole 1,035-page library, warm.
+
+``--answers MODEL`` then asks every question through ``Tome.ask`` (uncompressed,
+greedy, --max-new tokens) with today's retrieval, the hybrid one, the hybrid one
+without page labels in the prompt, and the ceiling (the gold page(s) alone as
+the context), grading with bench.qa.realdocs.grade; partial results are written
+after every question.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.qa import realdocs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "eval_retrieval.json"
+KS = (1, 3, 5, 10)
+
+
+def build(data_dir: Path, model: str, copy: bool = True):
+    """A Tome over the manuals (ingested once, uncompressed), and {set doc id: DocumentInfo}."""
+    from tome import Config, Tome
+
+    data = realdocs.load()
+    realdocs.ensure_packages(data)
+    cfg = Config(data_dir=data_dir, model=model, compress=False, models_dir=ROOT / ".cache" / "models")
+    tome = Tome(cfg)
+    docs = {}
+    for d in data["documents"]:
+        t = time.perf_counter()
+        r = tome.ingest(d["path"])
+        if not r.ok:
+            raise RuntimeError(r.error)
+        docs[d["id"]] = r.document
+        if not r.duplicate:
+            print(f"ingested {d['id']}: {r.document.pages} pages in {time.perf_counter() - t:.0f} s {r.timings}",
+                  flush=True)
+    if copy:  # a 1,035-page library for latency: one more (byte-altered, so not a duplicate) manual
+        src = Path(next(d["path"] for d in data["documents"] if d["id"] == "r-data"))
+        dup = data_dir / "R-data-copy.pdf"
+        if not dup.exists():
+            shutil.copyfile(src, dup)
+            with open(dup, "ab") as f:
+                f.write(b"\n% copy for the latency library\n")
+        r = tome.ingest(dup)
+        if not r.ok:
+            raise RuntimeError(r.error)
+        docs["r-data-copy"] = r.document
+    return tome, docs
+
+
+def ranked_units(tome, docs, question, method):
+    """(units best first: (doc id, first page, last page), segment scores {doc id: {segment: score}})."""
+    r = tome.retriever
+    if method == "segments":
+        scores = r.segment_scores(docs, question)
+        segs = {d.id: tome.store.segments(d.id) for d in docs}
+        order = sorted(((sc, d, j) for d, m in scores.items() for j, sc in m.items()), key=lambda x: -x[0])
+        return [(d, segs[d][j].page_start, segs[d][j].page_end) for _, d, j in order], scores
+    if method.startswith("rrf:"):  # rrf:K:WV:WL, e.g. rrf:10:1:2
+        _, k, wv, wl = method.split(":")
+        old = (r.fusion_weights, r.rrf_k)
+        r.fusion_weights, r.rrf_k = (float(wv), float(wl)), int(k)
+        try:
+            ranking = r.rank(docs, question, "hybrid")
+        finally:
+            r.fusion_weights, r.rrf_k = old
+        return _pages(ranking), ranking.segment_scores([d.id for d in docs])
+    mode = {"vector": "vector", "lexical": "lexical", "hybrid": "hybrid"}[method]
+    ranking = r.rank(docs, question, mode)  # the product's fusion (retrieval.retriever.FUSION_*)
+    return _pages(ranking), ranking.segment_scores([d.id for d in docs])
+
+
+def _pages(ranking):
+    """Cited pages best first: (doc id, page, page), passages of one page merged."""
+    units, seen = [], set()
+    for h in ranking.hits:
+        if (h.document_id, h.page_start) not in seen:
+            seen.add((h.document_id, h.page_start))
+            units.append((h.document_id, h.page_start, h.page_start))
+    return units
+
+
+def in_context(tome, docs, scores, golds, budget=3072, neighbours=1, every_book=False) -> bool:
+    from retrieval.select import select_segments
+
+    books = [(d.title, tome.store.segments(d.id)) for d in docs]
+    sel = select_segments(books, [scores.get(d.id, {}) for d in docs], budget, neighbours, every_book)
+    owner = {id(s): d.id for d, (_, segs) in zip(docs, books) for s in segs}
+    spans = [(owner[id(p.segment)], p.segment.page_start, p.segment.page_end) for p in sel.passages]
+    return all(any(d == g_doc and a <= g_page <= b for d, a, b in spans) for g_doc, g_page in golds)
+
+
+METHODS = ("segments", "vector", "lexical", "hybrid", "rrf:60:1:1", "rrf:60:1:2", "rrf:60:1:4", "rrf:10:1:2",
+           "rrf:5:1:2", "rrf:1:1:2", "rrf:2:1:1", "rrf:2:1:3")
+LABELS = {"segments": "today: segment vectors", "vector": "passage vectors", "lexical": "full text (FTS5 BM25)",
+          "hybrid": "hybrid (shipped: RRF k=2, 1:2)"}  # rrf:K:WV:WL = RRF k, vector weight, full-text weight
+
+
+def recall(tome, docs, data, methods=METHODS) -> dict:
+    out = {}
+    for m in methods:
+        rows = []
+        for q in data["questions"]:
+            qdocs = [docs[i] for i in q["docs"]]
+            golds = [(docs[g["doc"]].id, g["page"]) for g in q["gold"]]
+            units, scores = ranked_units(tome, qdocs, q["question"], m)
+            first = [next((k for k, (d, a, b) in enumerate(units) if d == gd and a <= gp <= b), None)
+                     for gd, gp in golds]
+            rows.append({"id": q["id"], "kind": q["kind"], "style": q["style"], "ranks": first,
+                         "context": in_context(tome, qdocs, scores, golds),  # the selector before
+                         "context_n0": in_context(tome, qdocs, scores, golds, neighbours=0),
+                         "context_books": in_context(tome, qdocs, scores, golds, every_book=True)})
+        out[m] = rows
+    return out
+
+
+def summarise(rows) -> dict:
+    single = [r for r in rows if r["kind"] == "single"]
+    two = [r for r in rows if r["kind"] == "two-book"]
+
+    def at(rs, k):
+        return round(sum(r["ranks"][0] is not None and r["ranks"][0] < k for r in rs) / max(1, len(rs)), 3)
+
+    s = {f"r@{k}": at(single, k) for k in KS}
+    for style in ("exact-term", "paraphrase"):
+        sub = [r for r in single if r["style"] == style]
+        s[f"r@3 {style}"] = at(sub, 3)
+    for key, name in (("context", ""), ("context_n0", " no neighbours"), ("context_books", " every book")):
+        s["context single" + name] = round(sum(r[key] for r in single) / max(1, len(single)), 3)
+        s["context two-book" + name] = round(sum(r[key] for r in two) / max(1, len(two)), 3)
+    s["n_single"], s["n_two"] = len(single), len(two)
+    return s
+
+
+def latency(tome, docs, data, repeats: int = 1) -> dict:
+    """Seconds to rank one question over the whole library (warm): today's vs the hybrid's, and parts."""
+    r = tome.retriever
+    lib = list(docs.values())
+    qs = [q["question"] for q in data["questions"]]
+    r.segment_scores(lib, qs[0])  # warm: matrices and passage records cached, like a running app
+    r.rank(lib, qs[0])
+    t_old, t_new, t_emb, t_vec, t_txt = [], [], [], [], []
+    for _ in range(repeats):
+        for q in qs:
+            t = time.perf_counter()
+            r.segment_scores(lib, q)
+            t_old.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            r.rank(lib, q)
+            t_new.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            v = r.embedder.encode_one(q)
+            t_emb.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            r.passage_vectors.search(v, lib, 200)
+            t_vec.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            tome.store.search_text([d.id for d in lib], q, 200)
+            t_txt.append(time.perf_counter() - t)
+
+    def ms(xs):
+        xs = sorted(xs)
+        return {"median_ms": round(1000 * statistics.median(xs), 1), "p95_ms": round(1000 * xs[int(0.95 * (len(xs) - 1))], 1)}
+
+    return {"pages": sum(d.pages for d in lib), "segments": tome.store.count_segments([d.id for d in lib]),
+            "passages": tome.store.count_passages([d.id for d in lib]), "questions": len(t_new),
+            "today_segment_vectors": ms(t_old), "hybrid": ms(t_new),
+            "added_median_ms": round(1000 * (statistics.median(t_new) - statistics.median(t_old)), 1),
+            "parts": {"embed_question": ms(t_emb), "passage_vector_search": ms(t_vec), "full_text": ms(t_txt)}}
+
+
+# -- answers ---------------------------------------------------------------------------
+
+def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int | None = None) -> dict:
+    """Answer accuracy through Tome.ask per retrieval variant; writes partial results after each question."""
+    from retrieval.prompt import Passage, Selection
+    from retrieval.retriever import Ranking, Retrieved
+    from tome.answer import Context
+
+    answerer = tome.answerer
+    real_choose = answerer.choose
+    retriever = tome.retriever
+    real_rank = retriever.rank
+
+    def today_rank(qdocs, question, mode="hybrid", depth=200):
+        scores = retriever.segment_scores(qdocs, question)
+        segs = {d.id: tome.store.segments(d.id) for d in qdocs}
+        hits = [Retrieved(d, "", j, segs[d][j].text, segs[d][j].page_start, segs[d][j].page_end, sc)
+                for d, m in scores.items() for j, sc in m.items()]
+        return Ranking(sorted(hits, key=lambda h: -h.score))  # no passages: segment ranges, no page labels
+
+    def unlabelled_rank(qdocs, question, mode="hybrid", depth=200):
+        ranking = real_rank(qdocs, question, mode, depth)
+        return Ranking(ranking.hits)  # same choice and citations, but the prompt gets no page labels
+
+    @dataclass_segment
+    class PageSeg:
+        text: str
+        page_start: int
+        page_end: int
+        index: int
+        n: int
+
+        @property
+        def n_tokens(self):
+            return self.n
+
+    results = {v: [] for v in variants}
+    path = out_path
+    qs = list(data["questions"])
+    random.Random(0).shuffle(qs)  # partial results sample every manual and both kinds
+    qs = qs[:limit] if limit else qs
+    for qi, q in enumerate(qs):
+        qdocs = [docs[i] for i in q["docs"]]
+        for v in variants:
+            retriever.rank = {"today": today_rank, "hybrid": real_rank, "hybrid-nolabels": unlabelled_rank,
+                              "ceiling": real_rank}[v]
+            if v == "ceiling":
+                def gold_choose(cdocs, books, question, budget, timer, q=q):
+                    ps, owner = [], {}
+                    for g in q["gold"]:
+                        d = docs[g["doc"]]
+                        text = realdocs_page(d, g["page"])
+                        seg = PageSeg(text, g["page"], g["page"], -1, len(tome.lm.tokenizer(text)["input_ids"]))
+                        ps.append(Passage(d.title, seg, 1.0, breaks=((0, g["page"]),)))
+                        owner[id(seg)] = d.id
+                    return Context(Selection(ps, []), owner)
+                answerer.choose = gold_choose
+            else:
+                answerer.choose = real_choose
+            t = time.perf_counter()
+            final = list(tome.ask([d.id for d in qdocs], q["question"], max_new_tokens=max_new))[-1]
+            results[v].append({"id": q["id"], "kind": q["kind"], "style": q["style"], "answer": final.text,
+                               "correct": realdocs.grade(final.text, q), "abstained": abstained(final.text),
+                               "seconds": round(time.perf_counter() - t, 1),
+                               "context_tokens": final.context_tokens,
+                               "sources": [s.label() for s in final.sources[:3]]})
+        retriever.rank, answerer.choose = real_rank, real_choose
+        summary = {v: {"correct": sum(r["correct"] for r in rs), "asked": len(rs),
+                       "wrong": sum(not r["correct"] and not r["abstained"] for r in rs),
+                       "abstained": sum(r["abstained"] and not r["correct"] for r in rs)} for v, rs in results.items()}
+        path.write_text(json.dumps({"model": tome.model_name, "max_new_tokens": max_new, "done": qi + 1,
+                                    "of": len(qs), "summary": summary, "rows": results}, indent=1))
+        print(f"[{qi + 1}/{len(qs)}] {q['id']}: " + " ".join(
+            f"{v}={'Y' if results[v][-1]['correct'] else 'n'}" for v in variants) + f"  {summary}", flush=True)
+    return results
+
+
+_ABSTAIN = re.compile(r"\b(do(es)? not|don't|doesn't|cannot|can't|no) (contain|mention|say|provide|include|"
+                      r"find|information|answer|specify)|not (mentioned|specified|provided|found|given)", re.I)
+
+
+def abstained(text: str) -> bool:
+    """The answer says the passages do not hold the answer (not counted as a wrong answer)."""
+    return bool(_ABSTAIN.search(text or ""))
+
+
+def dataclass_segment(cls):
+    from dataclasses import dataclass
+
+    return dataclass(frozen=True)(cls)
+
+
+_PAGES: dict = {}
+
+
+def realdocs_page(doc, page: int) -> str:
+    if doc.id not in _PAGES:
+        path = next(d["path"] for d in realdocs.load()["documents"] if Path(d["path"]).name == doc.filename)
+        _PAGES[doc.id] = realdocs.read_pages(path)
+    return _PAGES[doc.id][page]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT / ".cache" / "eval_retrieval")
+    ap.add_argument("--model", default="qwen", help="the tokenizer of segments (and the answering model)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--answers", action="store_true", help="also measure answer accuracy (slow)")
+    ap.add_argument("--variants", default="today,hybrid,hybrid-nolabels,ceiling")
+    ap.add_argument("--max-new", type=int, default=32)
+    ap.add_argument("--limit", type=int, default=None, help="answers: first N questions only")
+    args = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)
+    data = realdocs.load()
+    tome, docs = build(args.data, args.model)
+    if args.answers:
+        out = args.out.with_name(args.out.stem + f"_answers_{args.model}.json")
+        answers(tome, docs, data, out, args.max_new, args.variants.split(","), args.limit)
+        print(f"wrote {out}")
+        return 0
+    rows = recall(tome, docs, data, args.methods.split(","))
+    table = {m: summarise(rs) for m, rs in rows.items()}
+    cols = [f"r@{k}" for k in KS] + ["r@3 exact-term", "r@3 paraphrase"]
+    ctx = [f"context {k}{n}" for n in ("", " no neighbours", " every book") for k in ("single", "two-book")]
+    for group in (cols, ctx):
+        print(f"\n{'retrieval':<26}" + "".join(f"{c[-14:]:>15}" for c in group))
+        for m, s in table.items():
+            print(f"{LABELS.get(m, m):<26}" + "".join(f"{s[c]:>15.3f}" for c in group))
+    n = next(iter(table.values()))
+    print(f"({n['n_single']} single-book questions for r@k and context single, {n['n_two']} two-book)")
+    result = {"command": "python bench/eval_retrieval.py", "library": {k: v.pages for k, v in docs.items()},
+              "recall": table, "labels": LABELS, "rows": rows}
+    if not args.no_latency:
+        lat = latency(tome, docs, data)
+        print(f"\nlatency over {lat['pages']} pages ({lat['segments']} segments, {lat['passages']} passages), "
+              f"{lat['questions']} questions: today {lat['today_segment_vectors']}, hybrid {lat['hybrid']}, "
+              f"added {lat['added_median_ms']} ms (median); parts {lat['parts']}")
+        result["latency"] = lat
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
