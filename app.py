@@ -22,15 +22,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tome", description="Ask questions about whole books.")
     p.add_argument("--model", help="qwen (default), smollm2, a hub id or a path [TOME_MODEL]")
     p.add_argument("--data-dir", type=Path, help="where the library lives [TOME_DATA_DIR, ./data]")
-    try:
-        from uio.cache import policy_choices  # the one list of policy names (uio.cache.POLICIES + "auto")
-    except ImportError:  # TEMP
-        def policy_choices():
-            return ("auto", "full", "streaming", "h2o", "gate")
+    from uio.cache import policy_choices  # the one list of policy names (uio.cache.POLICIES + "auto")
+    from uio.compress import compressor_choices  # the one list of compressor names (+ "auto")
 
     p.add_argument("--cache-policy", choices=policy_choices(),
                    help="recent-cache policy: auto (Attention-Gate where trained, else full) [TOME_CACHE_POLICY]")
     p.add_argument("--cache-eviction", type=float, help="share of the recent cache to evict, 0-0.9 [0.6]")
+    p.add_argument("--compressor", choices=compressor_choices(),
+                   help="how segments become memories: auto (the measured default for the model) [TOME_COMPRESSOR]")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command")
     s = sub.add_parser("serve", help="start the web UI (default)")
@@ -53,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="raw text in the prompt, or the books' stored memories")
     a.add_argument("question")
     sub.add_parser("list", help="list the library")
+    g = sub.add_parser("gc", help="remove memories that no compressor in use makes (another method, model or "
+                                  "adapter)")
+    g.add_argument("--dry-run", action="store_true", help="only list them")
     return p
 
 
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     config = Config.from_env(model=args.model, data_dir=args.data_dir,
                              host=getattr(args, "host", None), port=getattr(args, "port", None),
                              auth=getattr(args, "auth", None), cache_policy=args.cache_policy,
+                             compressor=args.compressor,
                              cache_eviction=args.cache_eviction, ray_address=getattr(args, "ray", None),
                              ray_actors=getattr(args, "ray_actors", None), int8_ingest=getattr(args, "int8", None))
     if config.tune_malloc:
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "serve"
     if command == "list":
         return _list(tome)
+    if command == "gc":
+        return _gc(tome, args.dry_run)
     _recover(tome)
     if command == "ingest":
         return _ingest(tome, args.files, args.password)
@@ -113,6 +118,15 @@ def _list(tome) -> int:
         print("The library is empty. Add books with: python app.py ingest FILE...")
     for d in docs:
         print(f"{d.id:>4}  {d.title[:50]:<50}  {d.pages:>5} pages  {d.tokens:>8,} tokens  {d.status}")
+    return 0
+
+
+def _gc(tome, dry_run: bool) -> int:
+    stale = tome.collect_memories(dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for m in stale:
+        print(f"{verb} {m.path} ({m.compressor} {m.ratio}x, {m.bytes / 2**20:.1f} MB) of document #{m.document_id}")
+    print(f"{verb} {len(stale)} memory set(s), {sum(m.bytes for m in stale) / 2**20:.1f} MB")
     return 0
 
 

@@ -97,15 +97,18 @@ def include_name(name, type_, parent_names) -> bool:
 
 
 class MemorySet(Base):
-    """The memories of one document made by one adapter: a safetensors file under the data dir."""
+    """The memories of one document made by one compressor of one model: a safetensors file under the data dir."""
 
     __tablename__ = "memory_sets"
     __table_args__ = (UniqueConstraint("document_id", "fingerprint"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
-    fingerprint: Mapped[str] = mapped_column(String(64))  # of the adapter that made them
+    fingerprint: Mapped[str] = mapped_column(String(64))  # identity of compressor + model (uio.compress.identity)
     ratio: Mapped[int] = mapped_column(Integer)
+    # Which compressor made them, with its parameters and version (rows before 0004: the UIO encoder).
+    compressor: Mapped[str] = mapped_column(String(32), default="uio", server_default="uio")
+    params: Mapped[dict | None] = mapped_column(JSON, nullable=True, default=dict)
     path: Mapped[str] = mapped_column(String(1000))  # relative to the memory root
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))

@@ -5,7 +5,7 @@ this package holds a database session or imports SQLAlchemy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
@@ -106,6 +106,8 @@ class MemorySetInfo:
     path: str  # relative to the memory root (storage.files.MemoryFiles)
     bytes: int
     sha256: str
+    compressor: str = "uio"  # the method that made them (uio.compress.COMPRESSORS)
+    params: dict = field(default_factory=dict)  # its parameters and version
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ def _doc_info(d: Document) -> DocumentInfo:
 
 
 def _memset_info(m: MemorySet) -> MemorySetInfo:
-    return MemorySetInfo(m.document_id, m.fingerprint, m.ratio, m.path, m.bytes, m.sha256)
+    return MemorySetInfo(m.document_id, m.fingerprint, m.ratio, m.path, m.bytes, m.sha256, m.compressor,
+                         dict(m.params or {}))
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -204,7 +207,8 @@ class Store:
                     s.delete(old)
                     s.flush()
                 s.add(MemorySet(document_id=doc_id, fingerprint=memory.fingerprint, ratio=memory.ratio,
-                                path=memory.path, bytes=memory.bytes, sha256=memory.sha256))
+                                path=memory.path, bytes=memory.bytes, sha256=memory.sha256,
+                                compressor=memory.compressor, params=memory.params))
             d.status, d.error = "ready", None
             s.flush()
             return _doc_info(d)

@@ -14,8 +14,7 @@ def test_cache_policy_settings_come_from_environment():
 
 def test_policy_names_are_checked_and_auto_falls_back_to_full(tome_tiny):
     # tome_tiny runs a tiny Llama under the default model's name: the shipped qwen gate does not fit it
-    assert tome_tiny.gate_file() is None
-    assert tome_tiny.cache_policy("auto") is None and tome_tiny.cache_policy("full") is None
+    assert tome_tiny.cache_policy("auto").name == "full" and tome_tiny.cache_policy("full").name == "full"
     assert tome_tiny.cache_policy("streaming", 0.5).name == "streaming"
     with pytest.raises(ValueError, match="unknown cache policy"):
         tome_tiny.cache_policy("lru")
@@ -44,8 +43,8 @@ def test_ask_under_a_policy_holds_fewer_bytes(tome_tiny, tmp_path, mode):
 
 
 def test_smollm2_gate_ships_opt_in(tome_smol, tmp_path):
-    assert tome_smol.gate_file().name == "gate-smollm2.safetensors"
-    assert tome_smol.cache_policy("auto") is None  # not in AUTO_GATES: it moved answers on the default path
+    assert tome_smol.cache_policy("gate", 0.5).name == "gate"  # its shipped gate fits the loaded model
+    assert tome_smol.cache_policy("auto").name == "full"  # not in AUTO_GATES: it moved answers on the default path
     text = "The lighthouse keeper of Varrow Point is named Ilse Marrick. " + "Waves broke on the rocks. " * 60
     doc = tome_smol.ingest(make_pdf(tmp_path / "varrow.pdf", [text])).document
     final = list(tome_smol.ask([doc.id], "Who is the lighthouse keeper of Varrow Point?", max_new_tokens=12,
@@ -59,8 +58,7 @@ def test_auto_applies_a_shipped_gate_only_to_the_models_listed(tmp_path, db_url)
 
     t = make_tome(tmp_path, db_url, None)  # the default model (qwen), not loaded: its gate file is read only
     try:
-        assert t.gate_file().name == "gate-qwen.safetensors"
-        assert t.cache_policy("gate", 0.6).name == "gate"  # selectable by name
+        assert t.cache_policy("gate", 0.6).name == "gate"  # selectable by name (its file: uio/weights/gate-qwen)
         assert AUTO_GATES == {"qwen"}  # issue 6: the default model's gate is on by default
         assert t.cache_policy("auto").name == "gate"
     finally:

@@ -217,7 +217,7 @@ def test_int8_ingestion_through_the_service(tmp_path, db_url, tokenizer):
     from tests.conftest import make_tome
 
     t = make_tome(tmp_path, db_url, _tiny("llama", tokenizer), max_new_tokens=4, segment_len=64,
-                  int8_ingest=True)
+                  int8_ingest=True, compressor="uio")  # the int8 copy serves the UIO encoder
     try:
         r = t.ingest(make_pdf(tmp_path / "b.pdf", PAGES))
         assert r.ok, r.error

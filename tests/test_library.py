@@ -23,7 +23,8 @@ def test_ingest_stores_a_checksummed_memory_file_per_document(tome_tiny, tmp_pat
     assert r.ok and r.document.ready and r.document.extractor == "pypdf"
     assert set(r.timings) == {"extract_s", "segment_s", "embed_s", "compress_s", "store_s"}
     sets = tome_tiny.store.memory_sets(r.document.id)
-    assert len(sets) == 1 and sets[0].ratio == 8 and sets[0].fingerprint == tome_tiny.adapter.fingerprint
+    assert len(sets) == 1 and sets[0].ratio == 8 and sets[0].fingerprint == tome_tiny.memory_identity()
+    assert sets[0].compressor == "kvzip" and sets[0].params["version"] == "1"  # the default, recorded
     assert files_of(tome_tiny) == [sets[0].path]  # chunks are gone once the whole file is in place
     segs = tome_tiny.store.segments(r.document.id)
     assert len(segs) > 4
@@ -76,10 +77,10 @@ def test_delete_removes_rows_memory_files_and_the_kept_upload(tome_tiny, tmp_pat
 
 
 def test_failure_during_compression_leaves_nothing_behind(tome_tiny, tmp_path, monkeypatch):
-    from uio.encoder import Encoder
+    from tome.memories import _Bound
 
     calls = {"n": 0}
-    real = Encoder.compress
+    real = _Bound.compress
 
     def flaky(self, *a, **k):  # fault injection: the second chunk fails
         calls["n"] += 1
@@ -87,7 +88,7 @@ def test_failure_during_compression_leaves_nothing_behind(tome_tiny, tmp_path, m
             raise RuntimeError("disk on fire")
         return real(self, *a, **k)
 
-    monkeypatch.setattr(Encoder, "compress", flaky)
+    monkeypatch.setattr(_Bound, "compress", flaky)
     r = tome_tiny.ingest(book(tmp_path))
     assert not r.ok and "disk on fire" in r.error
     assert tome_tiny.documents() == [] and tome_tiny.store.count_segments() == 0
@@ -99,9 +100,9 @@ def test_start_up_check_finishes_interrupted_ingestion_and_removes_orphans(tome_
     whole = tome_tiny.ingest(pdf)
     reference = tome_tiny.memory(whole.document)
     # Simulate a crash after the first chunk: rows 'ingesting', one chunk file, no final file.
-    tome_tiny.store.delete_memory_set(whole.document.id, tome_tiny.adapter.fingerprint)
-    final = tome_tiny.config.memories_path / tome_tiny.files.final(whole.document.sha256,
-                                                                   tome_tiny.adapter.fingerprint, 8)
+    fp = tome_tiny.memory_identity()
+    tome_tiny.store.delete_memory_set(whole.document.id, fp)
+    final = tome_tiny.config.memories_path / tome_tiny.files.final(whole.document.sha256, fp, 8)
     final.unlink()
     from sqlalchemy import update
 
@@ -109,7 +110,7 @@ def test_start_up_check_finishes_interrupted_ingestion_and_removes_orphans(tome_
     with tome_tiny.store.engine.begin() as conn:
         conn.execute(update(Document).values(status="ingesting"))
     first = reference.select(reference.segment_ids[:2])
-    first.save(tome_tiny.files.path(tome_tiny.files.part(whole.document.sha256, tome_tiny.adapter.fingerprint, 8, 0)))
+    first.save(tome_tiny.files.path(tome_tiny.files.part(whole.document.sha256, fp, 8, 0)))
     orphan = tome_tiny.config.memories_path / "zz" / "zz-orphan.safetensors"
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"left over")
@@ -140,13 +141,17 @@ def test_start_up_check_removes_unfinished_documents_it_cannot_finish(tome_tiny,
     assert report.removed == ["tides"] and tome_tiny.documents() == [] and files_of(tome_tiny) == []
 
 
-def test_memories_of_another_adapter_are_never_used_but_made_on_demand(tome_tiny, tmp_path):
+def test_memories_of_another_ratio_are_never_used_but_made_on_demand(tome_tiny, tmp_path):
+    from uio.compress import slots_at_ratio
+
     r = tome_tiny.ingest(book(tmp_path))
     first = tome_tiny.memory(r.document)
     # 32x for the same book: not stored at ingestion, made from the stored segments when first asked.
     mem32 = tome_tiny.memory(r.document, ratio=32)
     assert mem32.fingerprint != first.fingerprint and mem32.ratio == 32
-    assert mem32.num_slots * 4 == first.num_slots  # 2 instead of 8 slots per 64-token segment
+    lengths = [b - a for a, b in first.token_spans]
+    assert first.slots == [slots_at_ratio(n, 8) for n in lengths]  # ceil(n / 8) per segment
+    assert mem32.slots == [slots_at_ratio(n, 32) for n in lengths]
     assert {m.ratio for m in tome_tiny.store.memory_sets(r.document.id)} == {8, 32}
     final = list(tome_tiny.ask([r.document.id], "Anything?", mode="compressed", ratio=32))[-1]
     assert final.stats["prefix_len"] == mem32.num_slots and final.stats["ratio"] == 32

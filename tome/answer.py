@@ -63,18 +63,16 @@ class Context:
     messages: list[dict] = field(default_factory=list)
     cache: object = None  # a DynamicCache holding ``prefix`` memory slots (compressed mode)
     prefix: int = 0
-    memory_bytes: int = 0
     stats: dict = field(default_factory=dict)  # mode-specific figures for the answer
 
 
 class UncompressedContext:
     """The books' raw text in the prompt, within ``Config.context_budget`` tokens."""
 
-    def __init__(self, answerer: "Answerer"):
+    def __init__(self, answerer: "Answerer", ratio: int | None = None, compressor: str | None = None):
         self.a = answerer
 
-    def select(self, docs: Sequence[DocumentInfo], question: str, history, max_new: int, ratio, timer: Timer
-               ) -> Context:
+    def select(self, docs: Sequence[DocumentInfo], question: str, history, max_new: int, timer: Timer) -> Context:
         a = self.a
         with timer.phase("lookup"):
             books = [(d.title, a.store.segments(d.id)) for d in docs]
@@ -89,15 +87,16 @@ class UncompressedContext:
 class CompressedContext:
     """The books' stored memories in the cache before the prompt, within the memory budget."""
 
-    def __init__(self, answerer: "Answerer"):
+    def __init__(self, answerer: "Answerer", ratio: int | None = None, compressor: str | None = None):
         self.a = answerer
+        self.compressor = answerer.models.compressor(ratio, compressor)  # what made the memories read
         self.memories: list = []
 
-    def select(self, docs: Sequence[DocumentInfo], question: str, history, max_new: int, ratio, timer: Timer
-               ) -> Context:
+    def select(self, docs: Sequence[DocumentInfo], question: str, history, max_new: int, timer: Timer) -> Context:
         a = self.a
-        self.docs, self.ratio, self.titles = docs, ratio, [d.title for d in docs]
-        self.memories = [a.memories.load(d, ratio, timer=timer) for d in docs]
+        self.docs, self.titles = docs, [d.title for d in docs]
+        c = self.compressor
+        self.memories = [a.memories.load(d, c.ratio, timer=timer, compressor=c.name) for d in docs]
         with timer.phase("lookup"):
             stored = [a.store.segments(d.id) for d in docs]
         books = [(d.title, [_SlotSegment(s.text, s.page_start, s.page_end, s.index, mem.slots[j])
@@ -114,15 +113,14 @@ class CompressedContext:
     def assemble(self, ctx: Context, question: str, history, timer: Timer) -> None:
         from uio.decoder import build_cache
 
-        models = self.a.models
+        c, lm = self.compressor, self.a.lm
         with timer.phase("assembly"):
             chosen = [mem.select([p.segment.index for p in ctx.selection.passages
                                   if ctx.owner[id(p.segment)] == d.id]) for d, mem in zip(self.docs, self.memories)]
-            ctx.cache, ctx.prefix = build_cache(self.a.lm, chosen, models.adapter_for(self.ratio).fingerprint)
+            ctx.cache, ctx.prefix = build_cache(lm, chosen, c.identity(lm))
         ctx.messages = build_messages(fit_budget([], 0), question, history, memory_of=self.titles)
-        ctx.memory_bytes = sum(m.nbytes for m in chosen)
-        ctx.stats = {"adapter_trained": models.adapter_trained(self.ratio),
-                     "ratio": self.ratio or models.config.ratio}
+        ctx.stats = {"compressor": c.name, "ratio": c.ratio,
+                     "adapter_trained": self.a.models.trained(c.ratio, c.name)}
 
 
 BUILDERS = {"uncompressed": UncompressedContext, "compressed": CompressedContext}
@@ -150,14 +148,17 @@ class Answerer:
         """The segments of ``books`` closest to ``question`` within ``budget`` (all of them when they fit).
 
         Segments are scored by their best passage (vectors and full text fused, see
-        ``retrieval.retriever``); each chosen segment keeps that passage, for its
+        ``retrieval.retriever``); a hit brings its neighbours only where that passage
+        touches its segment's edge; each chosen segment keeps that passage, for its
         citation, and its page breaks, for the prompt's page labels.
         """
+        neighbours = self.models.config.neighbours
         with timer.phase("select"):
             ranking = self.retriever.rank(docs, question)
             scores = ranking.segment_scores([d.id for d in docs])
-            selection = select_segments(books, [scores[d.id] for d in docs], budget,
-                                        self.models.config.neighbours)
+            # a hit's neighbours come only where its best passage touches its segment's edge
+            reach = [ranking.reach(d.id, [s.text for s in segs], neighbours) for d, (_, segs) in zip(docs, books)]
+            selection = select_segments(books, [scores[d.id] for d in docs], budget, neighbours, reach=reach)
         owner = {id(s): d.id for d, (_, segs) in zip(docs, books) for s in segs}
         selection = Selection([replace(p, match=ranking.best(owner[id(p.segment)], p.segment.index),
                                        breaks=ranking.page_breaks(owner[id(p.segment)], p.segment.index))
@@ -168,24 +169,22 @@ class Answerer:
             conversation_id: int | None = None, max_new_tokens: int | None = None,
             temperature: float = 0.0, stop: threading.Event | None = None,
             mode: str = "uncompressed", ratio: int | None = None, cache_policy: str | None = None,
-            cache_eviction: float | None = None) -> Iterator[AnswerUpdate]:
+            cache_eviction: float | None = None, compressor: str | None = None) -> Iterator[AnswerUpdate]:
         """Answer ``question`` over the chosen books, streaming; saves both turns to the conversation.
 
         ``cache_policy``/``cache_eviction`` prune the recent cache (prompt and generated tokens; never the
-        memories), defaulting to the config's.
+        memories), ``compressor``/``ratio`` choose the memories of compressed mode (made on demand where
+        missing); all default to the config's.
         """
-        try:
-            from uio.generate import stream
-        except ImportError:  # TEMP until uio.generate.stream lands
-            stream = _old_stream
+        from uio.generate import stream
 
         timer = Timer()  # stats["timing"]: where the time to the first token went
         question = question.strip()
         docs = self._ready(doc_refs, question, mode, timer)
         max_new = max_new_tokens or self.models.config.max_new_tokens
         policy = self.models.cache_policy(cache_policy, cache_eviction)
-        builder = BUILDERS[mode](self)
-        ctx = builder.select(docs, question, history, max_new, ratio, timer)
+        builder = BUILDERS[mode](self, ratio, compressor)
+        ctx = builder.select(docs, question, history, max_new, timer)
         sources = cite(((ctx.owner[id(p.segment)], p) for p in ctx.selection.passages), question)
         if conversation_id is None:
             conversation_id = self.store.new_conversation(question[:80], [d.id for d in docs])
@@ -221,10 +220,7 @@ class Answerer:
 
     def _figures(self, stats, ctx: Context, policy, timer: Timer) -> dict:
         """The answer's figures: speed, KV bytes held, the policy, where the time to the first token went."""
-        if policy.name != "full" and stats.kv_bytes_held:
-            kv = sum(stats.kv_bytes_held)  # what the policy really held at the end, memories included
-        else:
-            kv = ctx.memory_bytes + (stats.prompt_tokens + stats.new_tokens) * self.lm.kv_bytes_per_token
+        kv = sum(stats.kv_bytes_held)  # what the cache really held at the end, memories included
         out = stats.as_dict() | {"model": self.lm.name, "context_tokens": ctx.selection.tokens, "kv_bytes": kv,
                                  "cache_policy": policy.name}
         timer.add("prefill", stats.prefill_s)
@@ -233,10 +229,3 @@ class Answerer:
             "ttft_s": round(timer.since_start(stats.first_token_at), 4) if stats.first_token_at else None}
         return out | ctx.stats
 
-
-def _old_stream(lm, messages, policy, past_key_values=None, prefix_len=0, **kw):  # TEMP
-    from uio.generate import stream_chat, stream_with_policy
-
-    if policy.name == "full":
-        return stream_chat(lm, messages, past_key_values=past_key_values, prefix_len=prefix_len, **kw)
-    return stream_with_policy(lm, messages, policy, past_key_values=past_key_values, prefix_len=prefix_len, **kw)

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 
+RATIOS = (8, 32)  # compression ratios offered (the UI's choice; memories of both are kept by `app.py gc`)
+
+
 def _flag(value: str) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off", "")
 
@@ -35,9 +38,12 @@ class Config:
                       "TOME_RATIO", int)
     compress: bool = _opt(True, "compress every ingested document into memories (compressed mode needs them)",
                           "TOME_COMPRESS", _flag)
+    compressor: str = _opt("auto", "how segments become memories: auto (the measured default for the model: "
+                                   "uio.compress.DEFAULTS) or a name of uio.compress.COMPRESSORS (kvzip, snapkv, "
+                                   "keynorm, streaming, uio)", "TOME_COMPRESSOR")
     adapter: Path | None = _opt(None, "UIO adapter file; default: the one shipped for the model and ratio",
                                 "TOME_ADAPTER", Path)
-    compress_batch: int = _opt(4, "segments per encoder batch")
+    compress_batch: int = _opt(4, "segments per UIO encoder batch")
     chunk_segments: int = _opt(16, "segments per saved chunk: an interrupted ingestion resumes from the last one",
                                "TOME_CHUNK_SEGMENTS", int)
     memory_budget: int = _opt(-1, "most memory slots a compressed answer attends to (best segments first); "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Sequence
 
 from storage import DocumentInfo, MemoryFiles, MemorySetInfo, Store
 from storage.files import sha256_file
@@ -29,7 +29,7 @@ class Memories:
         self.cache.clear()
         self._encoders.clear()
 
-    def compress(self, doc: DocumentInfo, segments, name: str, report: Progress, adapter=None) -> MemorySetInfo:
+    def compress(self, doc: DocumentInfo, segments, name: str, report: Progress, compressor=None) -> MemorySetInfo:
         """Compress all segments chunk by chunk (each chunk saved), then write the whole memory file.
 
         A chunk saved by an earlier, interrupted run is read back instead of made again.
@@ -37,9 +37,9 @@ class Memories:
         from uio.memory import Memory
 
         with self.models.lock:
-            adapter = adapter or self.models.adapter_for()
-            fp, ratio = adapter.fingerprint, adapter.config.ratio
-            encoder = self.encoder(adapter)
+            compressor = compressor or self.models.compressor()
+            fp, ratio = compressor.identity(self.models.lm), compressor.ratio
+            encoder = self.encoder(compressor)
             n, size = len(segments), self.models.config.chunk_segments
             parts = []
             for c, start in enumerate(range(0, n, size)):
@@ -63,16 +63,22 @@ class Memories:
             rel = self.files.final(doc.sha256, fp, ratio)
             final = self.files.path(rel)
             Memory.concat(parts).save(final)
-        return MemorySetInfo(doc.id, fp, ratio, rel, final.stat().st_size, sha256_file(final))
+        return MemorySetInfo(doc.id, fp, ratio, rel, final.stat().st_size, sha256_file(final),
+                             compressor.name, compressor.params() | {"version": compressor.version})
 
-    def encoder(self, adapter):
-        """What compresses segments: the model itself, its int8 copy, or a pool of Ray actors.
+    def encoder(self, compressor):
+        """What compresses segments: the compressor on the loaded model, or for the UIO encoder its int8
+        copy or a pool of Ray actors when configured.
 
-        All three have ``compress(token lists, segment_ids, token_spans, progress) -> Memory``.
+        All have ``compress(token lists, segment_ids, token_spans, progress) -> Memory``.
         """
-        from uio.encoder import Encoder
-
         c = self.models.config
+        if compressor.name != "uio":
+            if c.ray_address or c.int8_ingest:
+                log.warning("Ray and int8 ingestion serve the uio compressor only; %s runs here on the model",
+                            compressor.name)
+            return _Bound(compressor, self.models.lm)
+        adapter = compressor.adapter
         if c.ray_address:
             key = (adapter.fingerprint, "ray")
             if key not in self._encoders:
@@ -91,24 +97,38 @@ class Memories:
 
                 self._encoders[key] = int8_encoder(adapter, batch_size=c.compress_batch)
             return self._encoders[key]
-        return Encoder(adapter, batch_size=c.compress_batch)
+        return _Bound(compressor, self.models.lm)
+
+    def collect(self, ratios: Sequence[int], dry_run: bool = False) -> list[MemorySetInfo]:
+        """Memory sets that the configured compressor at none of ``ratios`` makes (another method, model or
+        adapter): listed, and unless ``dry_run`` removed (row, file, cached copy)."""
+        lm = self.models.lm
+        keep = {self.models.compressor(r).identity(lm) for r in ratios}
+        stale = [m for m in self.store.memory_sets() if m.fingerprint not in keep]
+        if not dry_run:
+            for m in stale:
+                self.store.delete_memory_set(m.document_id, m.fingerprint)
+                (self.files.root / m.path).unlink(missing_ok=True)
+                self.cache.pop(m.sha256)
+        return stale
 
     def load(self, doc: DocumentInfo, ratio: int | None = None, progress: Progress | None = None,
-             timer: Timer | None = None):
-        """A document's memories for the adapter of ``ratio``, checksum-verified, kept in the LRU.
+             timer: Timer | None = None, compressor: str | None = None):
+        """A document's memories by ``compressor`` (default: the config's) at ``ratio``, checksum-verified,
+        kept in the LRU.
 
-        Memories missing for this adapter (another ratio, a new adapter, another
-        model) are made now from the stored segments and recorded. The file is
-        memory-mapped and loaded straight onto the model's device.
+        Memories missing for this compressor (another ratio, another method, another model) are made now
+        from the stored segments, with progress, and recorded; memories of another compressor are never
+        used in their place. The file is memory-mapped and loaded straight onto the model's device.
         """
         from uio.memory import Memory
 
-        adapter = self.models.adapter_for(ratio)
-        fp = adapter.fingerprint
+        made_by = self.models.compressor(ratio, compressor)
+        fp = made_by.identity(self.models.lm)
         with maybe(timer, "lookup"):
             ms = self.store.memory_set(doc.id, fp)
         if ms is None:
-            ms = self._compress_stored(doc, adapter, progress)
+            ms = self._compress_stored(doc, made_by, progress)
         mem = self.cache.get(ms.sha256)
         if mem is not None:
             return mem
@@ -118,16 +138,26 @@ class Memories:
         self.cache.put(ms.sha256, mem)
         return mem
 
-    def _compress_stored(self, doc: DocumentInfo, adapter, progress: Progress | None) -> MemorySetInfo:
+    def _compress_stored(self, doc: DocumentInfo, compressor, progress: Progress | None) -> MemorySetInfo:
         from ingest import Segment
 
-        limit = adapter.config.segment_len
+        limit = self.models.config.segment_len
         tok = self.models.lm.tokenizer
         segments = [Segment(r.index, r.text, r.page_start, r.page_end, r.token_start, r.token_end,
                             tuple(tok(r.text, add_special_tokens=False)["input_ids"][:limit]) or (tok.eos_token_id,))
                     for r in self.store.segments(doc.id)]
-        log.info("making %dx memories of %r for the current adapter", adapter.config.ratio, doc.title)
-        ms = self.compress(doc, segments, doc.title, progress or (lambda f, m: None), adapter)
+        log.info("making %dx %s memories of %r", compressor.ratio, compressor.name, doc.title)
+        ms = self.compress(doc, segments, doc.title, progress or (lambda f, m: None), compressor)
         self.store.finish_document(doc.id, ms)
         self.files.remove_parts(doc.sha256)
         return ms
+
+
+class _Bound:
+    """A compressor bound to the loaded model, with the encoders' ``compress`` signature."""
+
+    def __init__(self, compressor, lm):
+        self.compressor, self.lm = compressor, lm
+
+    def compress(self, token_lists, segment_ids=None, token_spans=None, progress=None):
+        return self.compressor.compress(self.lm, token_lists, segment_ids, token_spans, progress)

@@ -23,6 +23,7 @@ class Models:
         self._lm = lm
         self.lm_given = lm is not None  # a model handed over in code travels to Ray actors; a named one is loaded there
         self._adapters: dict[int, object] = {adapter.config.ratio: adapter} if adapter else {}
+        self._compressors: dict[tuple[str, int], object] = {}
         self._lock = threading.Lock()
         # One generation or compression at a time uses the model: CPU cores are the bottleneck,
         # and the encoder switches the model's adapters on while it runs.
@@ -60,11 +61,7 @@ class Models:
     # -- UIO adapters ----------------------------------------------------------
     def adapter_file(self, ratio: int | None = None) -> Path | None:
         """The configured adapter, else the one shipped for this model and ratio (if any)."""
-        try:
-            from uio.shipped import adapter_path
-        except ImportError:  # TEMP until uio.shipped lands
-            def adapter_path(key, ratio):
-                return Path(__file__).resolve().parents[1] / "uio" / "adapters" / f"{key}-{ratio}x.safetensors"
+        from uio.shipped import adapter_path
 
         ratio = ratio or self.config.ratio
         if self.config.adapter and ratio == self.config.ratio:
@@ -86,6 +83,8 @@ class Models:
         return self._adapters[ratio]
 
     def _load_adapter(self, lm, ratio: int):
+        import torch
+
         from uio.adapter import UIOAdapter
         from uio.memory import MemoryConfig
 
@@ -94,8 +93,12 @@ class Models:
             raise ValueError(f"ratio {ratio} does not divide the segment length {seg}")
         path = self.adapter_file(ratio)
         if path is None:
-            log.warning("no trained UIO adapter for %s at %dx: compressed answers will be poor", lm.name, ratio)
-            return UIOAdapter(lm, MemoryConfig(segment_len=seg, num_mem=seg // ratio))
+            log.warning("no trained UIO adapter for %s at %dx: its memories will be poor", lm.name, ratio)
+            # Seeded: the same untrained adapter (and fingerprint) in every process, so its memories made
+            # before a restart are found again instead of being made anew beside the old file.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                return UIOAdapter(lm, MemoryConfig(segment_len=seg, num_mem=seg // ratio))
         adapter = UIOAdapter.load(lm, path)
         if adapter.config.segment_len != seg:
             # Books are cut at config.segment_len; the encoder refuses longer segments.
@@ -103,13 +106,37 @@ class Models:
                              f"but TOME_SEGMENT_LEN is {seg}; set them equal or use another adapter")
         return adapter
 
+    # -- compressors ------------------------------------------------------------
+    def compressor_name(self, name: str | None = None) -> str:
+        """The registered compressor that ``name`` (default: the config's) stands for; "auto" resolved."""
+        from uio.compress import resolve_compressor
+
+        return resolve_compressor(name or self.config.compressor, self.key)
+
+    def compressor(self, ratio: int | None = None, name: str | None = None):
+        """The compressor that makes (and identifies) memories at ``ratio`` (loaded once per name and ratio)."""
+        from uio.compress import make_compressor
+
+        name, ratio = self.compressor_name(name), ratio or self.config.ratio
+        if (name, ratio) not in self._compressors:
+            if name == "uio":
+                made = make_compressor("uio", ratio, adapter=self.adapter_for(ratio),
+                                       batch_size=self.config.compress_batch)
+            else:
+                if self.config.segment_len % ratio:
+                    raise ValueError(f"ratio {ratio} does not divide the segment length {self.config.segment_len}")
+                made = make_compressor(name, ratio)
+            self._compressors[(name, ratio)] = made
+        return self._compressors[(name, ratio)]
+
+    def trained(self, ratio: int | None = None, name: str | None = None) -> bool:
+        """Whether memories of this compressor can be expected to answer: always, except an untrained UIO adapter."""
+        return self.compressor_name(name) != "uio" or self.adapter_trained(ratio)
+
     # -- cache policies ----------------------------------------------------------
     def cache_policy(self, name: str | None = None, eviction: float | None = None):
         """The recent-cache policy object for ``name`` (default: the config's; "auto" resolved in uio.cache)."""
-        try:
-            from uio.cache import resolve_policy
-        except ImportError:  # TEMP until uio.cache.resolve_policy lands
-            resolve_policy = _old_resolve
+        from uio.cache import resolve_policy
 
         name = (name or self.config.cache_policy).lower()
         eviction = self.config.cache_eviction if eviction is None else eviction
@@ -122,23 +149,6 @@ class Models:
             if name == self.config.model and self._lm is not None:
                 return False
             self.config = replace(self.config, model=name, adapter=None)
-            self._lm, self._adapters = None, {}
+            self._lm, self._adapters, self._compressors = None, {}, {}
             return True
 
-
-def _old_resolve(name, eviction, model_key=None, model=None):  # TEMP
-    from uio.cache import AUTO_GATES, FullCache, gate_fits, gate_weights_path, make_policy
-
-    if name not in ("auto", "full", "streaming", "h2o", "gate"):
-        raise ValueError(f"unknown cache policy {name!r}")
-    gate = gate_weights_path(model_key) if model_key else None
-    gate = gate if gate and gate.is_file() and (model is None or gate_fits(gate, model)) else None
-    if name == "auto":
-        name = "gate" if gate and model_key in AUTO_GATES else "full"
-    if name == "full":
-        return FullCache()
-    if not 0.0 <= eviction < 1.0:
-        raise ValueError(f"cache eviction must be in [0, 1), got {eviction}")
-    if name == "gate" and gate is None:
-        raise ValueError("no Attention-Gate weights ship for this model; pick another cache policy")
-    return make_policy(name, eviction, gate_path=gate, model_name=model_key)

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 from retrieval.retriever import Retrieved, Retriever
 from storage import DocumentInfo, MemoryFiles, Store
 from tome.answer import AnswerUpdate, Answerer
-from tome.config import Config
+from tome.config import RATIOS, Config
 from tome.library import IngestResult, Library, Progress, Recovery
 from tome.memories import Memories
 from tome.models import Models
@@ -40,6 +40,11 @@ class Tome:
     @property
     def config(self) -> Config:
         return self.models.config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """Settings read per question (budgets, policies, compressor) follow; the model and store stay."""
+        self.models.config = config
 
     @property
     def lm(self):
@@ -72,15 +77,30 @@ class Tome:
     def adapter_trained(self, ratio: int | None = None) -> bool:
         return self.models.adapter_trained(ratio)
 
+    def memory_identity(self, ratio: int | None = None, compressor: str | None = None) -> str:
+        """The fingerprint memories of ``compressor`` at ``ratio`` (default: the config's) carry for this model."""
+        return self.models.compressor(ratio, compressor).identity(self.lm)
+
+    def compressor_trained(self, ratio: int | None = None, name: str | None = None) -> bool:
+        """Whether compressed answers can be expected to know the book (false only for an untrained UIO adapter)."""
+        return self.models.trained(ratio, name)
+
     def cache_policy(self, name: str | None = None, eviction: float | None = None):
         return self.models.cache_policy(name, eviction)
 
+    def compressor_choices(self) -> list[tuple[str, str]]:
+        """(label, name) of every compressor, "auto" first: what the UI offers."""
+        from uio.compress import compressor_choices, compressor_label
+
+        return [(compressor_label(n), n) for n in compressor_choices()]
+
+    def ratio_choices(self) -> tuple[int, ...]:
+        return RATIOS
+
     def policy_choices(self) -> list[tuple[str, str]]:
         """(label, name) of every recent-cache policy, "auto" first: what the UI offers."""
-        try:
-            from uio.cache import policy_choices, policy_label
-        except ImportError:  # TEMP
-            return [(n, n) for n in ("auto", "full", "streaming", "h2o", "gate")]
+        from uio.cache import policy_choices, policy_label
+
         return [(policy_label(n), n) for n in policy_choices()]
 
     @property
@@ -112,8 +132,12 @@ class Tome:
         return bool(self.store.unfinished_documents()) or self.config.memories_path.exists()
 
     def memory(self, doc: DocumentInfo, ratio: int | None = None, progress: Progress | None = None,
-               timer: Timer | None = None):
-        return self.memories.load(doc, ratio, progress, timer)
+               timer: Timer | None = None, compressor: str | None = None):
+        return self.memories.load(doc, ratio, progress, timer, compressor)
+
+    def collect_memories(self, dry_run: bool = False):
+        """Remove (or with ``dry_run`` list) memory sets that no compressor in use makes."""
+        return self.memories.collect(RATIOS, dry_run)
 
     def memory_sets(self, doc_id: int):
         return self.store.memory_sets(doc_id)

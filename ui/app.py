@@ -39,16 +39,16 @@ def build_app(tome: Tome) -> gr.Blocks:
     def on_reingest(doc_id, progress=gr.Progress()):
         return (handlers.reingest(tome, doc_id, lambda f, m: progress(f, desc=m)), *refresh())
 
-    def settings_of(mode, ratio, max_new, temperature, policy, eviction) -> handlers.ChatSettings:
+    def settings_of(mode, ratio, max_new, temperature, policy, eviction, compressor) -> handlers.ChatSettings:
         return handlers.ChatSettings(mode=mode, ratio=int(str(ratio).rstrip("x")), max_new_tokens=int(max_new),
                                      temperature=float(temperature), cache_policy=policy,
-                                     cache_eviction=float(eviction) / 100)
+                                     cache_eviction=float(eviction) / 100, compressor=compressor)
 
     def on_ask(message, left, right, doc_ids, conv_id, mode, ratio, max_new, temperature, policy, eviction,
-               request: gr.Request):
+               compressor, request: gr.Request):
         key = session(request)
         stop = stops[key] = threading.Event()
-        settings = settings_of(mode, ratio, max_new, temperature, policy, eviction)
+        settings = settings_of(mode, ratio, max_new, temperature, policy, eviction, compressor)
         try:
             if mode == "compare":
                 for l, r, conv, notice in handlers.compare(tome, message, left, right, doc_ids, conv_id, stop,
@@ -104,7 +104,11 @@ def build_app(tome: Tome) -> gr.Blocks:
                 with gr.Row():
                     model = gr.Dropdown(handlers.MODEL_CHOICES, value=tome.config.model, label="Base model",
                                         info="for everyone using this Tome")
-                    ratio = gr.Radio(["8x", "32x"], value=f"{defaults.ratio}x", label="Compression ratio")
+                    ratio = gr.Radio([f"{r}x" for r in tome.ratio_choices()], value=f"{defaults.ratio}x",
+                                     label="Compression ratio")
+                    compressor = gr.Dropdown(tome.compressor_choices(), value=defaults.compressor,
+                                             label="Compressor", elem_id="compressor",
+                                             info="how memories are made; missing ones are made on demand")
                     max_new = gr.Slider(16, 1024, value=defaults.max_new_tokens, step=16, label="Max new tokens")
                     temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
                 with gr.Row():
@@ -136,7 +140,8 @@ def build_app(tome: Tome) -> gr.Blocks:
         delete_btn.click(on_delete_ask, [chosen], [report, confirm_btn])
         confirm_btn.click(on_delete, [chosen], [report, confirm_btn, *lists])
         reingest_btn.click(on_reingest, [chosen], [report, *lists], concurrency_id=MODEL_QUEUE, concurrency_limit=1)
-        ask_inputs = [question, left, right, docs, conv, mode, ratio, max_new, temperature, policy, eviction]
+        ask_inputs = [question, left, right, docs, conv, mode, ratio, max_new, temperature, policy, eviction,
+                      compressor]
         ask_outputs = [left, right, conv, notice, question]
         for trigger in (ask_btn.click, question.submit):
             trigger(on_ask, ask_inputs, ask_outputs, concurrency_id=MODEL_QUEUE, concurrency_limit=1

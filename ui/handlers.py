@@ -29,13 +29,15 @@ class ChatSettings:
     temperature: float = 0.0
     cache_policy: str = "auto"  # recent-cache policy (see Tome.policy_choices)
     cache_eviction: float = 0.6  # share of the recent cache the policy drops
+    compressor: str = "auto"  # what makes the memories of compressed mode (see Tome.compressor_choices)
 
 
 def default_settings(tome: Tome) -> ChatSettings:
-    # Compressed answers are only worth showing first once a trained adapter exists.
-    mode = "compressed" if tome.adapter_trained() else "uncompressed"
+    # Compressed answers are shown first unless the configured compressor is an untrained UIO adapter.
+    mode = "compressed" if tome.compressor_trained() else "uncompressed"
     return ChatSettings(mode=mode, ratio=tome.config.ratio, max_new_tokens=tome.config.max_new_tokens,
-                        cache_policy=tome.config.cache_policy, cache_eviction=tome.config.cache_eviction)
+                        cache_policy=tome.config.cache_policy, cache_eviction=tome.config.cache_eviction,
+                        compressor=tome.config.compressor)
 
 
 def _size(n: int) -> str:
@@ -141,7 +143,8 @@ def _text(content) -> str:
 
 def figures_line(u: AnswerUpdate) -> str:
     s = u.stats
-    what = (f"compressed {s.get('ratio', '')}x · {u.context_tokens:,} memory slots" if u.mode == "compressed"
+    what = (f"compressed {s.get('compressor', '')} {s.get('ratio', '')}x · {u.context_tokens:,} memory slots"
+            if u.mode == "compressed"
             else f"uncompressed · {u.context_tokens:,} document tokens")
     untrained = " · untrained adapter" if u.mode == "compressed" and not s.get("adapter_trained", True) else ""
     policy = s.get("cache_policy", "full")
@@ -172,7 +175,7 @@ def _stream(tome: Tome, mode: str, message: str, turns: list[dict], history: lis
     for u in tome.ask([int(d) for d in doc_ids], message, history=turns, conversation_id=conversation_id,
                       max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, stop=stop,
                       mode=mode, ratio=settings.ratio, cache_policy=settings.cache_policy,
-                      cache_eviction=settings.cache_eviction):
+                      cache_eviction=settings.cache_eviction, compressor=settings.compressor):
         if u.truncated and not notice:
             notice = ("⚠️ Too long for the context window, only the passages closest to the question were read: "
                       + html.escape(", ".join(u.truncated)))

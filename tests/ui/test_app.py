@@ -56,15 +56,18 @@ def test_compare_gives_two_answers_with_their_figures(tome_tiny, tmp_path):
     settings = handlers.ChatSettings(mode="compare", max_new_tokens=5)
     left, right, conv, notice = list(handlers.compare(tome_tiny, "What happens?", [], [], [r.document.id], None,
                                                       settings=settings))[-1]
-    assert "compressed 8x" in left[-1]["content"] and "memory slots" in left[-1]["content"]
+    assert "compressed kvzip 8x" in left[-1]["content"] and "memory slots" in left[-1]["content"]
     assert "uncompressed" in right[-1]["content"] and "document tokens" in right[-1]["content"]
-    assert "untrained adapter" in left[-1]["content"]
+    assert "untrained adapter" not in left[-1]["content"]  # said only of an untrained UIO adapter's memories
     modes = [m.mode for m in tome_tiny.store.messages(conv) if m.role == "assistant"]
     assert modes == ["compressed", "uncompressed"]
     again_left, again_right, books = handlers.open_conversation(tome_tiny, conv)
     assert books == [r.document.id]
     assert [m["role"] for m in again_left][:2] == ["user", "assistant"] and again_right[0]["role"] == "user"
     assert handlers.conversation_choices(tome_tiny)[0][1] == conv
+    uio = handlers.ChatSettings(mode="compressed", max_new_tokens=2, compressor="uio")
+    history, _, _ = list(handlers.chat(tome_tiny, "What happens?", [], [r.document.id], None, settings=uio))[-1]
+    assert "compressed uio 8x" in history[-1]["content"] and "untrained adapter" in history[-1]["content"]
 
 
 def test_cache_policy_setting_reaches_the_answer_and_its_figures(tome_tiny, tmp_path):

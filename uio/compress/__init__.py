@@ -20,6 +20,35 @@ COMPRESSORS: dict[str, type[Compressor]] = {
 }
 
 
+# The compressor "auto" means, per embedded model: the best measured training-free method
+# (docs/COMPRESSION.md). An untrained UIO adapter is never a default; "uio" is chosen by name only.
+DEFAULTS: dict[str, str] = {"qwen": "kvzip", "smollm2": "kvzip"}
+FALLBACK = "kvzip"  # any other model
+
+
+def compressor_choices() -> tuple[str, ...]:
+    """Every name ``resolve_compressor`` accepts: "auto", then the registered compressors."""
+    return ("auto", *COMPRESSORS)
+
+
+def compressor_label(name: str) -> str:
+    """What the UI shows for a compressor name ("auto" included)."""
+    if name == "auto":
+        return "Automatic (the measured default for the model)"
+    cls = COMPRESSORS[name]
+    return cls.label or cls.name
+
+
+def resolve_compressor(name: str, model_key: str | None) -> str:
+    """The registered compressor ``name`` stands for ("auto": the measured default of ``model_key``)."""
+    name = name.lower()
+    if name == "auto":
+        return DEFAULTS.get(model_key or "", FALLBACK)
+    if name not in COMPRESSORS:
+        raise ValueError(f"unknown compressor {name!r}; choose one of {', '.join(compressor_choices())}")
+    return name
+
+
 def make_compressor(name: str, ratio: int, **kw) -> Compressor:
     """The compressor ``name`` at ``ratio`` (8 -> 1/8 of the tokens as slots); ``kw``: its other fields."""
     try:
@@ -29,6 +58,6 @@ def make_compressor(name: str, ratio: int, **kw) -> Compressor:
     return cls(ratio=ratio, **kw)
 
 
-__all__ = ["COMPRESSORS", "Compressor", "ScoringCompressor", "KVzipCompressor", "KeyNormCompressor",
+__all__ = ["COMPRESSORS", "DEFAULTS", "compressor_choices", "compressor_label", "resolve_compressor", "Compressor", "ScoringCompressor", "KVzipCompressor", "KeyNormCompressor",
            "SnapKVCompressor", "StreamingCompressor", "UIOCompressor", "identity", "make_compressor",
            "slots_at_ratio", "storage_dtype"]

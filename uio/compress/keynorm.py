@@ -20,6 +20,8 @@ class KeyNormCompressor(ScoringCompressor):
     """score = -||k||: smallest-norm keys first."""
 
     name: ClassVar[str] = "keynorm"
+
+    label: ClassVar[str] = "Key-norm (smallest keys kept)"
     version: ClassVar[str] = "1"
 
     def score(self, lm: LoadedModel, pre: Prefill) -> torch.Tensor:
