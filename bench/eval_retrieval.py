@@ -88,7 +88,7 @@ def ranked_units(tome, docs, question, method):
         scores = r.segment_scores(docs, question)
         segs = {d.id: tome.store.segments(d.id) for d in docs}
         order = sorted(((sc, d, j) for d, m in scores.items() for j, sc in m.items()), key=lambda x: -x[0])
-        return [(d, segs[d][j].page_start, segs[d][j].page_end) for _, d, j in order], scores
+        return [(d, segs[d][j].page_start, segs[d][j].page_end) for _, d, j in order], scores, None
     if method.startswith("rrf:"):  # rrf:K:WV:WL, e.g. rrf:10:1:2
         _, k, wv, wl = method.split(":")
         old = (r.fusion_weights, r.rrf_k)
@@ -97,10 +97,10 @@ def ranked_units(tome, docs, question, method):
             ranking = r.rank(docs, question, "hybrid")
         finally:
             r.fusion_weights, r.rrf_k = old
-        return _pages(ranking), ranking.segment_scores([d.id for d in docs])
+        return _pages(ranking), ranking.segment_scores([d.id for d in docs]), ranking
     mode = {"vector": "vector", "lexical": "lexical", "hybrid": "hybrid"}[method]
     ranking = r.rank(docs, question, mode)  # the product's fusion (retrieval.retriever.FUSION_*)
-    return _pages(ranking), ranking.segment_scores([d.id for d in docs])
+    return _pages(ranking), ranking.segment_scores([d.id for d in docs]), ranking
 
 
 def _pages(ranking):
@@ -113,11 +113,14 @@ def _pages(ranking):
     return units
 
 
-def in_context(tome, docs, scores, golds, budget=3072, neighbours=1, every_book=False) -> bool:
+def in_context(tome, docs, scores, golds, budget=3072, neighbours=1, every_book=False, ranking=None) -> bool:
     from retrieval.select import select_segments
 
     books = [(d.title, tome.store.segments(d.id)) for d in docs]
-    sel = select_segments(books, [scores.get(d.id, {}) for d in docs], budget, neighbours, every_book)
+    reach = None
+    if ranking is not None:  # neighbours only where the best passage touches its segment's edge
+        reach = [ranking.reach(d.id, [s.text for s in segs], neighbours) for d, (_, segs) in zip(docs, books)]
+    sel = select_segments(books, [scores.get(d.id, {}) for d in docs], budget, neighbours, every_book, reach)
     owner = {id(s): d.id for d, (_, segs) in zip(docs, books) for s in segs}
     spans = [(owner[id(p.segment)], p.segment.page_start, p.segment.page_end) for p in sel.passages]
     return all(any(d == g_doc and a <= g_page <= b for d, a, b in spans) for g_doc, g_page in golds)
@@ -136,13 +139,17 @@ def recall(tome, docs, data, methods=METHODS) -> dict:
         for q in data["questions"]:
             qdocs = [docs[i] for i in q["docs"]]
             golds = [(docs[g["doc"]].id, g["page"]) for g in q["gold"]]
-            units, scores = ranked_units(tome, qdocs, q["question"], m)
+            units, scores, ranking = ranked_units(tome, qdocs, q["question"], m)
             first = [next((k for k, (d, a, b) in enumerate(units) if d == gd and a <= gp <= b), None)
                      for gd, gp in golds]
             rows.append({"id": q["id"], "kind": q["kind"], "style": q["style"], "ranks": first,
                          "context": in_context(tome, qdocs, scores, golds),  # the selector before
                          "context_n0": in_context(tome, qdocs, scores, golds, neighbours=0),
-                         "context_books": in_context(tome, qdocs, scores, golds, every_book=True)})
+                         "context_books": in_context(tome, qdocs, scores, golds, every_book=True),
+                         "context_edge": ranking is not None and in_context(tome, qdocs, scores, golds,
+                                                                            ranking=ranking),
+                         "context_edge_books": ranking is not None and in_context(
+                             tome, qdocs, scores, golds, every_book=True, ranking=ranking)})
         out[m] = rows
     return out
 
@@ -158,7 +165,8 @@ def summarise(rows) -> dict:
     for style in ("exact-term", "paraphrase"):
         sub = [r for r in single if r["style"] == style]
         s[f"r@3 {style}"] = at(sub, 3)
-    for key, name in (("context", ""), ("context_n0", " no neighbours"), ("context_books", " every book")):
+    for key, name in (("context", ""), ("context_n0", " no neighbours"), ("context_books", " every book"),
+                      ("context_edge", " edge"), ("context_edge_books", " edge+books")):
         s["context single" + name] = round(sum(r[key] for r in single) / max(1, len(single)), 3)
         s["context two-book" + name] = round(sum(r[key] for r in two) / max(1, len(two)), 3)
     s["n_single"], s["n_two"] = len(single), len(two)
@@ -329,7 +337,8 @@ def main(argv=None) -> int:
     rows = recall(tome, docs, data, args.methods.split(","))
     table = {m: summarise(rs) for m, rs in rows.items()}
     cols = [f"r@{k}" for k in KS] + ["r@3 exact-term", "r@3 paraphrase"]
-    ctx = [f"context {k}{n}" for n in ("", " no neighbours", " every book") for k in ("single", "two-book")]
+    ctx = [f"context {k}{n}" for n in ("", " no neighbours", " every book", " edge", " edge+books")
+           for k in ("single", "two-book")]
     for group in (cols, ctx):
         print(f"\n{'retrieval':<26}" + "".join(f"{c[-14:]:>15}" for c in group))
         for m, s in table.items():

@@ -88,6 +88,24 @@ class Ranking:
                 self._best.setdefault((h.document_id, h.index), h)
         return self._best.get((doc_id, segment))
 
+    def reach(self, doc_id: int, texts: Sequence[str], neighbours: int = 1, edge: float = 0.2
+              ) -> dict[int, tuple[int, int]]:
+        """For each ranked segment of a document, the neighbours its best passage calls for: (before, after).
+
+        A passage in the first (last) ``edge`` of its segment's text may continue in
+        the previous (next) segment, which then comes with it; one in the middle
+        needs neither, so the budget goes to other hits. ``texts``: the segments' texts.
+        """
+        out = {}
+        for j, _ in self.segment_scores([doc_id])[doc_id].items():
+            m = self.best(doc_id, j)
+            n = len(texts[j]) if 0 <= j < len(texts) else 0
+            if m is None or not n or not m.end:
+                out[j] = (neighbours, neighbours)
+                continue
+            out[j] = (neighbours if m.start < edge * n else 0, neighbours if m.end > (1 - edge) * n else 0)
+        return out
+
     def page_breaks(self, doc_id: int, segment: int) -> tuple[tuple[int, int], ...]:
         """(character offset, page) where each page of a segment starts in its text, from its passages."""
         out: list[tuple[int, int]] = []

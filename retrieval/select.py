@@ -21,7 +21,8 @@ from retrieval.prompt import Passage, Selection, TextSegment, fit_budget
 
 def select_segments(books: Sequence[tuple[str, Sequence[TextSegment]]],
                     scores: Sequence[Mapping[int, float]], budget: int, neighbours: int = 1,
-                    every_book: bool = False) -> Selection:
+                    every_book: bool = False, reach: Sequence[Mapping[int, tuple[int, int]]] | None = None
+                    ) -> Selection:
     """Choose segments of ``books`` (title, segments in document order) within ``budget``.
 
     ``scores[i]`` maps a position in ``books[i][1]`` to its similarity with the
@@ -31,6 +32,9 @@ def select_segments(books: Sequence[tuple[str, Sequence[TextSegment]]],
     order; otherwise one book's hit and its neighbours can fill a small budget
     before a second book's hit is reached (a question about two books then
     sees one).
+    ``reach[i][j]``: (segments before, segments after) that come with hit j of
+    book i, instead of ``neighbours`` each way (e.g. none when the match sits
+    in the middle of its segment, the next one when it ends the segment).
     """
     if len(scores) != len(books):
         raise ValueError("one score map per book")
@@ -69,9 +73,12 @@ def select_segments(books: Sequence[tuple[str, Sequence[TextSegment]]],
             continue  # already in as a neighbour of a better hit
         elif not take(i, j):
             continue  # too big for what is left; a smaller, lower-ranked hit may still fit
-        for d in range(1, neighbours + 1):
-            take(i, j + d)  # what follows first: an answer usually continues past a cut
-            take(i, j - d)
+        before, after = reach[i].get(j, (neighbours, neighbours)) if reach is not None else (neighbours, neighbours)
+        for d in range(1, max(before, after) + 1):
+            if d <= after:
+                take(i, j + d)  # what follows first: an answer usually continues past a cut
+            if d <= before:
+                take(i, j - d)
     passages = [Passage(t, books[i][1][j], scores[i].get(j)) for i, (t, _) in enumerate(books)
                 for j in sorted(chosen[i])]
     truncated = [t for i, (t, segs) in enumerate(books) if len(chosen[i]) < len(segs)]

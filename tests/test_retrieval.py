@@ -70,6 +70,26 @@ def test_selector_every_book_takes_each_books_best_hit_before_neighbours():
     assert [(p.title, p.segment.index) for p in both.passages] == [("A", 2), ("A", 3), ("B", 4)]
 
 
+def test_selector_reach_brings_only_the_neighbours_a_hit_calls_for():
+    from retrieval.select import select_segments
+
+    a = [Seg(i, 10) for i in range(6)]
+    scores = [{1: 0.9, 4: 0.8}]
+    sel = select_segments([("A", a)], scores, budget=40, neighbours=1, reach=[{1: (0, 0), 4: (0, 1)}])
+    assert [p.segment.index for p in sel.passages] == [1, 4, 5]  # 1 in mid-segment, 4 ends at its edge
+    sel = select_segments([("A", a)], scores, budget=40, neighbours=1)
+    assert [p.segment.index for p in sel.passages] == [0, 1, 2, 4]
+
+
+def test_reach_follows_where_the_best_passage_sits():
+    from retrieval.retriever import Ranking, Retrieved
+
+    texts = ["x" * 100, "y" * 100, "z" * 100]
+    hits = [Retrieved(1, "A", 0, "", 1, 1, 0.9, 0, 5, 30), Retrieved(1, "A", 1, "", 2, 2, 0.8, 3, 90, 100),
+            Retrieved(1, "A", 2, "", 3, 3, 0.7, 6, 40, 60)]
+    assert Ranking(hits).reach(1, texts, 1) == {0: (1, 0), 1: (0, 1), 2: (0, 0)}
+
+
 def test_selector_for_random_inputs_never_exceeds_the_budget():
     from retrieval.select import select_segments
 
@@ -202,9 +222,9 @@ def test_both_modes_choose_segments_through_the_selector(tome_tiny, tmp_path, mo
     calls = []
     real = tome.answer.select_segments
 
-    def spy(books, scores, budget, neighbours=1):
+    def spy(books, scores, budget, neighbours=1, **kw):
         calls.append((len(books), budget))
-        return real(books, scores, budget, neighbours)
+        return real(books, scores, budget, neighbours, **kw)
 
     monkeypatch.setattr(tome.answer, "select_segments", spy)  # the answer path's one call of the selector
     r = tome_tiny.ingest(make_pdf(tmp_path / "x.pdf", ["Some text about tides.", "More about gulls."]))
