@@ -81,6 +81,30 @@ def build(data_dir: Path, model: str, copy: bool = True):
     return tome, docs
 
 
+class Mirror:
+    """The library copied into another database (PostgreSQL): same segments, passages and vectors."""
+
+    def __init__(self, tome, docs: dict, url: str):
+        from retrieval.retriever import Retriever
+        from storage import Store
+
+        self.store = Store(url)
+        self.retriever = Retriever(self.store, tome.config.embedder)
+        self.docs = {}
+        for key, d in docs.items():
+            have = self.store.find_by_sha(d.sha256)
+            if have is None or have.passage_embedder != d.passage_embedder:
+                if have is not None:
+                    self.store.delete_document(have.id)
+                segs = tome.store.segments(d.id)
+                have = self.store.add_document(sha256=d.sha256, title=d.title, filename=d.filename, kind=d.kind,
+                                               pages=d.pages, segments=segs, extractor=d.extractor,
+                                               embeddings=tome.store.embeddings(d.id), embedder=d.embedder)
+                have = self.store.set_passages(have.id, d.passage_embedder, tome.store.passages(d.id),
+                                               tome.store.passage_embeddings(d.id))
+            self.docs[key] = have
+
+
 def ranked_units(tome, docs, question, method):
     """(units best first: (doc id, first page, last page), segment scores {doc id: {segment: score}})."""
     r = tome.retriever
@@ -319,6 +343,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--pg", default=os.environ.get("TOME_EVAL_PG", ""),
+                    help="also rank over a PostgreSQL copy of the library (its full text: BM25 over tsvector)")
     ap.add_argument("--answers", action="store_true", help="also measure answer accuracy (slow)")
     ap.add_argument("--variants", default="today,hybrid,hybrid-nolabels,ceiling")
     ap.add_argument("--max-new", type=int, default=32)
@@ -347,6 +373,24 @@ def main(argv=None) -> int:
     print(f"({n['n_single']} single-book questions for r@k and context single, {n['n_two']} two-book)")
     result = {"command": "python bench/eval_retrieval.py", "library": {k: v.pages for k, v in docs.items()},
               "recall": table, "labels": LABELS, "rows": rows}
+    if args.pg:
+        pg = Mirror(tome, docs, args.pg)
+        pg_rows = recall(pg, pg.docs, data, ["lexical", "hybrid"])
+        result["recall_postgresql"] = {m: summarise(rs) for m, rs in pg_rows.items()}
+        result["rows_postgresql"] = pg_rows
+        print("\nPostgreSQL (BM25 over the tsv column; rows: full text alone, hybrid)")
+        for m, s in result["recall_postgresql"].items():
+            print(f"{LABELS.get(m, m):<26}" + "".join(f"{s[c]:>15.3f}" for c in cols))
+        t = []
+        lib = list(pg.docs.values())
+        for q in data["questions"]:
+            t0 = time.perf_counter()
+            pg.store.search_text([d.id for d in lib], q["question"], 200)
+            t.append(time.perf_counter() - t0)
+        result["latency_postgresql_full_text_ms"] = round(1000 * statistics.median(t), 1)
+        print(f"PostgreSQL full text over {sum(d.pages for d in lib)} pages: median "
+              f"{result['latency_postgresql_full_text_ms']} ms")
+        pg.store.close()
     if not args.no_latency:
         lat = latency(tome, docs, data)
         print(f"\nlatency over {lat['pages']} pages ({lat['segments']} segments, {lat['passages']} passages), "

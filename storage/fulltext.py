@@ -1,7 +1,12 @@
 """Full-text queries from user text: one function in the store (``Store.search_text``), two engines.
 
 SQLite: FTS5 with BM25 (``passages_fts``, porter stemmer over unicode61 tokens).
-PostgreSQL: ``to_tsvector('english', text)`` with ``ts_rank_cd`` (cover density).
+PostgreSQL: BM25 computed in SQL from the generated ``tsv`` column
+(``to_tsvector('english', text)``, GIN-indexed): term frequencies from the
+lexemes' positions, document frequencies counted through the index, length
+as the passage's number of lexemes. PostgreSQL's own ``ts_rank_cd`` has no
+inverse document frequency: on the real manuals it put the gold page in the
+top 3 for 64 % of the questions against 95 % for BM25 (bench/eval_retrieval.py).
 
 User text never reaches either query language as syntax. For FTS5 every word
 becomes a double-quoted string (FTS5 quoting: nothing inside is an operator),
@@ -9,7 +14,7 @@ joined with OR; a term that unicode61 splits, like ``read.table`` or
 ``bash_history``, is also asked as a phrase ("read table"), so the passage
 holding the exact term ranks above ones that hold its parts apart. PostgreSQL
 gets the text through ``plainto_tsquery`` (a bound parameter; its own parser
-keeps ``read.table`` whole on both sides) with AND turned into OR.
+keeps ``read.table`` whole on both sides); its lexemes are ORed.
 """
 from __future__ import annotations
 
@@ -52,3 +57,31 @@ def fts5_query(text: str) -> str:
     parts = [f'"{w}"' for w in terms(text)]
     parts += ['"' + " ".join(ws) + '"' for ws in compounds(text)]
     return " OR ".join(parts)
+
+
+BM25_K1, BM25_B = 1.2, 0.75  # FTS5's bm25() defaults
+
+# :q user text, :ids documents searched, :k rows, :k1/:b BM25 parameters. Statistics (N, df, average
+# length) are over every passage, like FTS5's.
+POSTGRES_BM25 = """
+WITH terms AS MATERIALIZED (
+    SELECT DISTINCT lexeme AS t, quote_literal(lexeme)::tsquery AS q
+    FROM unnest(to_tsvector('english', :q))
+), stats AS MATERIALIZED (
+    SELECT count(*)::float8 AS n, coalesce(avg(length(tsv)), 1)::float8 AS avglen FROM passages
+), weights AS MATERIALIZED (
+    SELECT terms.t, ln((stats.n - df.df + 0.5) / (df.df + 0.5) + 1.0) AS idf
+    FROM terms CROSS JOIN stats
+    CROSS JOIN LATERAL (SELECT count(*)::float8 AS df FROM passages p WHERE p.tsv @@ terms.q) df
+), anyterm AS MATERIALIZED (
+    SELECT string_agg(quote_literal(t), ' | ')::tsquery AS q FROM terms
+), scored AS (
+    SELECT p.document_id, p.idx,
+           (SELECT sum(w.idf * (tf * (:k1 + 1)) / (tf + :k1 * (1 - :b + :b * greatest(length(p.tsv), 1) / stats.avglen)))
+            FROM (SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1)::float8 AS tf FROM unnest(p.tsv) u) x
+            JOIN weights w ON w.t = x.lexeme) AS score
+    FROM passages p, anyterm, stats
+    WHERE p.tsv @@ anyterm.q AND p.document_id IN :ids
+)
+SELECT document_id, idx, score FROM scored ORDER BY score DESC, document_id, idx LIMIT :k
+"""

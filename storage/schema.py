@@ -68,7 +68,8 @@ class Passage(Base):
     """A window of at most 200 word pieces of a segment, on one page: what retrieval scores and cites.
 
     Indexed for full-text search outside the ORM (migration 0003): an FTS5 table
-    ``passages_fts`` on SQLite, a GIN index on ``to_tsvector('english', text)`` on PostgreSQL.
+    ``passages_fts`` on SQLite; on PostgreSQL a generated column ``tsv``
+    (``to_tsvector('english', text)``) with a GIN index ``ix_passages_tsv``.
     """
 
     __tablename__ = "passages"
@@ -93,6 +94,8 @@ FULL_TEXT_NAMES = ("passages_fts", "ix_passages_tsv")
 
 
 def include_name(name, type_, parent_names) -> bool:
+    if type_ == "column" and name == "tsv" and (parent_names or {}).get("table_name") == "passages":
+        return False
     return not (name or "").startswith(FULL_TEXT_NAMES)
 
 

@@ -341,8 +341,9 @@ class Store:
     def search_text(self, doc_ids: Sequence[int], query: str, k: int = 50) -> list[TextHit]:
         """The ``k`` passages of ``doc_ids`` that best match ``query`` by full text, best first.
 
-        SQLite: FTS5 BM25; PostgreSQL: ``ts_rank_cd`` over ``to_tsvector('english', text)``
-        (see storage/fulltext.py for how user text is quoted). Other databases: [].
+        SQLite: FTS5's BM25; PostgreSQL: the same BM25 over the ``tsv`` column's lexemes
+        (``storage.fulltext.POSTGRES_BM25``; see that module for how user text is quoted).
+        Other databases: [].
         """
         doc_ids = list(doc_ids)
         if not doc_ids or k <= 0 or not query.strip():
@@ -360,11 +361,8 @@ class Store:
         elif dialect == "postgresql":
             if not fulltext.terms(query):
                 return []
-            sql = text("WITH q AS (SELECT replace(plainto_tsquery('english', :q)::text, '&', '|')::tsquery AS q) "
-                       "SELECT p.document_id, p.idx, ts_rank_cd(to_tsvector('english', p.text), q.q) AS score "
-                       "FROM passages p, q WHERE to_tsvector('english', p.text) @@ q.q "
-                       "AND p.document_id IN :ids ORDER BY score DESC, p.document_id, p.idx LIMIT :k")
-            params = {"q": query, "ids": doc_ids, "k": k}
+            sql = text(fulltext.POSTGRES_BM25)
+            params = {"q": query, "ids": doc_ids, "k": k, "k1": fulltext.BM25_K1, "b": fulltext.BM25_B}
         else:
             return []
         sql = sql.bindparams(bindparam("ids", expanding=True))

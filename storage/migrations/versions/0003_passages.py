@@ -6,8 +6,9 @@ Revises: 0002
 Documents stored before have no passages (documents.passage_embedder NULL);
 retrieval.retriever.Retriever makes them on the first question that uses them.
 Full text: an external-content FTS5 table kept in step by triggers on SQLite
-(porter stemmer over unicode61 tokens), a GIN index on
-to_tsvector('english', text) on PostgreSQL.
+(porter stemmer over unicode61 tokens); on PostgreSQL a stored generated
+column tsv = to_tsvector('english', text) with a GIN index (BM25 is computed
+from its lexeme positions, storage/store.py).
 """
 from alembic import op
 import sqlalchemy as sa
@@ -29,7 +30,10 @@ SQLITE_FTS = [
     "INSERT INTO passages_fts(passages_fts, rowid, text) VALUES ('delete', old.id, old.text); "
     "INSERT INTO passages_fts(rowid, text) VALUES (new.id, new.text); END",
 ]
-POSTGRES_FTS = ["CREATE INDEX ix_passages_tsv ON passages USING gin (to_tsvector('english', text))"]
+POSTGRES_FTS = [
+    "ALTER TABLE passages ADD COLUMN tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED",
+    "CREATE INDEX ix_passages_tsv ON passages USING gin (tsv)",
+]
 
 
 def upgrade() -> None:
@@ -64,6 +68,7 @@ def downgrade() -> None:
         op.execute("DROP TABLE IF EXISTS passages_fts")
     elif dialect == "postgresql":
         op.execute("DROP INDEX IF EXISTS ix_passages_tsv")
+        op.execute("ALTER TABLE passages DROP COLUMN IF EXISTS tsv")
     with op.batch_alter_table('documents', schema=None) as batch_op:
         batch_op.drop_column('passage_embedder')
     with op.batch_alter_table('passages', schema=None) as batch_op:
