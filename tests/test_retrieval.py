@@ -161,6 +161,29 @@ def test_sqlite_vec_index_returns_the_same_top_k_as_brute_force(tmp_path):
     store.close()
 
 
+def test_sqlite_vec_index_over_passages_returns_the_same_top_k_as_brute_force(tmp_path):
+    from retrieval.embed import to_bytes
+    from retrieval.passages import PassageSpan
+    from retrieval.search import VectorSearch
+
+    store, docs, rng = _store_with_random_vectors(f"sqlite:///{tmp_path / 't.sqlite'}")
+    for d in docs:
+        vecs = rng.standard_normal((90, 16)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        store.set_passages(d.id, "random", [PassageSpan(i, i // 3, 1, 0, 1, f"p{i}") for i in range(90)],
+                           [to_bytes(v) for v in vecs])
+    docs = [store.get_document(d.id) for d in docs]
+    brute = VectorSearch(store, index_threshold=10**9, kind="passages")
+    indexed = VectorSearch(store, index_threshold=0, kind="passages")
+    for _ in range(3):
+        q = rng.standard_normal(16).astype(np.float32)
+        q /= np.linalg.norm(q)
+        a, b = brute.search(q, docs, 9), indexed.search(q, docs[1:] + docs[:1], 9)
+        assert [(h.document_id, h.index) for h in a] == [(h.document_id, h.index) for h in b]
+    assert (tmp_path / "t.sqlite.pvec").is_file()
+    store.close()
+
+
 def test_real_embedder_loads_offline_and_normalises():
     from retrieval.embed import DEFAULT_NAME, load_embedder, packaged_model_dir
 
