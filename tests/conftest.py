@@ -118,3 +118,34 @@ def tome_smol(tmp_path, db_url, smollm2):
     t = make_tome(tmp_path, db_url, smollm2, model="smollm2", max_new_tokens=40)
     yield t
     t.store.close()
+
+
+# A small randomised UIO adapter and its memories of three segments (one short), shared by the tests of
+# memory files, cache assembly, the encoder and int8 ingestion.
+CFG_SEGMENT_LEN, CFG_NUM_MEM = 64, 8
+SEGMENTS = [list(range(100, 164)), list(range(300, 340)), list(range(500, 564))]
+
+
+def uio_config():
+    from uio.memory import MemoryConfig
+
+    return MemoryConfig(segment_len=CFG_SEGMENT_LEN, num_mem=CFG_NUM_MEM)
+
+
+@pytest.fixture(scope="module")
+def adapter(tokenizer):
+    from uio.adapter import UIOAdapter
+
+    return UIOAdapter(_tiny("llama", tokenizer), uio_config()).randomize_(seed=3)
+
+
+@pytest.fixture(scope="module")
+def memory(adapter):
+    from uio.encoder import Encoder
+
+    return Encoder(adapter, batch_size=2).compress(SEGMENTS, token_spans=[(0, 64), (64, 104), (104, 168)])
+
+
+def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine of every (layer, slot) vector of a vs b."""
+    return torch.nn.functional.cosine_similarity(a.flatten(2).float(), b.flatten(2).float(), dim=-1)

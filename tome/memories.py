@@ -34,10 +34,12 @@ class Memories:
 
         A chunk saved by an earlier, interrupted run is read back instead of made again.
         """
+        from uio.compress import storage_dtype
         from uio.memory import Memory
 
         with self.models.lock:
             compressor = compressor or self.models.compressor()
+            dtype = storage_dtype(self.models.lm)  # 16-bit files whichever encoder ran (Ray, int8: model dtype)
             fp, ratio = compressor.identity(self.models.lm), compressor.ratio
             encoder = self.encoder(compressor)
             n, size = len(segments), self.models.config.chunk_segments
@@ -58,6 +60,7 @@ class Memories:
                 mem = encoder.compress([s.token_ids for s in chunk], segment_ids=[s.index for s in chunk],
                                        token_spans=[(s.token_start, s.token_end) for s in chunk],
                                        progress=step)
+                mem.keys, mem.values = mem.keys.to(dtype), mem.values.to(dtype)
                 mem.save(self.files.path(self.files.part(doc.sha256, fp, ratio, c)))
                 parts.append(mem)
             rel = self.files.final(doc.sha256, fp, ratio)

@@ -3,7 +3,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location("build_corpus", Path(__file__).resolve().parents[1] / "data" /
+spec = importlib.util.spec_from_file_location("build_corpus", Path(__file__).resolve().parents[2] / "data" /
                                               "build_corpus.py")
 bc = importlib.util.module_from_spec(spec)
 sys.modules["build_corpus"] = bc  # dataclasses look their module up there

@@ -31,7 +31,7 @@ def test_mutated_pdfs_are_ingested_or_refused_cleanly(tome_tiny, tmp_path_factor
     if r.ok:
         assert r.document.ready and r.document.pages >= 1
         if not r.duplicate:
-            assert tome_tiny.store.memory_set(r.document.id, tome_tiny.adapter.fingerprint) is not None
+            assert tome_tiny.store.memory_set(r.document.id, tome_tiny.memory_identity()) is not None
     else:
         assert r.error.startswith("mutant.pdf:")
         assert {d.id for d in tome_tiny.documents()} == before  # nothing new, nothing half-stored

@@ -48,10 +48,11 @@ def test_service_ingests_through_ray_and_answers_from_those_memories(local_ray, 
     pdf = make_pdf(tmp_path / "ferry.pdf", pages)
     db = f"sqlite:///{tmp_path / 'ray.sqlite'}"
     t = make_tome(tmp_path / "a", db, _tiny("llama", tokenizer), segment_len=64, compress_batch=2,
-                  max_new_tokens=4, ray_address="local", ray_actors=2)
+                  max_new_tokens=4, ray_address="local", ray_actors=2, compressor="uio")  # Ray serves the UIO encoder
     try:
         r = t.ingest(pdf)
         assert r.ok, r.error
+        assert sum(t.memories.encoder(t.models.compressor()).batches_per_actor()) >= 2  # the actors did the work
         spread = t.memory(r.document)
         # the same model and adapter in one process, on its own data dir
         one = Tome(replace(t.config, data_dir=tmp_path / "b", db_url="", ray_address=""), lm=t.lm, adapter=t.adapter)
