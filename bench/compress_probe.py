@@ -27,14 +27,12 @@ import argparse
 import json
 import random
 import re
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR  # noqa: E402
 
 from uio.compress import make_compressor  # noqa: E402
 from uio.compress.base import gather_slots, identity, slots_at_ratio, storage_dtype  # noqa: E402
@@ -152,7 +150,7 @@ def speed(lm, segments: list[list[int]]) -> dict:
 
 def probe(model: str, depths: list[int], trials: int, ratios: list[int], rng: random.Random,
           spaced: tuple[str, ...] = (), methods: tuple[str, ...] = tuple(METHODS)) -> dict:
-    lm = load_model(model, ROOT / ".cache" / "models", "cpu", "auto")
+    lm = load_model(model, MODELS_DIR, "cpu", "auto")
     tok = lm.tokenizer
     if not depths:  # speed only
         return {"model": lm.name, "dtype": str(lm.dtype), "passkey": {},
@@ -196,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--spaced", default="", help="methods also read with option (b) positions, e.g. kvzip")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compress_probe.json")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "compress_probe.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     depths = [int(d) for d in args.depths.split(",") if d]  # --depths "": speed only

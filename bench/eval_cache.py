@@ -25,15 +25,13 @@ import argparse
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR, ROOT, write_json  # noqa: E402
 
 from uio import generate, shipped  # noqa: E402
 from uio.cache import AttentionGate, ChunkedFullCache, PolicyCache, load_gates, resolve_policy  # noqa: E402
@@ -169,7 +167,7 @@ def speed_table(lm, stream: torch.Tensor, args, gate_path: Path, key: str) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--models-dir", type=Path, default=ROOT / ".cache" / "models")
+    ap.add_argument("--models-dir", type=Path, default=MODELS_DIR)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seqs", type=int, default=2)
     ap.add_argument("--len", type=int, default=256)
@@ -208,7 +206,7 @@ def main() -> None:
     items = qa_items(lm.tokenizer, [t for _, t in texts][::-1], args.qa, args.qa_len)
     if args.speed_only:
         speeds = speed_table(lm, stream, args, gate_path, key)
-        path = ROOT / "bench" / "results" / f"eval_cache_{key}_speed{args.speed_len}.json"
+        path = RESULTS_DIR / f"eval_cache_{key}_speed{args.speed_len}.json"
         path.write_text(json.dumps({"model": key, "device": str(lm.device), "dtype": str(lm.dtype),
                                     "context": args.speed_len, "new_tokens": args.speed_new,
                                     "target_eviction": 0.5, "policies": speeds}, indent=2))
@@ -271,8 +269,8 @@ def main() -> None:
            "quality": results, "speed": {"context": args.speed_len, "new_tokens": args.speed_new,
                                          "target_eviction": 0.5, "policies": speeds},
            "uio": uio, "wall_s": round(time.perf_counter() - t0, 1)}
-    path = ROOT / "bench" / "results" / f"eval_cache_{key}{'_' + args.tag if args.tag else ''}.json"
-    path.write_text(json.dumps(out, indent=2))
+    path = RESULTS_DIR / f"eval_cache_{key}{'_' + args.tag if args.tag else ''}.json"
+    write_json(path, out)
     print(f"\nwrote {path.relative_to(ROOT)}")
     name = f"cache_policies{'' if key == 'smollm2' else '_' + key}{'_' + args.tag if args.tag else ''}.png"
     plot(results, ROOT / "docs" / name, key, rates)

@@ -26,12 +26,10 @@ import argparse
 import json
 import random
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR, ROOT  # noqa: E402
 
 from uio.cache import ChunkedFullCache, FullCache, resolve_policy  # noqa: E402
 from uio.generate import PREFILL_CHUNK, stream  # noqa: E402
@@ -84,7 +82,7 @@ def answer(lm, how: str, messages: list[dict], new_tokens: int, eviction: float,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="qwen")
-    ap.add_argument("--models-dir", type=Path, default=ROOT / ".cache" / "models")
+    ap.add_argument("--models-dir", type=Path, default=MODELS_DIR)
     ap.add_argument("--long", type=int, default=3000, help="passage tokens (the default context_budget is 3072)")
     ap.add_argument("--short", type=int, default=300)
     ap.add_argument("--items", type=int, default=3, help="prompts per length")
@@ -127,7 +125,7 @@ def main() -> None:
     for tag, s in summary.items():
         print(f"{tag:<22}{s['ttft_s_median']:>16.2f}{s['ttft_vs_full_median']:>8.2f}{s['qa_hits']:>4}/{s['items']}"
               f"{s['same_as_full']:>6}/{s['items']}{100 * s['eviction_rate']:>9.1f}")
-    path = ROOT / "bench" / "results" / f"gate_default_{key}{'_' + args.tag if args.tag else ''}.json"
+    path = RESULTS_DIR / f"gate_default_{key}{'_' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps({"model": key, "device": str(lm.device), "dtype": str(lm.dtype),
                                 "args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
                                 "rows": rows}, indent=2))

@@ -133,17 +133,17 @@ def main() -> None:
 
     import torch
 
-    from tome import ADAPTERS_DIR
     from uio.adapter import UIOAdapter
     from uio.memory import MemoryConfig
     from uio.model import embedded_key, load_model
     from uio.runtime import cpu_has_fast_bf16, set_threads, tune_allocator
+    from uio.shipped import adapter_path
 
     tune_allocator()
     set_threads(a.threads)
     models = MODELS_DIR
     lm = load_model(a.model, models, "cpu", "float32")
-    shipped = ADAPTERS_DIR / f"{embedded_key(a.model)}-{a.ratio}x.safetensors"
+    shipped = adapter_path(embedded_key(a.model), a.ratio)
     path = a.adapter or (shipped if shipped.is_file() else None)
     adapter = UIOAdapter.load(lm, path) if path else UIOAdapter(lm, MemoryConfig(1024, 1024 // a.ratio))
     l = adapter.config.segment_len

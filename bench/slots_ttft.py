@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import MODELS_DIR, RESULTS_DIR  # noqa: E402
 
 BOOK_300_SEGMENTS = 150  # the 300-page book of bench/e2e.py (132K tokens; segments end at sentences)
 
@@ -45,7 +42,7 @@ def main() -> None:
     from uio.memory import Memory
     from uio.model import flat_ttft_slots, load_model
 
-    lm = load_model(a.model, ROOT / ".cache" / "models", a.device, "auto")
+    lm = load_model(a.model, MODELS_DIR, a.device, "auto")
     c = lm.model.config
     layers, kv = c.num_hidden_layers, c.num_key_value_heads
     hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
@@ -71,7 +68,7 @@ def main() -> None:
     for r in rows:
         r["x_one_segment"] = r["ttft_s"] / base
         print(f"| {r['case']} | {r['slots']:,} | {r['ttft_s']:.3f} | {r['x_one_segment']:.2f}x |")
-    out = ROOT / "bench" / "results" / f"slots_ttft_{a.model}_{lm.device.type}.json"
+    out = RESULTS_DIR / f"slots_ttft_{a.model}_{lm.device.type}.json"
     out.write_text(json.dumps({"model": lm.name, "device": lm.device.type, "dtype": str(lm.dtype),
                                "threads": torch.get_num_threads(), "ratio": a.ratio, "budget": budget,
                                "prompt_tokens": gen.stats.prompt_tokens, "rows": rows}, indent=1))
