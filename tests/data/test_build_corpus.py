@@ -1,13 +1,5 @@
 """The corpus builder's cleaning, filtering and split (no downloads: the package readers are not run here)."""
-import importlib.util
-import sys
-from pathlib import Path
-
-spec = importlib.util.spec_from_file_location("build_corpus", Path(__file__).resolve().parents[2] / "data" /
-                                              "build_corpus.py")
-bc = importlib.util.module_from_spec(spec)
-sys.modules["build_corpus"] = bc  # dataclasses look their module up there
-spec.loader.exec_module(bc)
+from data import build_corpus as bc
 
 SENTENCE = "The ferryman walked to the end of the pier and looked at the sky before the storm came in."
 
