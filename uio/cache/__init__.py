@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from uio import registry
 from uio.cache.attention_gate import AttentionGate, load_gates
 from uio.cache.base import CachePolicy, LayerView, PolicyCache, top_per_head
 from uio.cache.full import ChunkedFullCache, FullCache
@@ -26,15 +27,12 @@ AUTO_GATES = frozenset({"qwen"})
 
 def policy_choices() -> tuple[str, ...]:
     """Every name resolve_policy accepts: "auto", then the registered policies."""
-    return ("auto", *POLICIES)
+    return registry.choices(POLICIES)
 
 
 def policy_label(name: str) -> str:
     """What a UI shows for one of ``policy_choices()``."""
-    if name == "auto":
-        return "Automatic (Attention-Gate where enabled, else full)"
-    cls = POLICIES[name]
-    return cls.label or cls.name
+    return registry.label(POLICIES, name, "Automatic (Attention-Gate where enabled, else full)")
 
 
 def gate_fits(path: Path, model) -> bool:

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+from uio import registry
 from uio.compress.base import Compressor, ScoringCompressor, identity, slots_at_ratio, storage_dtype
 from uio.compress.keynorm import KeyNormCompressor
 from uio.compress.kvzip import KVzipCompressor
@@ -28,15 +29,12 @@ FALLBACK = "kvzip"  # any other model
 
 def compressor_choices() -> tuple[str, ...]:
     """Every name ``resolve_compressor`` accepts: "auto", then the registered compressors."""
-    return ("auto", *COMPRESSORS)
+    return registry.choices(COMPRESSORS)
 
 
 def compressor_label(name: str) -> str:
     """What the UI shows for a compressor name ("auto" included)."""
-    if name == "auto":
-        return "Automatic (the measured default for the model)"
-    cls = COMPRESSORS[name]
-    return cls.label or cls.name
+    return registry.label(COMPRESSORS, name, "Automatic (the measured default for the model)")
 
 
 def resolve_compressor(name: str, model_key: str | None) -> str:

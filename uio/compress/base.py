@@ -92,7 +92,6 @@ class Compressor:
     """A way to turn segments into memory slots. Subclasses are dataclasses; fields are parameters."""
 
     name: ClassVar[str] = "base"
-
     label: ClassVar[str] = ""  # what the UI shows (uio.compress.compressor_label); empty: the name
     version: ClassVar[str] = "1"
     ratio: int = 8

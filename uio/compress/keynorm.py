@@ -20,7 +20,6 @@ class KeyNormCompressor(ScoringCompressor):
     """score = -||k||: smallest-norm keys first."""
 
     name: ClassVar[str] = "keynorm"
-
     label: ClassVar[str] = "Key-norm (smallest keys kept)"
     version: ClassVar[str] = "1"
 

@@ -75,7 +75,6 @@ class KVzipCompressor(ScoringCompressor):
     """Keep the KV pairs that the segment's own reconstruction attends to most."""
 
     name: ClassVar[str] = "kvzip"
-
     label: ClassVar[str] = "KVzip (context reconstruction)"
     version: ClassVar[str] = "1"
     chunk_size: int = 2048  # segment tokens reconstructed per repeat pass

@@ -26,7 +26,6 @@ class SnapKVCompressor(ScoringCompressor):
     """Attention from the segment's last ``window`` queries, pooled."""
 
     name: ClassVar[str] = "snapkv"
-
     label: ClassVar[str] = "SnapKV (last-64-token window)"
     version: ClassVar[str] = "1"
     window: int = 64

@@ -20,7 +20,6 @@ class StreamingCompressor(ScoringCompressor):
     """score = position: sinks (forced by the base) + the most recent tokens."""
 
     name: ClassVar[str] = "streaming"
-
     label: ClassVar[str] = "StreamingLLM (sinks + recent)"
     version: ClassVar[str] = "1"
 

@@ -23,7 +23,6 @@ class UIOCompressor(Compressor):
     """Memories from a trained UIO adapter. ``ratio`` must equal the adapter's (0: take the adapter's)."""
 
     name: ClassVar[str] = "uio"
-
     label: ClassVar[str] = "UIO encoder (trained adapter)"
     version: ClassVar[str] = "1"
     ratio: int = 0
