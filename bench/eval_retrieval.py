@@ -336,6 +336,21 @@ def realdocs_page(doc, page: int) -> str:
     return _PAGES[doc.id][page]
 
 
+def report_answers(path: Path) -> None:
+    """Accuracy per variant from an --answers file: all, single-book, two-book; wrong = neither right nor abstained."""
+    d = json.loads(path.read_text())
+    print(f"{d['model']}, {d['done']}/{d['of']} questions, max_new_tokens {d['max_new_tokens']}")
+    print(f"{'variant':<18}{'correct':>9}{'single':>9}{'two-book':>10}{'wrong':>7}{'abstained':>10}{'s/answer':>9}")
+    for v, rs in d["rows"].items():
+        single = [r for r in rs if r["kind"] == "single"]
+        two = [r for r in rs if r["kind"] == "two-book"]
+        print(f"{v:<18}{sum(r['correct'] for r in rs):>4}/{len(rs):<4}"
+              f"{sum(r['correct'] for r in single):>4}/{len(single):<4}{sum(r['correct'] for r in two):>5}/{len(two):<4}"
+              f"{sum(not r['correct'] and not r['abstained'] for r in rs):>7}"
+              f"{sum(r['abstained'] and not r['correct'] for r in rs):>10}"
+              f"{statistics.median(r['seconds'] for r in rs):>9.1f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT / ".cache" / "eval_retrieval")
@@ -349,10 +364,14 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="today,hybrid,hybrid-nolabels,ceiling")
     ap.add_argument("--max-new", type=int, default=32)
     ap.add_argument("--limit", type=int, default=None, help="answers: first N questions only")
+    ap.add_argument("--report", type=Path, default=None, help="print the accuracy table of an --answers file")
     args = ap.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.ERROR)
+    if args.report:
+        report_answers(args.report)
+        return 0
     data = realdocs.load()
     tome, docs = build(args.data, args.model)
     if args.answers:
