@@ -101,11 +101,18 @@ class MemoryFiles:
         folder = self.root / doc_sha[:2]
         return sorted(folder.glob(f"{doc_sha}-*")) if folder.is_dir() else []
 
-    def remove_parts(self, doc_sha: str) -> None:
-        """Delete a document's chunk files once its complete memory file is recorded."""
+    def remove_parts(self, doc_sha: str, fingerprint: str | None = None, ratio: int | None = None) -> int:
+        """Delete a document's chunk files (and their unfinished temporaries) once its complete memory file
+        is recorded, or its compression cancelled; only those of ``fingerprint`` at ``ratio`` when given
+        (another compressor's job of the same book keeps its chunks). Returns how many were removed."""
+        stem = self._stem(doc_sha, fingerprint, ratio).split("/")[-1] + ".chunk" if fingerprint else ".chunk"
+        n = 0
         for f in self.of_document(doc_sha):
-            if f.name.endswith(_PART_SUFFIX) and ".chunk" in f.name:
+            if ".chunk" in f.name and stem in f.name and (f.name.endswith(_PART_SUFFIX)
+                                                          or f.name.endswith(_PART_SUFFIX + ".part")):
                 f.unlink(missing_ok=True)
+                n += 1
+        return n
 
     def remove_document(self, doc_sha: str) -> int:
         files = self.of_document(doc_sha)

@@ -145,3 +145,30 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class CompressionJob(Base):
+    """Stage 2 of one document: making its memories with one compressor at one ratio, in the background.
+
+    A persisted queue (migration 0005): a worker claims the oldest ``queued`` row (``storage.jobs``), saves
+    a chunk file per few segments and bumps ``updated_at`` as it goes, so a job whose worker died is seen
+    (stale ``updated_at``, or a dead local process) and queued again; it resumes from the saved chunks.
+    """
+
+    __tablename__ = "compression_jobs"
+    __table_args__ = (UniqueConstraint("document_id", "compressor", "ratio"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    compressor: Mapped[str] = mapped_column(String(32))  # a name of uio.compress.COMPRESSORS ("auto" resolved)
+    ratio: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued|running|done|failed|cancelled
+    segments_done: Mapped[int] = mapped_column(Integer, default=0)
+    segments_total: Mapped[int] = mapped_column(Integer)
+    done_at_claim: Mapped[int] = mapped_column(Integer, default=0)  # segments_done when claimed: the rate's base
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far: a job that kills its worker stops
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)  # "host:pid:tag" of the claimer
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

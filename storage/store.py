@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import fulltext, migrate
+from storage.jobs import JobStore
 from storage.schema import Conversation, Document, MemorySet, Message, Passage, Segment
 
 
@@ -155,7 +156,7 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-class Store:
+class Store(JobStore):
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)

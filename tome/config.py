@@ -46,6 +46,17 @@ class Config:
     compress_batch: int = _opt(4, "segments per UIO encoder batch")
     chunk_segments: int = _opt(16, "segments per saved chunk: an interrupted ingestion resumes from the last one",
                                "TOME_CHUNK_SEGMENTS", int)
+    background_chunk_segments: int = _opt(1, "segments per saved chunk of background compression (stage 2); the "
+                                             "worker holds the model lock one chunk at a time, so a question "
+                                             "asked meanwhile waits at most this many segments' compression",
+                                          "TOME_BACKGROUND_CHUNK_SEGMENTS", int)
+    compress_stale_s: float = _opt(600.0, "a compression job whose worker has not reported for this long is taken "
+                                          "again (its worker died); a dead local worker's job is taken at start-up",
+                                   "TOME_COMPRESS_STALE_S", float)
+    compress_attempts: int = _opt(3, "claims of one compression job before it is marked failed (a book that "
+                                     "kills its worker must not take down the next one too)")
+    compress_poll_s: float = _opt(5.0, "how often an idle background worker looks at the queue (an upload in "
+                                       "the same process wakes it at once)", "TOME_COMPRESS_POLL_S", float)
     memory_budget: int = _opt(-1, "most memory slots a compressed answer attends to (best segments first); "
                                   "0: all that fit the window; -1 (auto): all on a GPU, on a CPU as many as keep "
                                   "the first token near a 1-page question's (uio.model.flat_ttft_slots)",

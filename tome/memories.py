@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from typing import Callable, Sequence
 
 from storage import DocumentInfo, MemoryFiles, MemorySetInfo, Store
@@ -13,6 +14,10 @@ from tome.timing import Timer, maybe
 log = logging.getLogger("tome")
 
 Progress = Callable[[float, str], None]
+
+
+class ModelSwitched(RuntimeError):
+    """The base model was switched while a book was being compressed: its memories must start again."""
 
 
 class Memories:
@@ -29,45 +34,84 @@ class Memories:
         self.cache.clear()
         self._encoders.clear()
 
-    def compress(self, doc: DocumentInfo, segments, name: str, report: Progress, compressor=None) -> MemorySetInfo:
+    def compress(self, doc: DocumentInfo, segments, name: str, report: Progress, compressor=None,
+                 chunk: int | None = None, step: Callable[..., None] | None = None) -> MemorySetInfo:
         """Compress all segments chunk by chunk (each chunk saved), then write the whole memory file.
 
-        A chunk saved by an earlier, interrupted run is read back instead of made again.
+        ``report`` gets this stage's fraction (0..1); ``step`` the number of segments done, after each
+        segment, while waiting for the model and (with ``force=True``) after each saved chunk (a worker's
+        heartbeat: it may raise to stop the work).
+        The model lock is taken per chunk of ``chunk`` segments (default ``Config.chunk_segments``), never
+        for the whole book, so a question asked meanwhile waits for one chunk at most. A chunk saved by an
+        earlier, interrupted run is read back instead of made again when it holds the same segments.
         """
         from uio.compress import storage_dtype
         from uio.memory import Memory
 
-        with self.models.lock:
-            compressor = compressor or self.models.compressor()
-            dtype = storage_dtype(self.models.lm)  # 16-bit files whichever encoder ran (Ray, int8: model dtype)
-            fp, ratio = compressor.identity(self.models.lm), compressor.ratio
-            encoder = self.encoder(compressor)
-            n, size = len(segments), self.models.config.chunk_segments
-            parts = []
-            for c, start in enumerate(range(0, n, size)):
-                chunk = segments[start:start + size]
-                saved = self.files.root / self.files.part(doc.sha256, fp, ratio, c)
-                if saved.is_file():
-                    try:
-                        parts.append(Memory.load(saved, expect_fingerprint=fp))
-                        continue
-                    except Exception as e:  # a damaged chunk is simply made again
-                        log.warning("chunk %s unreadable (%s); recompressing", saved.name, e)
+        compressor = compressor or self.models.compressor()
+        lm = self.models.lm
+        dtype = storage_dtype(lm)  # 16-bit files whichever encoder ran (Ray, int8: model dtype)
+        fp, ratio = compressor.identity(lm), compressor.ratio
+        encoder = self.encoder(compressor)
+        n, size = len(segments), chunk or self.models.config.chunk_segments
+        tick = step or (lambda done, force=False: None)
+        parts = []
+        for c, start in enumerate(range(0, n, size)):
+            part = segments[start:start + size]
+            saved = self._saved_chunk(self.files.root / self.files.part(doc.sha256, fp, ratio, c), fp, part)
+            if saved is not None:
+                parts.append(saved)
+                continue
 
-                def step(done: int, _total: int, start: int = start) -> None:
-                    report(0.15 + 0.8 * (start + done) / n, f"{name}: compressed {start + done}/{n} segments")
+            def one(done: int, _total: int, start: int = start) -> None:
+                report((start + done) / n, f"{name}: memories {start + done}/{n} segments")
+                tick(start + done)
 
-                mem = encoder.compress([s.token_ids for s in chunk], segment_ids=[s.index for s in chunk],
-                                       token_spans=[(s.token_start, s.token_end) for s in chunk],
-                                       progress=step)
-                mem.keys, mem.values = mem.keys.to(dtype), mem.values.to(dtype)
-                mem.save(self.files.path(self.files.part(doc.sha256, fp, ratio, c)))
-                parts.append(mem)
-            rel = self.files.final(doc.sha256, fp, ratio)
-            final = self.files.path(rel)
-            Memory.concat(parts).save(final)
+            with self._model_lock(lambda start=start: tick(start)):
+                if self.models.loaded is not lm:  # the model was switched: these memories would mix two models
+                    raise ModelSwitched("the model was switched during compression; it starts again")
+                mem = encoder.compress([s.token_ids for s in part], segment_ids=[s.index for s in part],
+                                       token_spans=[(s.token_start, s.token_end) for s in part], progress=one)
+            mem.keys, mem.values = mem.keys.to(dtype), mem.values.to(dtype)
+            mem.save(self.files.path(self.files.part(doc.sha256, fp, ratio, c)))
+            parts.append(mem)
+            tick(min(start + size, n), force=True)
+        rel = self.files.final(doc.sha256, fp, ratio)
+        final = self.files.path(rel)
+        Memory.concat(parts).save(final)
+        report(1.0, f"{name}: memories {n}/{n} segments")
         return MemorySetInfo(doc.id, fp, ratio, rel, final.stat().st_size, sha256_file(final),
                              compressor.name, compressor.params() | {"version": compressor.version})
+
+    @staticmethod
+    def _saved_chunk(path, fp: str, part):
+        """A chunk saved before, if it is readable and holds exactly these segments (else None: make it again;
+        a chunk written with another chunk size has other segments)."""
+        from uio.memory import Memory
+
+        if not path.is_file():
+            return None
+        try:
+            mem = Memory.load(path, expect_fingerprint=fp)
+        except Exception as e:  # a damaged chunk is simply made again
+            log.warning("chunk %s unreadable (%s); recompressing", path.name, e)
+            return None
+        if list(mem.segment_ids) != [s.index for s in part]:
+            log.info("chunk %s holds other segments (another chunk size); recompressing", path.name)
+            return None
+        return mem
+
+    @contextmanager
+    def _model_lock(self, waiting: Callable[[], None], every_s: float = 10.0):
+        """The model lock, calling ``waiting`` every ``every_s`` while a question holds it (a worker's
+        heartbeat: its job must not look dead while it only waits its turn)."""
+        lock = self.models.lock
+        while not lock.acquire(timeout=every_s):
+            waiting()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def encoder(self, compressor):
         """What compresses segments: the compressor on the loaded model, or for the UIO encoder its int8
@@ -131,6 +175,9 @@ class Memories:
         with maybe(timer, "lookup"):
             ms = self.store.memory_set(doc.id, fp)
         if ms is None:
+            from tome.queue import check_not_queued
+
+            check_not_queued(self.store, doc, made_by)  # the worker is making them: never twice, never blocking
             ms = self._compress_stored(doc, made_by, progress)
         mem = self.cache.get(ms.sha256)
         if mem is not None:
@@ -141,18 +188,35 @@ class Memories:
         self.cache.put(ms.sha256, mem)
         return mem
 
-    def _compress_stored(self, doc: DocumentInfo, compressor, progress: Progress | None) -> MemorySetInfo:
-        from ingest import Segment
+    def stored_segments(self, doc: DocumentInfo, pages=None) -> list:
+        """A document's segments with their tokens, the same in every process (so chunks saved before a
+        restart match the ones made after it).
+
+        From ``pages`` (the kept upload read again) the tokens are exactly stage 1's, when its segments
+        come out as stored; else they are made again from the stored text (a few tokens may differ where
+        the text was cut and stripped).
+        """
+        from ingest import Segment, split_segments
 
         limit = self.models.config.segment_len
         tok = self.models.lm.tokenizer
-        segments = [Segment(r.index, r.text, r.page_start, r.page_end, r.token_start, r.token_end,
-                            tuple(tok(r.text, add_special_tokens=False)["input_ids"][:limit]) or (tok.eos_token_id,))
-                    for r in self.store.segments(doc.id)]
+        rows = self.store.segments(doc.id)
+        if pages:
+            again = split_segments(pages, tok, limit)
+            if [(s.index, s.token_start, s.token_end) for s in again] == [(r.index, r.token_start, r.token_end)
+                                                                          for r in rows]:
+                return again
+            log.info("segments of %r read again differ from the stored ones; using the stored text", doc.title)
+        return [Segment(r.index, r.text, r.page_start, r.page_end, r.token_start, r.token_end,
+                        tuple(tok(r.text, add_special_tokens=False)["input_ids"][:limit]) or (tok.eos_token_id,))
+                for r in rows]
+
+    def _compress_stored(self, doc: DocumentInfo, compressor, progress: Progress | None) -> MemorySetInfo:
+        """Memories of another compressor or ratio than the queue's, made on demand for a question."""
         log.info("making %dx %s memories of %r", compressor.ratio, compressor.name, doc.title)
-        ms = self.compress(doc, segments, doc.title, progress or (lambda f, m: None), compressor)
+        ms = self.compress(doc, self.stored_segments(doc), doc.title, progress or (lambda f, m: None), compressor)
         self.store.finish_document(doc.id, ms)
-        self.files.remove_parts(doc.sha256)
+        self.files.remove_parts(doc.sha256, ms.fingerprint, ms.ratio)
         return ms
 
 

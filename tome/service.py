@@ -18,6 +18,7 @@ from tome.config import RATIOS, Config
 from tome.library import IngestResult, Library, Progress, Recovery
 from tome.memories import Memories
 from tome.models import Models
+from tome.queue import JobProgress, Queue, job_status
 from tome.timing import Timer
 from tome.uploads import Uploads
 
@@ -32,8 +33,9 @@ class Tome:
         self.files = MemoryFiles(config.memories_path)
         self.retriever = Retriever(self.store, config.embedder, config.vector_index_min)
         self.memories = Memories(self.models, self.store, self.files, config.memory_cache_mb)
+        self.queue = Queue(self.models, self.store, self.files, self.memories)
         self.library = Library(self.models, self.store, self.files, Uploads(config.uploads_path),
-                               self.retriever, self.memories)
+                               self.retriever, self.memories, self.queue)
         self.answerer = Answerer(self.models, self.store, self.retriever, self.memories)
 
     # -- model -----------------------------------------------------------------
@@ -115,8 +117,10 @@ class Tome:
         return self.store.get_document(ref)
 
     def ingest(self, path: str | Path, filename: str | None = None, password: str | None = None,
-               progress: Progress | None = None) -> IngestResult:
-        return self.library.ingest(path, filename, password, progress)
+               progress: Progress | None = None, wait: bool = True) -> IngestResult:
+        """Stage 1 (the book becomes askable), then its memories: made here when ``wait`` (the default of
+        the API and the CLI), else left to the queue's worker (what the UI does)."""
+        return self.library.ingest(path, filename, password, progress, wait)
 
     def delete(self, doc_id: int) -> None:
         self.library.delete(doc_id)
@@ -124,12 +128,66 @@ class Tome:
     def recover(self) -> Recovery:
         return self.library.recover()
 
-    def reingest(self, doc_id: int, progress: Progress | None = None) -> IngestResult:
-        return self.library.reingest(doc_id, progress)
+    def reingest(self, doc_id: int, progress: Progress | None = None, wait: bool = True) -> IngestResult:
+        return self.library.reingest(doc_id, progress, wait)
 
     def needs_recovery(self) -> bool:
-        """Whether a start-up check has anything to do (an unfinished ingestion, or memory files to reconcile)."""
-        return bool(self.store.unfinished_documents()) or self.config.memories_path.exists()
+        """Whether a start-up check has anything to do (an unfinished ingestion or compression, or memory
+        files to reconcile)."""
+        return (bool(self.store.unfinished_documents()) or self.config.memories_path.exists()
+                or bool(self.store.jobs(("queued", "running", "cancelled"))))
+
+    # -- stage 2: the compression queue ------------------------------------------------
+    def start_worker(self) -> None:
+        """Make memories in a background thread of this process (``app.py serve``), one book at a time."""
+        self.queue.start()
+
+    def stop_worker(self, timeout: float | None = 30.0) -> None:
+        self.queue.stop(timeout)
+
+    def compress_queued(self, progress: Progress | None = None):
+        """Run the queued compression jobs here until none is left (the CLI's worker)."""
+        return self.queue.drain(progress)
+
+    def wait_compressed(self, doc_id: int, progress: Progress | None = None):
+        """Until the book's memories are made (running its job here if still queued); the job as it ended."""
+        return self.queue.wait_for(doc_id, progress)
+
+    def cancel_compression(self, doc_id: int) -> bool:
+        """Stop making a book's memories: partial chunk files and the job go; the book stays askable."""
+        return self.queue.cancel(doc_id)
+
+    def compression(self, doc_ids=None) -> list[JobProgress]:
+        """Stage-2 jobs (of ``doc_ids``) with rate and ETA, in queue order."""
+        return self.queue.progress(doc_ids)
+
+    def book_status(self, doc: DocumentInfo, progress: dict[int, JobProgress] | None = None) -> str:
+        """One book's state in plain text: "ingesting", "ready", "queued 0/40 (...)", "compressing 12/40
+        (ETA 3 min)", "failed: ...". ``progress``: {document id: JobProgress} when listing many books."""
+        if not doc.ready:
+            return "ingesting"
+        if progress is None:
+            progress = {p.job.document_id: p for p in self.compression([doc.id])
+                        if p.job.compressor == self.models.compressor_name() and p.job.ratio == self.config.ratio}
+        p = progress.get(doc.id)
+        return job_status(p) if p is not None else "ready"
+
+    def memories_pending(self, doc_refs: Sequence[int | str], ratio: int | None = None,
+                         compressor: str | None = None) -> list[str]:
+        """For compressed mode: why each chosen book cannot answer from memories yet ("memories of X are
+        12/40 segments done (ETA 3 min)"); empty when all can (made, or made on demand for another choice)."""
+        from tome.queue import MemoriesPending, check_not_queued
+
+        made_by = self.models.compressor(ratio, compressor)
+        fp = made_by.identity(self.lm)
+        out = []
+        for doc in (self.store.get_document(r) for r in doc_refs):
+            if doc.ready and self.store.memory_set(doc.id, fp) is None:
+                try:
+                    check_not_queued(self.store, doc, made_by)
+                except MemoriesPending as e:
+                    out.append(e.progress)
+        return out
 
     def memory(self, doc: DocumentInfo, ratio: int | None = None, progress: Progress | None = None,
                timer: Timer | None = None, compressor: str | None = None):

@@ -26,7 +26,14 @@ def build_app(tome: Tome) -> gr.Blocks:
 
     def on_upload(files, password, progress=gr.Progress()):
         report = handlers.upload(tome, files, lambda frac, msg: progress(frac, desc=msg), password)
-        return (report, *refresh())
+        return (report, *refresh(), gr.update(active=True))  # the table follows stage 2 from here
+
+    def on_tick():
+        # Stage 2 runs in the service's worker; the table shows it and stops polling once the queue is empty.
+        return gr.update(value=handlers.library_rows(tome)), gr.update(active=handlers.compressing(tome))
+
+    def on_cancel(doc_id):
+        return (handlers.cancel(tome, doc_id), *refresh())
 
     def on_delete_ask(doc_id):
         if doc_id is None:
@@ -37,7 +44,7 @@ def build_app(tome: Tome) -> gr.Blocks:
         return (handlers.delete(tome, doc_id), gr.update(visible=False), *refresh())
 
     def on_reingest(doc_id, progress=gr.Progress()):
-        return (handlers.reingest(tome, doc_id, lambda f, m: progress(f, desc=m)), *refresh())
+        return (handlers.reingest(tome, doc_id, lambda f, m: progress(f, desc=m)), *refresh(), gr.update(active=True))
 
     def settings_of(mode, ratio, max_new, temperature, policy, eviction, compressor) -> handlers.ChatSettings:
         return handlers.ChatSettings(mode=mode, ratio=int(str(ratio).rstrip("x")), max_new_tokens=int(max_new),
@@ -128,18 +135,24 @@ def build_app(tome: Tome) -> gr.Blocks:
             report = gr.Markdown(elem_id="upload-report")
             table = gr.Dataframe(headers=handlers.LIBRARY_HEADERS, value=handlers.library_rows(tome),
                                  interactive=False, elem_id="library")
+            ticker = gr.Timer(2.0, active=handlers.compressing(tome))
             with gr.Row():
                 chosen = gr.Dropdown(label="Book", choices=handlers.document_choices(tome), elem_id="book-pick")
                 reingest_btn = gr.Button("Re-ingest")
+                cancel_btn = gr.Button("Cancel compression", elem_id="cancel-compression")
                 delete_btn = gr.Button("Delete", variant="stop")
                 confirm_btn = gr.Button("Confirm delete", variant="stop", visible=False, elem_id="confirm-delete")
 
         lists = [table, docs, chosen, past]
-        upload_btn.click(on_upload, [files, password], [report, *lists], concurrency_id=MODEL_QUEUE,
+        upload_btn.click(on_upload, [files, password], [report, *lists, ticker], concurrency_id=MODEL_QUEUE,
                          concurrency_limit=1)
+        ticker.tick(on_tick, None, [table, ticker], show_progress="hidden", concurrency_id="library-tick",
+                    concurrency_limit=None)
+        cancel_btn.click(on_cancel, [chosen], [report, *lists])
         delete_btn.click(on_delete_ask, [chosen], [report, confirm_btn])
         confirm_btn.click(on_delete, [chosen], [report, confirm_btn, *lists])
-        reingest_btn.click(on_reingest, [chosen], [report, *lists], concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+        reingest_btn.click(on_reingest, [chosen], [report, *lists, ticker], concurrency_id=MODEL_QUEUE,
+                           concurrency_limit=1)
         ask_inputs = [question, left, right, docs, conv, mode, ratio, max_new, temperature, policy, eviction,
                       compressor]
         ask_outputs = [left, right, conv, notice, question]
@@ -151,5 +164,6 @@ def build_app(tome: Tome) -> gr.Blocks:
         mode.change(on_mode, [mode], [left, right])
         model.change(on_model, [model], [model_note], concurrency_id=MODEL_QUEUE, concurrency_limit=1)
         open_btn.click(on_open, [past], [left, right, conv, docs, notice])
-        app.load(refresh, None, lists)
+        # a reloaded page follows the queue again (the worker never stopped: it belongs to the service)
+        app.load(lambda: (*refresh(), gr.update(active=handlers.compressing(tome))), None, [*lists, ticker])
     return app

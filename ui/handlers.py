@@ -1,7 +1,9 @@
 """What each UI event does, as plain functions of the service, so tests can call them directly.
 
 Model output is shown as text: it is HTML-escaped before it reaches the
-chat, so a model (or a book) cannot inject markup into the page.
+chat, so a model (or a book) cannot inject markup into the page. Status marks
+are plain words ("ready", "compressing 12/40", "Error: ..."): no emoji, which
+a server without an emoji font would show as boxes.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 
 from tome import MODES, AnswerUpdate, Tome
 
-LIBRARY_HEADERS = ["ID", "Title", "Pages", "Tokens", "Memories on disk", "Status", "Added"]
+LIBRARY_HEADERS = ["ID", "Title", "Pages", "Tokens", "Askable", "Memories on disk", "Status", "Added"]
 CHAT_MODES = ("compressed", "uncompressed", "compare")
 MODEL_CHOICES = [("Qwen2.5-Coder-0.5B-Instruct (default)", "qwen"), ("SmolLM2-135M-Instruct (fast)", "smollm2")]
 
@@ -44,14 +46,39 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"
 
 
+def _progress(tome: Tome) -> dict:
+    """{document id: JobProgress} of the memories the library makes (configured compressor and ratio)."""
+    name, ratio = tome.models.compressor_name(), tome.config.ratio
+    return {p.job.document_id: p for p in tome.compression() if p.job.compressor == name and p.job.ratio == ratio}
+
+
 def library_rows(tome: Tome) -> list[list]:
-    rows = []
+    """One row per book: askable once stage 1 is done; Status says how far its memories are (with ETA)."""
+    rows, progress = [], _progress(tome)
     for d in tome.documents():
         sets = tome.memory_sets(d.id)
         memories = " · ".join(f"{m.ratio}x {_size(m.bytes)}" for m in sorted(sets, key=lambda m: m.ratio))
-        rows.append([d.id, d.title, d.pages, d.tokens, memories or "–", d.status,
-                     d.created_at.strftime("%Y-%m-%d %H:%M")])
+        rows.append([d.id, d.title, d.pages, d.tokens, "yes" if d.ready else "no", memories or "–",
+                     tome.book_status(d, progress), d.created_at.strftime("%Y-%m-%d %H:%M")])
     return rows
+
+
+def compressing(tome: Tome) -> bool:
+    """Whether any book's memories are queued or being made (the library table then refreshes itself)."""
+    return any(p.job.active for p in tome.compression())
+
+
+def cancel(tome: Tome, doc_id: int | float | None) -> str:
+    """Stop making a book's memories (its partial files go; the book stays askable uncompressed)."""
+    if doc_id is None:
+        return "Pick a book first."
+    try:
+        doc = tome.document(int(doc_id))
+    except LookupError as e:
+        return str(e)
+    if tome.cancel_compression(doc.id):
+        return f"Compression of **{html.escape(doc.title)}** cancelled; it stays askable uncompressed."
+    return f"**{html.escape(doc.title)}** has no compression to cancel."
 
 
 def document_choices(tome: Tome) -> list[tuple[str, int]]:
@@ -76,14 +103,17 @@ def upload(tome: Tome, files: Sequence[str] | None, progress: Callable[[float, s
             if progress:
                 progress((i + frac) / n, msg)
 
-        r = tome.ingest(path, filename=path.name, progress=step, password=password or None)
+        # stage 1 only: the book is askable when this returns; its memories are made by the service's worker
+        r = tome.ingest(path, filename=path.name, progress=step, password=password or None, wait=False)
         if r.error:
-            lines.append(f"- ❌ {html.escape(r.error)}")
+            lines.append(f"- failed: {html.escape(r.error)}")
         elif r.duplicate:
-            lines.append(f"- ↺ **{html.escape(r.document.title)}** is already in the library")
+            lines.append(f"- **{html.escape(r.document.title)}** is already in the library")
         else:
             d = r.document
-            lines.append(f"- ✅ **{html.escape(d.title)}**: {d.pages} pages, {d.tokens:,} tokens ({r.seconds:.1f} s)")
+            later = "; memories queued (see the Status column)" if r.job is not None else ""
+            lines.append(f"- added **{html.escape(d.title)}**: {d.pages} pages, {d.tokens:,} tokens, askable now "
+                         f"({r.seconds:.1f} s){later}")
     return "\n".join(lines)
 
 
@@ -102,12 +132,13 @@ def reingest(tome: Tome, doc_id: int | float | None, progress: Callable[[float, 
     if doc_id is None:
         return "Pick a book first."
     try:
-        r = tome.reingest(int(doc_id), progress=progress)
+        r = tome.reingest(int(doc_id), progress=progress, wait=False)
     except LookupError as e:
         return str(e)
     if r.error:
-        return f"❌ {html.escape(r.error)}"
-    return f"✅ **{html.escape(r.document.title)}** read again: {r.document.pages} pages, {r.document.tokens:,} tokens."
+        return f"Error: {html.escape(r.error)}"
+    return (f"**{html.escape(r.document.title)}** read again: {r.document.pages} pages, {r.document.tokens:,} tokens"
+            + ("; memories queued." if r.job is not None else "."))
 
 
 def highlight(snippet: str, terms: Sequence[str]) -> str:
@@ -168,17 +199,19 @@ def sources_message(u: AnswerUpdate) -> dict:
 
 
 def _stream(tome: Tome, mode: str, message: str, turns: list[dict], history: list[dict], doc_ids,
-            conversation_id, settings: ChatSettings, stop) -> Iterator[tuple[list[dict], int | None, str]]:
+            conversation_id, settings: ChatSettings, stop,
+            first: str = "") -> Iterator[tuple[list[dict], int | None, str]]:
     history = history + [{"role": "user", "content": html.escape(message)}, {"role": "assistant", "content": "…"}]
-    yield history, conversation_id, ""
-    notice, u = "", None
+    yield history, conversation_id, first
+    notice, u = first, None
     for u in tome.ask([int(d) for d in doc_ids], message, history=turns, conversation_id=conversation_id,
                       max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, stop=stop,
                       mode=mode, ratio=settings.ratio, cache_policy=settings.cache_policy,
                       cache_eviction=settings.cache_eviction, compressor=settings.compressor):
-        if u.truncated and not notice:
-            notice = ("⚠️ Too long for the context window, only the passages closest to the question were read: "
-                      + html.escape(", ".join(u.truncated)))
+        if u.truncated and "context window" not in notice:
+            notice = (notice + " " if notice else "") + (
+                "Note: too long for the context window, only the passages closest to the question were read: "
+                + html.escape(", ".join(u.truncated)))
         history[-1] = {"role": "assistant", "content": html.escape(u.text) or "…"}
         yield history, u.conversation_id, notice
     if u is not None:
@@ -206,10 +239,16 @@ def chat(tome: Tome, message: str, history: list[dict] | None, doc_ids: Sequence
         return
     mode = settings.mode if settings.mode in MODES else "uncompressed"
     try:
+        first = ""
+        if mode == "compressed":
+            # Memories still being made: answer from the text now rather than refuse or wait minutes.
+            pending = tome.memories_pending([int(d) for d in doc_ids], settings.ratio, settings.compressor)
+            if pending:
+                mode, first = "uncompressed", html.escape("; ".join(pending)) + "; answering uncompressed."
         yield from _stream(tome, mode, message.strip(), _plain_history(history), history, doc_ids,
-                           conversation_id, settings, stop)
+                           conversation_id, settings, stop, first)
     except (ValueError, LookupError, RuntimeError) as e:  # window, missing memories, not ready: say so
-        yield history, conversation_id, f"❌ {html.escape(str(e))}"
+        yield history, conversation_id, f"Error: {html.escape(str(e))}"
 
 
 def compare(tome: Tome, message: str, left: list[dict] | None, right: list[dict] | None,
@@ -224,6 +263,15 @@ def compare(tome: Tome, message: str, left: list[dict] | None, right: list[dict]
         return
     message = message.strip()
     try:
+        pending = tome.memories_pending([int(d) for d in doc_ids], settings.ratio, settings.compressor)
+        if pending:  # nothing to compare yet: the compressed side says why, the uncompressed side answers
+            note = html.escape("; ".join(pending)) + "; answering uncompressed only."
+            left = left + [{"role": "user", "content": html.escape(message)},
+                           {"role": "assistant", "content": note, "metadata": {"title": "Memories not ready"}}]
+            for right_now, conversation_id, notice in _stream(tome, "uncompressed", message, _plain_history(right),
+                                                               right, doc_ids, conversation_id, settings, stop, note):
+                yield left, right_now, conversation_id, notice
+            return
         for left_now, conversation_id, notice in _stream(tome, "compressed", message, _plain_history(left), left,
                                                           doc_ids, conversation_id, settings, stop):
             yield left_now, right, conversation_id, notice
@@ -234,7 +282,7 @@ def compare(tome: Tome, message: str, left: list[dict] | None, right: list[dict]
                                                            right, doc_ids, conversation_id, settings, stop):
             yield left, right_now, conversation_id, notice
     except (ValueError, LookupError, RuntimeError) as e:
-        yield left, right, conversation_id, f"❌ {html.escape(str(e))}"
+        yield left, right, conversation_id, f"Error: {html.escape(str(e))}"
 
 
 def open_conversation(tome: Tome, conversation_id: int | None) -> tuple[list[dict], list[dict], list[int]]:

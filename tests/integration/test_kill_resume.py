@@ -1,4 +1,5 @@
-"""kill -9 in the middle of an ingestion, start again: the book is finished from where it stopped."""
+"""kill -9 in the middle of an ingestion (stage 2, the memories), start again: the book was askable all along
+and its memories are finished from the last saved chunk."""
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from tests.conftest import MODELS_DIR, ROOT, make_pdf
 
 def _env(data_dir):
     return {"TOME_DATA_DIR": str(data_dir), "TOME_MODELS_DIR": str(MODELS_DIR), "TOME_MODEL": "smollm2",
-            "TOME_SEGMENT_LEN": "128", "TOME_CHUNK_SEGMENTS": "2", "HF_HUB_OFFLINE": "1",
+            "TOME_SEGMENT_LEN": "128", "TOME_BACKGROUND_CHUNK_SEGMENTS": "2", "HF_HUB_OFFLINE": "1",
             "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 
@@ -51,15 +52,15 @@ def test_kill_during_compression_then_resume(tmp_path):
 
     listing = subprocess.run([sys.executable, "app.py", "list"], cwd=ROOT, env=_env(killed),
                              capture_output=True, text=True, timeout=120)
-    assert "ingesting" in listing.stdout  # visible as unfinished, never as ready
+    assert "compressing" in listing.stdout and "ingesting" not in listing.stdout  # askable, memories unfinished
 
     done = _ingest(killed, pdf)
     out, err = done.communicate(timeout=600)
     assert done.returncode == 0, err
-    assert "finished the interrupted ingestion of 'tides'" in out
+    assert "queued the interrupted compression of 'tides' again" in out
     listing = subprocess.run([sys.executable, "app.py", "list"], cwd=ROOT, env=_env(killed),
                              capture_output=True, text=True, timeout=120)
-    assert "ready" in listing.stdout and "ingesting" not in listing.stdout
+    assert "ready" in listing.stdout and "compressing" not in listing.stdout
     assert not list((killed / "memories").rglob("*.chunk*"))
 
     clean = tmp_path / "clean"

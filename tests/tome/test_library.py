@@ -22,6 +22,7 @@ def test_ingest_stores_a_checksummed_memory_file_per_document(tome_tiny, tmp_pat
     r = tome_tiny.ingest(book(tmp_path))
     assert r.ok and r.document.ready and r.document.extractor == "pypdf"
     assert set(r.timings) == {"extract_s", "segment_s", "embed_s", "compress_s", "store_s"}
+    assert r.job.status == "done" and r.job.segments_done == r.job.segments_total  # both stages waited for
     sets = tome_tiny.store.memory_sets(r.document.id)
     assert len(sets) == 1 and sets[0].ratio == 8 and sets[0].fingerprint == tome_tiny.memory_identity()
     assert sets[0].compressor == "kvzip" and sets[0].params["version"] == "1"  # the default, recorded
@@ -76,7 +77,18 @@ def test_delete_removes_rows_memory_files_and_the_kept_upload(tome_tiny, tmp_pat
     assert list(tome_tiny.config.uploads_path.glob(f"{b.sha256}.*"))
 
 
-def test_failure_during_compression_leaves_nothing_behind(tome_tiny, tmp_path, monkeypatch):
+def test_failure_in_stage_1_leaves_nothing_behind(tome_tiny, tmp_path, monkeypatch):
+    def broken(*a, **k):  # fault injection: the passages' vectors fail after the rows exist
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(tome_tiny.retriever, "embed_passages", broken)
+    r = tome_tiny.ingest(book(tmp_path))
+    assert not r.ok and "disk on fire" in r.error
+    assert tome_tiny.documents() == [] and tome_tiny.store.count_segments() == 0 and tome_tiny.store.jobs() == []
+    assert files_of(tome_tiny) == [] and not list(tome_tiny.config.uploads_path.glob("*"))
+
+
+def test_failure_during_compression_leaves_the_book_askable_and_no_chunks(tome_tiny, tmp_path, monkeypatch):
     from tome.memories import _Bound
 
     calls = {"n": 0}
@@ -90,18 +102,24 @@ def test_failure_during_compression_leaves_nothing_behind(tome_tiny, tmp_path, m
 
     monkeypatch.setattr(_Bound, "compress", flaky)
     r = tome_tiny.ingest(book(tmp_path))
-    assert not r.ok and "disk on fire" in r.error
-    assert tome_tiny.documents() == [] and tome_tiny.store.count_segments() == 0
-    assert files_of(tome_tiny) == [] and not list(tome_tiny.config.uploads_path.glob("*"))
+    assert not r.ok and "disk on fire" in r.error and "askable uncompressed" in r.error
+    doc = tome_tiny.documents()[0]
+    assert doc.ready and r.job.status == "failed"  # stage 1 stands; stage 2 is shown as failed
+    assert tome_tiny.book_status(doc).startswith("failed: RuntimeError: disk on fire")
+    assert files_of(tome_tiny) == []  # the chunk made before the failure is gone
+    assert list(tome_tiny.ask([doc.id], "Anything?"))[-1].done  # uncompressed answers work
+    monkeypatch.setattr(_Bound, "compress", real)
+    assert tome_tiny.reingest(doc.id).ok and tome_tiny.book_status(tome_tiny.documents()[0]) == "ready"
 
 
 def test_start_up_check_finishes_interrupted_ingestion_and_removes_orphans(tome_tiny, tmp_path):
     pdf = book(tmp_path)
     whole = tome_tiny.ingest(pdf)
     reference = tome_tiny.memory(whole.document)
-    # Simulate a crash after the first chunk: rows 'ingesting', one chunk file, no final file.
+    # Simulate a crash in stage 1 after the rows were stored: document 'ingesting', no memories, no job.
     fp = tome_tiny.memory_identity()
     tome_tiny.store.delete_memory_set(whole.document.id, fp)
+    tome_tiny.store.delete_job(whole.job.id)
     final = tome_tiny.config.memories_path / tome_tiny.files.final(whole.document.sha256, fp, 8)
     final.unlink()
     from sqlalchemy import update
@@ -109,8 +127,6 @@ def test_start_up_check_finishes_interrupted_ingestion_and_removes_orphans(tome_
     from storage.schema import Document
     with tome_tiny.store.engine.begin() as conn:
         conn.execute(update(Document).values(status="ingesting"))
-    first = reference.select(reference.segment_ids[:2])
-    first.save(tome_tiny.files.path(tome_tiny.files.part(whole.document.sha256, fp, 8, 0)))
     orphan = tome_tiny.config.memories_path / "zz" / "zz-orphan.safetensors"
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"left over")
@@ -121,11 +137,12 @@ def test_start_up_check_finishes_interrupted_ingestion_and_removes_orphans(tome_
     report = tome_tiny.recover()
     assert report.resumed == ["tides"] and report.removed == [] and report.orphans == [str(orphan)]
     doc = tome_tiny.documents()[0]
-    assert doc.ready
+    assert doc.ready and tome_tiny.book_status(doc).startswith("queued 0/")  # askable; stage 2 queued
+    assert [j.status for j in tome_tiny.compress_queued()] == ["done"]
     tome_tiny.memories.cache.clear()
     again = tome_tiny.memory(doc)
     assert torch.equal(again.keys, reference.keys) and torch.equal(again.values, reference.values)
-    assert not orphan.exists()
+    assert not orphan.exists() and files_of(tome_tiny) == [tome_tiny.store.memory_sets(doc.id)[0].path]
 
 
 def test_start_up_check_removes_unfinished_documents_it_cannot_finish(tome_tiny, tmp_path):

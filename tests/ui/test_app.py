@@ -23,14 +23,48 @@ def test_upload_reports_each_file_and_goes_on_after_a_bad_one(tome_tiny, tmp_pat
     seen = []
     report = handlers.upload(tome_tiny, [str(bad), str(good)], lambda f, m: seen.append(f))
     lines = report.splitlines()
-    assert lines[0].startswith("- ❌ bad.pdf: not a PDF")
-    assert lines[1].startswith("- ✅ **good**: 2 pages")
+    assert lines[0].startswith("- failed: bad.pdf: not a PDF")  # plain words: no emoji font needed
+    assert lines[1].startswith("- added **good**: 2 pages") and "askable now" in lines[1]
+    assert "memories queued" in lines[1]
     assert seen == sorted(seen) and seen[-1] == 1.0
     rows = handlers.library_rows(tome_tiny)
     assert len(rows) == 1 and rows[0][1:4] == ["good", 2, rows[0][3]] and rows[0][3] > 0
-    assert rows[0][4].startswith("8x ") and rows[0][5] == "ready"
+    # askable at once (stage 1); the memories are queued for the service's worker (stage 2)
+    assert rows[0][4] == "yes" and rows[0][5] == "–" and rows[0][6].startswith("queued 0/1")
+    assert handlers.compressing(tome_tiny)
     assert handlers.document_choices(tome_tiny) == [("good (2 p.)", rows[0][0])]
+    tome_tiny.compress_queued()  # what the worker thread of `app.py serve` does
+    rows = handlers.library_rows(tome_tiny)
+    assert rows[0][5].startswith("8x ") and rows[0][6] == "ready" and not handlers.compressing(tome_tiny)
     assert "already in the library" in handlers.upload(tome_tiny, [str(good)])
+
+
+def test_compressed_mode_on_a_book_still_compressing_answers_uncompressed_and_says_so(tome_tiny, tmp_path):
+    pdf = make_pdf(tmp_path / "q.pdf", ["Tides " * 200, "Gulls " * 200])
+    handlers.upload(tome_tiny, [str(pdf)])
+    doc = tome_tiny.documents()[0]
+    n = len(tome_tiny.store.segments(doc.id))
+    compressed = handlers.ChatSettings(mode="compressed", max_new_tokens=3)
+    history, conv, notice = list(handlers.chat(tome_tiny, "What happens?", [], [doc.id], None,
+                                               settings=compressed))[-1]
+    assert notice == f"memories of q are 0/{n} segments done (ETA unknown); answering uncompressed."
+    assert "uncompressed · " in history[-1]["content"]  # the figures line of the answer given
+    left, right, conv, notice = list(handlers.compare(tome_tiny, "What happens?", [], [], [doc.id], None,
+                                                      settings=compressed))[-1]
+    assert "answering uncompressed only" in left[-1]["content"] and "uncompressed · " in right[-1]["content"]
+    assert [m.mode for m in tome_tiny.store.messages(conv) if m.role == "assistant"] == ["uncompressed"]
+    tome_tiny.compress_queued()
+    history, _, notice = list(handlers.chat(tome_tiny, "What happens?", [], [doc.id], None,
+                                            settings=compressed))[-1]
+    assert notice == "" and "compressed kvzip 8x" in history[-1]["content"]
+
+
+def test_cancel_handler(tome_tiny, tmp_path):
+    handlers.upload(tome_tiny, [str(make_pdf(tmp_path / "k.pdf", ["Keep me askable."]))])
+    doc = tome_tiny.documents()[0]
+    assert handlers.cancel(tome_tiny, doc.id).startswith("Compression of **k** cancelled")
+    assert handlers.library_rows(tome_tiny)[0][4:7] == ["yes", "–", "ready"]
+    assert "no compression to cancel" in handlers.cancel(tome_tiny, doc.id)
 
 
 def test_chat_streams_escapes_html_and_ends_with_cited_sources(tome_tiny, tmp_path):
@@ -79,7 +113,7 @@ def test_cache_policy_setting_reaches_the_answer_and_its_figures(tome_tiny, tmp_
     assert tome_tiny.store.messages(conv)[-1].stats["cache_policy"] == "h2o"
     bad = handlers.ChatSettings(mode="uncompressed", max_new_tokens=4, cache_policy="gate")
     notice = list(handlers.chat(tome_tiny, "What wades?", [], [r.document.id], None, settings=bad))[-1][2]
-    assert notice.startswith("❌") and "Attention-Gate" in notice
+    assert notice.startswith("Error: ") and "Attention-Gate" in notice
 
 
 def test_chat_asks_for_a_book_and_a_question(tome_tiny):
@@ -91,12 +125,12 @@ def test_errors_during_an_answer_are_shown_not_raised(tome_tiny, tmp_path):
     r = tome_tiny.ingest(make_pdf(tmp_path / "w.pdf", ["Some text."]))
     huge = handlers.ChatSettings(mode="uncompressed", max_new_tokens=10_000)  # beyond the tiny window
     notice = list(handlers.chat(tome_tiny, "Hi?", [], [r.document.id], None, settings=huge))[-1][2]
-    assert notice.startswith("❌") and "window" in notice
+    assert notice.startswith("Error: ") and "window" in notice
 
 
 def test_delete_and_reingest_handlers(tome_tiny, tmp_path):
     r = tome_tiny.ingest(make_pdf(tmp_path / "d.pdf", ["Delete me."]))
-    assert handlers.reingest(tome_tiny, r.document.id).startswith("✅ **d** read again")
+    assert handlers.reingest(tome_tiny, r.document.id).startswith("**d** read again")
     doc = tome_tiny.documents()[0]
     assert handlers.delete(tome_tiny, doc.id) == "Deleted **d**."
     assert handlers.library_rows(tome_tiny) == []
