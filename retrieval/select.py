@@ -45,41 +45,56 @@ def select_segments(books: Sequence[tuple[str, Sequence[TextSegment]]],
     if not any(scores):
         return fit_budget(books, budget)
 
-    chosen: list[set[int]] = [set() for _ in books]
-    used = 0
-
-    def take(i: int, j: int) -> bool:
-        nonlocal used
-        if j < 0 or j >= len(sizes[i]) or j in chosen[i] or used + sizes[i][j] > budget:
-            return False
-        chosen[i].add(j)
-        used += sizes[i][j]
-        return True
-
+    pick = _Picker(sizes, budget)
     ranked = sorted(((sc, i, j) for i, m in enumerate(scores) for j, sc in m.items()
                      if 0 <= j < len(sizes[i])), key=lambda x: (-x[0], x[1], x[2]))
-    pending: set[tuple[int, int]] = set()  # hits taken up front whose neighbours are still to come
-    if every_book:
-        seen: set[int] = set()
-        for _, i, j in ranked:
-            if i not in seen:
-                seen.add(i)
-                if take(i, j):
-                    pending.add((i, j))
+    pending = pick.each_books_best(ranked) if every_book else set()  # hits whose neighbours are to come
     for _, i, j in ranked:
         if (i, j) in pending:
             pending.discard((i, j))
-        elif j in chosen[i]:
-            continue  # already in as a neighbour of a better hit
-        elif not take(i, j):
-            continue  # too big for what is left; a smaller, lower-ranked hit may still fit
+        elif j in pick.chosen[i] or not pick.take(i, j):
+            # already in as a neighbour of a better hit, or too big for what is left (a smaller,
+            # lower-ranked hit may still fit)
+            continue
         before, after = reach[i].get(j, (neighbours, neighbours)) if reach is not None else (neighbours, neighbours)
-        for d in range(1, max(before, after) + 1):
-            if d <= after:
-                take(i, j + d)  # what follows first: an answer usually continues past a cut
-            if d <= before:
-                take(i, j - d)
+        pick.around(i, j, before, after)
+    chosen = pick.chosen
     passages = [Passage(t, books[i][1][j], scores[i].get(j)) for i, (t, _) in enumerate(books)
                 for j in sorted(chosen[i])]
     truncated = [t for i, (t, segs) in enumerate(books) if len(chosen[i]) < len(segs)]
     return Selection(passages, truncated)
+
+
+class _Picker:
+    """Segments taken so far per book, within a token budget."""
+
+    def __init__(self, sizes: list[list[int]], budget: int):
+        self.sizes, self.budget, self.used = sizes, budget, 0
+        self.chosen: list[set[int]] = [set() for _ in sizes]
+
+    def take(self, i: int, j: int) -> bool:
+        """Take segment j of book i if it exists, is new and fits."""
+        if j < 0 or j >= len(self.sizes[i]) or j in self.chosen[i] or self.used + self.sizes[i][j] > self.budget:
+            return False
+        self.chosen[i].add(j)
+        self.used += self.sizes[i][j]
+        return True
+
+    def each_books_best(self, ranked: list[tuple[float, int, int]]) -> set[tuple[int, int]]:
+        """Take each book's best hit first (best books first); the hits taken."""
+        seen: set[int] = set()
+        taken = set()
+        for _, i, j in ranked:
+            if i not in seen:
+                seen.add(i)
+                if self.take(i, j):
+                    taken.add((i, j))
+        return taken
+
+    def around(self, i: int, j: int, before: int, after: int) -> None:
+        """The neighbours of hit j: what follows first (an answer usually continues past a cut)."""
+        for d in range(1, max(before, after) + 1):
+            if d <= after:
+                self.take(i, j + d)
+            if d <= before:
+                self.take(i, j - d)
