@@ -300,3 +300,14 @@ def test_a_question_waits_one_chunk_at_most_while_the_worker_compresses(tome_tin
         tome_tiny.stop_worker()
     print(f"\nfirst token idle {idle:.3f} s, during stage 2 {max(busy):.3f} s (chunk 0.3 s, book {n * 0.3:.1f} s)")
     assert max(busy) < idle + 0.3 + 0.5 < n * 0.3  # one chunk at most, far from the whole book
+
+
+def test_compression_waits_for_an_abandoned_answers_generation_thread(tome_tiny):
+    """An answer abandoned early lets the model lock go a moment before its decode thread stops: the worker
+    must not hook into the model before that thread is gone (bench/ingest_speed.py --stages hit it)."""
+    t = threading.Thread(target=time.sleep, args=(0.5,), name="tome-generate")
+    t0 = time.perf_counter()
+    t.start()
+    with tome_tiny.memories._model_lock(lambda: None):
+        waited = time.perf_counter() - t0
+    assert waited >= 0.45 and not t.is_alive()
