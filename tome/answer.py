@@ -195,9 +195,13 @@ class Answerer:
             builder.assemble(ctx, question, history, timer)
             gen = stream(self.lm, ctx.messages, policy, past_key_values=ctx.cache, prefix_len=ctx.prefix,
                          max_new_tokens=max_new, temperature=temperature, stop=stop)
-            for piece in gen:
-                update.text += piece
-                yield replace(update)  # a snapshot: consumers may keep earlier updates
+            pieces = iter(gen)
+            try:
+                for piece in pieces:
+                    update.text += piece
+                    yield replace(update)  # a snapshot: consumers may keep earlier updates
+            finally:
+                pieces.close()  # an abandoned answer stops (and joins) its decode thread before the model is free
         update.stats = self._figures(gen.stats, ctx, policy, timer)
         update.done = True
         update.text = update.text.strip()

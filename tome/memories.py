@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import contextmanager
 from typing import Callable, Sequence
 
@@ -110,7 +109,6 @@ class Memories:
         while not lock.acquire(timeout=every_s):
             waiting()
         try:
-            _join_abandoned_generations()
             yield
         finally:
             lock.release()
@@ -220,20 +218,6 @@ class Memories:
         self.store.finish_document(doc.id, ms)
         self.files.remove_parts(doc.sha256, ms.fingerprint, ms.ratio)
         return ms
-
-
-def _join_abandoned_generations() -> None:
-    """Wait for answer threads still running although their question let the model lock go.
-
-    ``uio.generate`` decodes in a thread ("tome-generate") that stops once its stream is closed; an answer
-    abandoned early (a client gone, a caller that stops reading) releases ``Models.lock`` as its generator
-    unwinds, a moment before that stream is closed. Compression hooks into the same model, so it must not
-    start until that thread is gone (seen as a decode step's keys inside a compressor's prefill).
-    """
-    me = threading.current_thread()
-    for t in threading.enumerate():
-        if t.name == "tome-generate" and t is not me:
-            t.join()
 
 
 class _Bound:
