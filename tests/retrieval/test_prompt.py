@@ -47,3 +47,14 @@ def test_messages_carry_passages_with_pages_history_and_question():
     assert "[A, p. 1]\nA-0" in msgs[0]["content"] and "[A, p. 2]\nA-1" in msgs[0]["content"]
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
     assert msgs[-1]["content"] == "Where?"
+
+
+def test_prompt_labels_each_page_of_a_segment():
+    from retrieval.prompt import Passage, Selection, build_messages
+
+    seg = Seg("First page text.\n\nSecond page text.", 3, 4, 10)
+    p = Passage("Book", seg, 0.5, breaks=((0, 3), (18, 4)))
+    assert p.labelled() == "[Book, p. 3]\nFirst page text.\n\n[p. 4]\nSecond page text."
+    system = build_messages(Selection([p], []), "q")[0]["content"]
+    assert "[Book, p. 3]" in system and "say that they do not" in system
+    assert Passage("Book", seg).labelled().startswith("[Book, pp. 3-4]\n")

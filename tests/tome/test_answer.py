@@ -1,4 +1,6 @@
 """The answer path: where the time to the first token went, the memory budget."""
+import pytest
+
 from storage.files import forget_verified
 from tests.conftest import make_pdf
 from tome import Config
@@ -55,3 +57,76 @@ def test_default_memory_budget_is_sized_to_the_model_on_cpu(tome_tiny, smollm2, 
     for fixed in (0, 16):
         tome_tiny.config = replace(tome_tiny.config, memory_budget=fixed)
         assert tome_tiny.memory_budget() == fixed
+
+
+FILLER = "The committee met on Tuesday and discussed the budget, the roads and the new library. "
+
+
+def _books(tmp_path):
+    pages = {
+        "Alder": [FILLER * 6, "The Alder orchard grows forty apple trees along the river. " + FILLER * 4],
+        "Birch": [FILLER * 6, "The Birch lighthouse keeper owns a tame falcon named Ossian. " + FILLER * 4,
+                  FILLER * 6],
+        "Cedar": [FILLER * 6, "Cedar station sells tickets for the night train to the coast. " + FILLER * 4],
+    }
+    return {t: make_pdf(tmp_path / f"{t}.pdf", p, title=t) for t, p in pages.items()}
+
+
+def _bare_prompt(tome, mode):
+    from retrieval.prompt import Selection, build_messages, count_tokens
+
+    titles = [d.title for d in tome.documents()]
+    return count_tokens(tome.lm.tokenizer, build_messages(Selection([], []), "What is the name of the "
+                                                         "lighthouse keeper's falcon?", memory_of=titles))
+
+
+@pytest.mark.parametrize("mode", ["uncompressed", "compressed"])
+def test_question_about_book_b_cites_b_page_across_three_books(tome_tiny, tmp_path, mode):
+    ids = {t: tome_tiny.ingest(p).document.id for t, p in _books(tmp_path).items()}
+    assert all(tome_tiny.document(i).embedder == "all-MiniLM-L6-v2" for i in ids.values())
+    tome_tiny.config.context_budget = 300  # uncompressed: three books do not fit, the selector chooses
+    if mode == "compressed":  # compressed: shrink the window so the memories do not all fit either
+        lm = tome_tiny.lm
+        lm.model.config.max_position_embeddings = 60 + 16 + 3 + _bare_prompt(tome_tiny, mode)
+    final = list(tome_tiny.ask(list(ids.values()), "What is the name of the lighthouse keeper's falcon?",
+                               max_new_tokens=3, mode=mode))[-1]
+    top = final.sources[0]
+    assert top.document_id == ids["Birch"] and top.page_start <= 2 <= top.page_end and "Ossian" in top.snippet
+    assert final.truncated  # the selector cut something
+    assert [s.score for s in final.sources] == sorted((s.score for s in final.sources), reverse=True)
+    stored = tome_tiny.store.messages(final.conversation_id)[1].stats["sources"]
+    assert stored[0]["title"] == "Birch" and stored[0]["page_start"] <= 2 <= stored[0]["page_end"]
+    if mode == "compressed":
+        assert final.stats["prefix_len"] == final.context_tokens <= 60
+
+
+@pytest.mark.parametrize("mode", ["uncompressed", "compressed"])
+def test_both_modes_choose_segments_through_the_selector(tome_tiny, tmp_path, monkeypatch, mode):
+    import tome.answer
+
+    calls = []
+    real = tome.answer.select_segments
+
+    def spy(books, scores, budget, neighbours=1, **kw):
+        calls.append((len(books), budget))
+        return real(books, scores, budget, neighbours, **kw)
+
+    monkeypatch.setattr(tome.answer, "select_segments", spy)  # the answer path's one call of the selector
+    r = tome_tiny.ingest(make_pdf(tmp_path / "x.pdf", ["Some text about tides.", "More about gulls."]))
+    list(tome_tiny.ask([r.document.id], "gulls?", max_new_tokens=2, mode=mode))
+    assert len(calls) == 1 and calls[0][0] == 1 and calls[0][1] > 0
+
+
+def test_citations_name_the_matching_passage_page(tome_tiny, tmp_path):
+    pages = ["The harbour master keeps the ledgers in the stone tower by the quay.",
+             "The lighthouse keeper owns a tame falcon named Ossian.",
+             "Ships pay their dues each spring at the custom house."]
+    r = tome_tiny.ingest(make_pdf(tmp_path / "h.pdf", pages, title="Harbour"))
+    segs = tome_tiny.store.segments(r.document.id)
+    assert segs[0].page_start == 1 and segs[0].page_end >= 2  # one segment holds several pages
+    final = list(tome_tiny.ask([r.document.id], "What is the falcon called?", max_new_tokens=2))[-1]
+    top = final.sources[0]
+    assert (top.page_start, top.page_end) == (2, 2) and top.label() == "Harbour, p. 2"
+    assert "Ossian" in top.snippet and "falcon" in top.terms
+    stored = tome_tiny.store.messages(final.conversation_id)[1].stats["sources"][0]
+    assert stored["page_start"] == stored["page_end"] == 2 and "falcon" in stored["terms"]
