@@ -211,7 +211,7 @@ class Tome:
         return self.retriever.scores(docs, question, k)
 
     def retrieve(self, doc_refs: Sequence[int | str], query: str, k: int = 4) -> list[Retrieved]:
-        """The ``k`` segments of the chosen books closest to ``query``, best first (no model needed)."""
+        """The ``k`` passages of the chosen books that best match ``query``, best first (no model needed)."""
         docs = [d for d in (self.store.get_document(r) for r in doc_refs) if d.ready]
         return self.retriever.retrieve(docs, query, k)
 
