@@ -83,10 +83,6 @@ class Tome:
         """The fingerprint memories of ``compressor`` at ``ratio`` (default: the config's) carry for this model."""
         return self.models.compressor(ratio, compressor).identity(self.lm)
 
-    def compressor_trained(self, ratio: int | None = None, name: str | None = None) -> bool:
-        """Whether compressed answers can be expected to know the book (false only for an untrained UIO adapter)."""
-        return self.models.trained(ratio, name)
-
     def cache_policy(self, name: str | None = None, eviction: float | None = None):
         return self.models.cache_policy(name, eviction)
 

@@ -35,9 +35,9 @@ class ChatSettings:
 
 
 def default_settings(tome: Tome) -> ChatSettings:
-    # Compressed answers are shown first unless the configured compressor is an untrained UIO adapter.
-    mode = "compressed" if tome.compressor_trained() else "uncompressed"
-    return ChatSettings(mode=mode, ratio=tome.config.ratio, max_new_tokens=tome.config.max_new_tokens,
+    # Uncompressed answers first: on the measured sets they are right far more often than answers from
+    # training-free memories (docs/COMPRESSION.md); compressed and compare modes are one click away.
+    return ChatSettings(mode="uncompressed", ratio=tome.config.ratio, max_new_tokens=tome.config.max_new_tokens,
                         cache_policy=tome.config.cache_policy, cache_eviction=tome.config.cache_eviction,
                         compressor=tome.config.compressor)
 
