@@ -1,0 +1,468 @@
+"""Issue 18: the compressors measured through the product path (ingest -> memories -> ``Tome.ask``).
+
+Parts (each run appends finished cells to ``bench/results/eval_compress_<model>_<part>.json``, so an
+interrupted run keeps what it finished and a rerun skips finished cells; memories are kept in
+``--work`` and reused):
+
+- ``passkey``: the 5-digit pass key (``bench/qa/passkey.py``) as PDFs at ``--lengths`` tokens and
+  depths 0/25/50/75/100 %; one cell = (length, method) over all depths.
+- ``planted``: ``bench/qa/planted.make_books(pages=--pages)``: 3 books, 36 single-book + 6 two-book
+  questions, graded with ``grade()``.
+- ``realdocs``: ``bench/qa/realdocs.json`` questions over the manuals named by ``--docs`` (a subset:
+  compressing all 1,035 pages with KVzip on one CPU thread takes hours); two-book questions are
+  kept when both books are in the subset.
+- ``report``: merges the part files into ``bench/results/eval_compress_<model>.json``, prints the
+  tables and draws ``docs/compression_<model>.png``.
+
+A method is ``<compressor>@<ratio>`` (compressed mode, memories made on demand by ``Tome.memory``,
+the default memory budget), ``full`` (uncompressed, the whole book in the prompt: ``context_budget``
+raised to the model's window) or ``retrieval`` (uncompressed, the default config: the segments
+closest to the question within 3,072 tokens).
+
+Per cell: answers, correctness, the time to the first token (``stats.timing.ttft_s``, measured by the
+product from the start of ``ask``), slots read (``prefix_len``) against the memory's slots (where the
+CPU memory budget ``uio.model.flat_ttft_slots`` bit), context tokens, the time ``Tome.memory`` took to
+make each memory (the compression cost; the plain forward's tokens/s is measured in the same process)
+and the stored bytes per document token.
+
+    export MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 \\
+           MALLOC_TOP_PAD_=1073741824 HF_HUB_OFFLINE=1
+    .venv/bin/python bench/eval_compress.py passkey --model qwen --lengths 2048 \\
+        --methods kvzip@8,kvzip@32,snapkv@8,keynorm@8,streaming@8,full,retrieval
+    .venv/bin/python bench/eval_compress.py planted --model qwen --pages 12 --methods ...
+    .venv/bin/python bench/eval_compress.py realdocs --model qwen --docs r-data,r-faq --methods ...
+    .venv/bin/python bench/eval_compress.py report --model qwen
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import DOCS_DIR, MODELS_DIR, RESULTS_DIR, table, write_json  # noqa: E402
+
+DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+SHORT = " Answer briefly."  # QA questions ask for a short answer (max_new_tokens 24)
+
+
+# -- the service ---------------------------------------------------------------------------------------
+def make_tome(model: str, work: Path, threads: int):
+    from tome.config import Config
+    from tome.service import Tome
+
+    cfg = Config(data_dir=work, model=model, models_dir=MODELS_DIR, compress=False, threads=threads,
+                 max_new_tokens=24)
+    t = Tome(cfg)
+    from uio.runtime import set_threads
+
+    set_threads(threads)
+    return t
+
+
+def ingest_all(tome, paths: list[Path]) -> dict[str, object]:
+    """Path -> DocumentInfo (a file ingested before, in the same data dir, is found by its sha256)."""
+    out = {}
+    for p in paths:
+        r = tome.ingest(p)
+        if r.error and not r.duplicate:
+            raise RuntimeError(f"{p}: {r.error}")
+        doc = r.document
+        if doc is None:
+            import hashlib
+
+            sha = hashlib.sha256(p.read_bytes()).hexdigest()
+            doc = next(d for d in tome.documents() if d.sha256 == sha)
+        out[str(p)] = doc
+    return out
+
+
+def make_memory(tome, doc, name: str, ratio: int) -> dict:
+    """Make (or find) ``doc``'s memory; the seconds it took when made now, its bytes per document token."""
+    have = {(m.compressor, m.ratio) for m in tome.memory_sets(doc.id)}
+    made = (name, ratio) not in have
+    t = time.perf_counter()
+    mem = tome.memory(doc, ratio=ratio, compressor=name)
+    s = time.perf_counter() - t
+    ms = next(m for m in tome.memory_sets(doc.id) if m.compressor == name and m.ratio == ratio)
+    return {"doc": doc.title, "doc_id": doc.id, "tokens": doc.tokens, "slots": int(mem.num_slots), "bytes": ms.bytes,
+            "bytes_per_token": round(ms.bytes / max(doc.tokens, 1), 1),
+            "compress_s": round(s, 2) if made else None}
+
+
+def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
+    base = tome.config
+    kw: dict = {"max_new_tokens": max_new}
+    if method.endswith("/fullcache"):  # the recent cache without the default policy (the gate): HF generate
+        kw["cache_policy"] = "full"
+        method = method.split("/")[0]
+    if method in ("full", "retrieval"):
+        kw["mode"] = "uncompressed"
+        if method == "full":
+            tome.config = replace(base, context_budget=tome.lm.window)
+    else:
+        name, ratio = method.split("@")
+        kw.update(mode="compressed", compressor=name, ratio=int(ratio))
+    try:
+        last = None
+        for last in tome.ask([d.id for d in docs], question, **kw):
+            pass
+    finally:
+        tome.config = base
+    st = last.stats
+    return {"text": last.text, "ttft_s": st.get("timing", {}).get("ttft_s"), "gen_ttft_s": st.get("ttft_s"), "timing": st.get("timing"), "policy": st.get("cache_policy"),
+            "prompt_tokens": st.get("prompt_tokens"), "prefix_len": st.get("prefix_len"),
+            "context_tokens": last.context_tokens, "kv_bytes": st.get("kv_bytes"),
+            "truncated": bool(last.truncated), "total_s": st.get("total_s"),
+            "pages": sorted({p for s in last.sources for p in range(s.page_start, s.page_end + 1)})
+            if last.sources and hasattr(last.sources[0], "page_start") else None}
+
+
+def plain_forward_tok_s(tome, doc) -> float:
+    """Tokens/s of a plain forward over ``doc``'s stored segments (one at a time), as the compressors read them."""
+    import torch
+
+    lm = tome.lm
+    tok = lm.tokenizer
+    segs = [tok(r.text, add_special_tokens=False)["input_ids"][:tome.config.segment_len]
+            for r in tome.store.segments(doc.id)]
+    n = sum(len(s) for s in segs)
+    with torch.inference_mode():
+        lm.model.model(input_ids=torch.tensor([segs[0][:64]]), use_cache=True)  # warm-up
+        t = time.perf_counter()
+        for s in segs:
+            lm.model.model(input_ids=torch.tensor([s]), use_cache=True)
+        return n / (time.perf_counter() - t)
+
+
+# -- results files -------------------------------------------------------------------------------------
+TAG = ""  # --tag: a separate results file for a run beside another of the same part
+
+
+def part_path(model: str, part: str) -> Path:
+    return RESULTS_DIR / f"eval_compress_{model}_{part}{TAG}.json"
+
+
+def load_part(model: str, part: str) -> dict:
+    p = part_path(model, part)
+    return json.loads(p.read_text()) if p.is_file() else {"model": model, "part": part, "cells": {}, "speed": []}
+
+
+def save_part(model: str, part: str, data: dict) -> None:
+    p = part_path(model, part)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(p)
+
+
+def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, str, dict]], grade, max_new: int,
+             model: str, part: str) -> None:
+    """One (set, method) cell: memories for every document involved, then every question."""
+    if key in data["cells"]:
+        print(f"skip {key} (done)", flush=True)
+        return
+    t0 = time.perf_counter()
+    memories = []
+    seen: set = set()
+    rows = []
+    for docs, question, meta in items:
+        if "@" in method:  # this question's memories first (made on demand), so a partial cell has whole rows
+            name, ratio = method.split("@")
+            for d in docs:
+                if d.id not in seen:
+                    seen.add(d.id)
+                    memories.append(make_memory(tome, d, name, int(ratio)))
+        r = ask(tome, docs, question, method, max_new)
+        r["correct"] = bool(grade(r["text"], meta))
+        r["id"] = meta.get("id")
+        r.update({k: v for k, v in meta.items() if k in ("depth", "length", "key", "kind", "style")})
+        r["doc_slots"] = sum(m["slots"] for m in memories if m["doc_id"] in {d.id for d in docs}) or None
+        r["doc_tokens"] = sum(d.tokens for d in docs)
+        rows.append(r)
+        data.setdefault("partial", {})[key] = {"method": method, "n_planned": len(items), "rows": rows,
+                                               "accuracy": sum(x["correct"] for x in rows) / len(rows),
+                                               "n": len(rows), "memories": memories}
+        save_part(model, part, data)  # an interrupted cell keeps its answered questions (marked partial)
+        print(f"  {key} {r['id']}: {'OK ' if r['correct'] else 'no '} ttft {r['ttft_s']}s "
+              f"prefix {r['prefix_len']} ctx {r['context_tokens']} | {r['text'][:70]!r}", flush=True)
+    acc = sum(r["correct"] for r in rows) / len(rows)
+    data.get("partial", {}).pop(key, None)
+    data["cells"][key] = {"method": method, "accuracy": acc, "n": len(rows), "memories": memories,
+                          "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
+                          "memory_budget": tome.memory_budget(), "finished": time.strftime("%H:%M:%S")}
+    save_part(model, part, data)
+    print(f"== {key}: {acc:.2%} of {len(rows)} ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+
+# -- parts -----------------------------------------------------------------------------------------------
+def neutral_title(path: Path, title: str = "Notes") -> None:
+    """passkey_pdf titles its PDF "Pass key <n> tokens depth <d>"; Tome shows the title to the model (compressed
+    mode names the books in the system prompt, uncompressed labels passages with it), and a first run answered
+    "The pass key is 2048 tokens depth 1.0." from it. Rewrite the title so only the text holds a pass key."""
+    from pypdf import PdfReader, PdfWriter
+
+    w = PdfWriter(clone_from=PdfReader(path))
+    w.add_metadata({"/Title": title})
+    with open(path, "wb") as f:
+        w.write(f)
+
+
+def part_passkey(args) -> None:
+    from bench.qa import passkey
+
+    work = args.work / args.model / "passkey"
+    tome = make_tome(args.model, work, args.threads)
+    data = load_part(args.model, "passkey")
+    pdfs = work / "pdfs"
+    pdfs.mkdir(parents=True, exist_ok=True)
+    depths = [float(d) / 100 for d in args.depths.split(",")]
+    for length in [int(x) for x in args.lengths.split(",")]:
+        items = []
+        for i, depth in enumerate(depths):
+            path = pdfs / f"pk_{length}_{int(depth * 100)}.pdf"
+            seed = length + i
+            if not path.is_file():  # written once: pypdf's file ID differs per write, and a rerun must find the doc
+                passkey.passkey_pdf(path.with_suffix(".tmp"), tome.lm.tokenizer, length, depth, seed=seed)
+                neutral_title(path.with_suffix(".tmp"))
+                path.with_suffix(".tmp").replace(path)
+            info = {"key": passkey.make_key(seed)}
+            doc = ingest_all(tome, [path])[str(path)]
+            items.append(([doc], passkey.QUESTION,
+                          {"id": f"pk{length}-{int(depth * 100)}", "answers": [info["key"]], "depth": depth,
+                           "length": length, "key": info["key"]}))
+        if args.speed and not any(s.get("length") == length for s in data["speed"]):
+            data["speed"].append({"length": length, "doc_tokens": items[-1][0][0].tokens,
+                                  "plain_forward_tok_s": round(plain_forward_tok_s(tome, items[-1][0][0]), 1)})
+            save_part(args.model, "passkey", data)
+            print("plain forward", data["speed"][-1], flush=True)
+        for method in args.methods.split(","):
+            run_cell(tome, data, f"passkey|{length}|{method}", method, items, passkey.grade, args.max_new,
+                     args.model, "passkey")
+
+
+def part_planted(args) -> None:
+    from bench.qa import planted
+
+    work = args.work / args.model / f"planted{args.pages}"
+    tome = make_tome(args.model, work, args.threads)
+    data = load_part(args.model, "planted")
+    qset = planted.make_books(work / "books", seed=0, pages=args.pages)
+    paths = {d["id"]: Path(d["path"]) if "path" in d else work / "books" / d["filename"] for d in qset["documents"]}
+    docs = ingest_all(tome, list(paths.values()))
+    by_id = {k: docs[str(p)] for k, p in paths.items()}
+    items = [([by_id[x] for x in q["docs"]], q["question"] + SHORT, q) for q in qset["questions"]]
+    data["set"] = {"pages": args.pages, "questions": len(items),
+                   "tokens": {d.title: d.tokens for d in by_id.values()}}
+    for method in args.methods.split(","):
+        run_cell(tome, data, f"planted|{args.pages}p|{method}", method, items, planted.grade, args.max_new,
+                 args.model, "planted")
+
+
+def part_realdocs(args) -> None:
+    from bench.qa import realdocs
+
+    work = args.work / args.model / "realdocs"
+    tome = make_tome(args.model, work, args.threads)
+    data = load_part(args.model, "realdocs")
+    qset = realdocs.load()
+    chosen = args.docs.split(",")
+    meta = realdocs.documents(qset)
+    docs = ingest_all(tome, [Path(meta[d]["path"]) for d in chosen])
+    by_id = {d: docs[meta[d]["path"]] for d in chosen}
+    qs = [q for q in qset["questions"] if all(x in by_id for x in q["docs"])]
+    items = [([by_id[x] for x in q["docs"]], q["question"] + SHORT, q) for q in qs]
+    data["set"] = {"docs": chosen, "questions": len(items),
+                   "tokens": {d: by_id[d].tokens for d in chosen}, "pages": {d: by_id[d].pages for d in chosen}}
+    print(data["set"], flush=True)
+    tag = "+".join(chosen)
+    for method in args.methods.split(","):
+        run_cell(tome, data, f"realdocs|{tag}|{method}", method, items, realdocs.grade, args.max_new,
+                 args.model, "realdocs")
+
+
+# -- report ----------------------------------------------------------------------------------------------
+def _med(xs):
+    xs = [x for x in xs if x is not None]
+    return round(statistics.median(xs), 2) if xs else None
+
+
+def md(rows: list[dict]) -> str:
+    """``rows`` as a Markdown table (for docs/COMPRESSION.md)."""
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def report(args) -> None:
+    model = args.model
+    parts = {p: load_part(model, p) for p in ("passkey", "planted", "realdocs")}
+    for p in parts:  # runs written under a --tag join their part
+        for extra in sorted(RESULTS_DIR.glob(f"eval_compress_{model}_{p}_*.json")):
+            more = json.loads(extra.read_text())
+            parts[p]["cells"].update(more["cells"])
+            parts[p].setdefault("partial", {}).update(more.get("partial", {}))
+            parts[p].setdefault("set", more.get("set"))
+            parts[p]["speed"] += more.get("speed", [])
+    out = {"model": model, "threads": args.threads, "parts": parts}
+    for p in parts.values():  # a cell cut short (memories made and questions answered so far) is shown as such
+        for k, c in p.get("partial", {}).items():
+            if k not in p["cells"]:
+                p["cells"][k] = dict(c, partial=True)
+    pk = parts["passkey"]["cells"]
+    for c in pk.values():  # cells written before memories carried doc_id: one document per row, same order
+        if c["memories"] and "doc_id" not in c["memories"][0] and len(c["memories"]) == len(c["rows"]):
+            for r, m in zip(c["rows"], c["memories"]):
+                r["doc_slots"] = m["slots"]
+    # passkey: method x length, per depth
+    lengths = sorted({int(k.split("|")[1]) for k in pk})
+    methods = []
+    for k in pk:
+        m = k.split("|")[2]
+        if m not in methods:
+            methods.append(m)
+    rows = []
+    for m in methods:
+        row = {"method": m}
+        for L in lengths:
+            c = pk.get(f"passkey|{L}|{m}")
+            if c:
+                hits = "".join("1" if r["correct"] else "0" for r in sorted(c["rows"], key=lambda r: r["depth"]))
+                ds = sorted(int(r["depth"] * 100) for r in c["rows"])
+                at = "" if ds == [0, 25, 50, 75, 100] else f" at {'/'.join(map(str, ds))} %"
+                row[f"{L // 1024}K"] = f"{c['accuracy']:.0%} ({hits}{at}{', cut short' if c.get('partial') else ''})"
+            else:
+                row[f"{L // 1024}K"] = "not run"
+        rows.append(row)
+    print("\nPass key, share found (per depth 0/25/50/75/100 %: 1 found, 0 missed)")
+    print(table(rows))
+    out["passkey_table"] = rows
+    # TTFT and slots per passkey cell
+    rows = []
+    for k, c in pk.items():
+        _, L, m = k.split("|")
+        rs = c["rows"]
+        rows.append({"length": L, "method": m, "ttft_med_s": _med([r["ttft_s"] for r in rs]),
+                     "prefix_slots": _med([r["prefix_len"] for r in rs]),
+                     "doc_slots": _med([r["doc_slots"] for r in rs]),
+                     "context_tokens": _med([r["context_tokens"] for r in rs]),
+                     "cap_bit": any(r["doc_slots"] and r["prefix_len"] is not None and r["prefix_len"] < r["doc_slots"]
+                                    for r in rs) if "@" in m else ""})
+    print("\nTime to first token (median over depths), slots read vs the memory's slots")
+    print(table(rows))
+    out["ttft_table"] = rows
+    # QA
+    rows = []
+    for part in ("planted", "realdocs"):
+        cells = {k: dict(c, method=f"{c['method']} (partial: {c['n']} of {c['n_planned']})") if c.get("partial")
+                 else c for k, c in parts[part]["cells"].items()}
+        for k, c in cells.items():
+            rs = c["rows"]
+            single = [r for r in rs if r.get("kind") != "two-book"]
+            two = [r for r in rs if r.get("kind") == "two-book"]
+            rows.append({"set": k.split("|")[0] + " " + k.split("|")[1], "method": c["method"],
+                         "accuracy": f"{c['accuracy']:.0%} ({sum(r['correct'] for r in rs)}/{len(rs)})",
+                         "single": f"{sum(r['correct'] for r in single)}/{len(single)}",
+                         "two-book": f"{sum(r['correct'] for r in two)}/{len(two)}",
+                         "ttft_med_s": _med([r["ttft_s"] for r in rs]),
+                         "context_med": _med([r["context_tokens"] for r in rs])})
+    print("\nQuestion answering (grade(): normalised containment)")
+    print(table(rows))
+    out["qa_table"] = rows
+    # compression speed and bytes
+    plain = [s["plain_forward_tok_s"] for p in parts.values() for s in p.get("speed", [])]
+    per: dict[str, dict] = {}
+    for p in parts.values():
+        for k, c in p["cells"].items():
+            if "@" not in c["method"]:
+                continue
+            d = per.setdefault(c["method"], {"tokens": 0, "s": 0.0, "bpt": []})
+            for mm in c["memories"]:
+                if mm["compress_s"]:
+                    d["tokens"] += mm["tokens"]
+                    d["s"] += mm["compress_s"]
+                d["bpt"].append(mm["bytes"] / max(mm["tokens"], 1))
+    pf = max(plain) if plain else None
+    rows = [{"method": m, "tokens_made": d["tokens"], "tok_s": round(d["tokens"] / d["s"], 1) if d["s"] else None,
+             "vs_plain_forward": f"{d['tokens'] / d['s'] / pf:.2f}x" if d["s"] and pf else None,
+             "bytes_per_doc_token": round(statistics.mean(d["bpt"]), 1)} for m, d in per.items()]
+    print(f"\nCompression speed (Tome.memory, 1 thread) vs a plain forward {pf} tok/s; stored bytes per doc token")
+    print(table(rows))
+    out["speed_table"] = rows
+    out["plain_forward_tok_s"] = plain
+    write_json(RESULTS_DIR / f"eval_compress_{model}.json", out)
+    if args.markdown:
+        args.markdown.write_text("\n\n".join(md(out[k]) for k in ("passkey_table", "ttft_table", "qa_table",
+                                                                     "speed_table")) + "\n")
+        print(f"wrote {args.markdown}")
+    plot(model, pk, lengths, methods)
+
+
+def plot(model: str, pk: dict, lengths: list[int], methods: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import NullFormatter
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.get_cmap("tab20").colors
+    for i, m in enumerate(methods):
+        xs, ys, ts = [], [], []
+        for L in lengths:
+            c = pk.get(f"passkey|{L}|{m}")
+            if c:
+                xs.append(L / 1024)
+                ys.append(100 * c["accuracy"])
+                ts.append(_med([r["ttft_s"] for r in c["rows"]]))
+        style = "--" if m.endswith("@32") else "-"
+        a.plot(xs, ys, style, marker="o", label=m, color=colors[i % 20])
+        b.plot(xs, ts, style, marker="o", label=m, color=colors[i % 20])
+    a.set(xscale="log", xlabel="document length (K tokens)", ylabel="pass key found (%)", ylim=(-5, 105),
+          title=f"{model}: pass key over depths 0-100 %")
+    a.set_xticks([L / 1024 for L in lengths], [f"{L // 1024}K" for L in lengths])
+    b.set(xscale="log", yscale="log", xlabel="document length (K tokens)", ylabel="time to first token (s)",
+          title="time to first token (median), 1 CPU thread")
+    b.set_xticks([L / 1024 for L in lengths], [f"{L // 1024}K" for L in lengths])
+    for ax in (a, b):
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    a.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = DOCS_DIR / f"compression_{model}.png"
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("part", choices=["passkey", "planted", "realdocs", "report"])
+    ap.add_argument("--model", default="qwen")
+    ap.add_argument("--methods", default="kvzip@8,kvzip@32,snapkv@8,keynorm@8,streaming@8,full,retrieval")
+    ap.add_argument("--lengths", default="2048,8192,16384")
+    ap.add_argument("--depths", default="0,25,50,75,100")
+    ap.add_argument("--pages", type=int, default=12, help="planted: pages per book")
+    ap.add_argument("--docs", default="r-data,r-faq", help="realdocs: the manuals (ids in realdocs.json)")
+    ap.add_argument("--max-new", type=int, default=24)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("TOME_THREADS", "1")))
+    ap.add_argument("--speed", action="store_true", help="passkey: time a plain forward over the longest document")
+    ap.add_argument("--markdown", type=Path, help="report: also write the tables as Markdown here")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/eval_compress"))
+    ap.add_argument("--tag", default="", help="results file suffix (bench/results/eval_compress_<model>_<part>_<tag>.json)")
+    args = ap.parse_args(argv)
+    global TAG
+    TAG = f"_{args.tag}" if args.tag else ""
+    {"passkey": part_passkey, "planted": part_planted, "realdocs": part_realdocs, "report": report}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
