@@ -39,15 +39,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.common import DOCS_DIR, MODELS_DIR, RESULTS_DIR, table, write_json  # noqa: E402
+from bench.common import DOCS_DIR, MODELS_DIR, RESULTS_DIR, ROOT, table, write_json
 
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SHORT = " Answer briefly."  # QA questions ask for a short answer (max_new_tokens 24)

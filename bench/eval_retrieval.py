@@ -39,13 +39,10 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import RESULTS_DIR, ROOT
+from bench.qa import realdocs
 
-from bench.qa import realdocs  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "results" / "eval_retrieval.json"
+OUT = RESULTS_DIR / "eval_retrieval.json"
 KS = (1, 3, 5, 10)
 
 
