@@ -3,6 +3,7 @@ and PDFs made on the spot. Prepared real models are cached in .cache/models betw
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,58 @@ def memory(adapter):
 def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine of every (layer, slot) vector of a vs b."""
     return torch.nn.functional.cosine_similarity(a.flatten(2).float(), b.flatten(2).float(), dim=-1)
+
+
+# -- small fixtures shared by several test modules -------------------------------------------------------
+
+MANUAL = [  # (page, text) of a small fixture for the two full-text engines
+    (1, "Use read.table to read a data file into a data frame; read.csv is the same with commas."),
+    (2, "The table of contents lists every chapter. Read it before the first chapter."),
+    (3, "The prompt string PS1 is shown before each command; PS2 continues a line."),
+    (4, "An ENOENT error means that no such file or directory exists."),
+    (5, "Plotting: the plot command draws curves, and set terminal chooses the output format."),
+]
+
+
+def manual_store(url):
+    """A store holding MANUAL as one document with one passage per page."""
+    from retrieval.passages import PassageSpan
+    from storage import Store
+    from ingest.segments import Segment
+
+    store = Store(url)
+    segs = [Segment(i, t, p, p, 10 * i, 10 * i + 10) for i, (p, t) in enumerate(MANUAL)]
+    doc = store.add_document(sha256="d" * 64, title="Manual", filename="m.pdf", kind="pdf", pages=5,
+                             segments=segs)
+    store.set_passages(doc.id, "none", [PassageSpan(i, i, p, 0, len(t), t) for i, (p, t) in enumerate(MANUAL)])
+    return store, doc
+
+
+@dataclass(frozen=True)
+class Seg:
+    """A stand-in segment for the selector and the search: index, size, pages, text."""
+    index: int
+    n: int
+    page_start: int = 1
+    page_end: int = 1
+    text: str = ""
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n
+
+
+TIDES = [f"Page {i}. " + "The tide came in over the rocks and the gulls rose from the wall. " * 12
+         for i in range(1, 7)]
+
+
+def tides_book(tmp_path, name="tides.pdf", pages=TIDES):
+    """A six-page PDF of the same sentence: several segments and chunks with the tiny models."""
+    return make_pdf(tmp_path / name, pages)
+
+
+def files_of(tome):
+    """Every file under the memory folder, relative."""
+    root = tome.config.memories_path
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) if root.exists() else []
+

@@ -1,4 +1,5 @@
 """The retriever: passages made lazily, exact terms found anywhere in a segment, hybrid ranking."""
+from tests.conftest import MANUAL, manual_store
 
 
 def _long_segments():
@@ -11,27 +12,6 @@ def _long_segments():
     texts = [filler, filler + fact, filler]
     return [Segment(i, t, i + 1, i + 1, 1024 * i, 1024 * (i + 1)) for i, t in enumerate(texts)]
 
-
-MANUAL = [  # (page, text) of a small fixture for the two full-text engines
-    (1, "Use read.table to read a data file into a data frame; read.csv is the same with commas."),
-    (2, "The table of contents lists every chapter. Read it before the first chapter."),
-    (3, "The prompt string PS1 is shown before each command; PS2 continues a line."),
-    (4, "An ENOENT error means that no such file or directory exists."),
-    (5, "Plotting: the plot command draws curves, and set terminal chooses the output format."),
-]
-
-
-def _manual_store(url):
-    from retrieval.passages import PassageSpan
-    from storage import Store
-    from ingest.segments import Segment
-
-    store = Store(url)
-    segs = [Segment(i, t, p, p, 10 * i, 10 * i + 10) for i, (p, t) in enumerate(MANUAL)]
-    doc = store.add_document(sha256="d" * 64, title="Manual", filename="m.pdf", kind="pdf", pages=5,
-                             segments=segs)
-    store.set_passages(doc.id, "none", [PassageSpan(i, i, p, 0, len(t), t) for i, (p, t) in enumerate(MANUAL)])
-    return store, doc
 
 
 def test_documents_without_passages_get_them_on_first_use(tome_tiny):
@@ -78,7 +58,7 @@ def test_hybrid_ranking_puts_the_passage_both_indexes_like_first(db_url, monkeyp
     from retrieval.search import Hit
     from storage import TextHit
 
-    store, doc = _manual_store(db_url)
+    store, doc = manual_store(db_url)
     r = Retriever(store)
     doc = store.get_document(doc.id)
     r.with_passages = lambda docs: list(docs)  # the fixture's passages carry no vectors: rank by fiat

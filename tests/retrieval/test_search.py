@@ -1,19 +1,6 @@
 """Vector search over stored embeddings: brute force and the sqlite-vec index agree."""
-from dataclasses import dataclass
 import numpy as np
-
-
-@dataclass(frozen=True)
-class Seg:
-    index: int
-    n: int
-    page_start: int = 1
-    page_end: int = 1
-    text: str = ""
-
-    @property
-    def n_tokens(self) -> int:
-        return self.n
+from tests.conftest import Seg
 
 
 def _store_with_random_vectors(url, n_docs=3, per_doc=40, dim=16, seed=0):

@@ -1,19 +1,6 @@
 """The selector: which segments go into the context, within a budget, in document order."""
-from dataclasses import dataclass
 import numpy as np
-
-
-@dataclass(frozen=True)
-class Seg:
-    index: int
-    n: int
-    page_start: int = 1
-    page_end: int = 1
-    text: str = ""
-
-    @property
-    def n_tokens(self) -> int:
-        return self.n
+from tests.conftest import Seg
 
 
 def test_selector_takes_everything_when_it_fits():

@@ -1,27 +1,7 @@
 """The store's full-text search: FTS5 on SQLite, tsvector on PostgreSQL, same answers."""
 import pytest
+from tests.conftest import MANUAL, manual_store
 
-
-MANUAL = [  # (page, text) of a small fixture for the two full-text engines
-    (1, "Use read.table to read a data file into a data frame; read.csv is the same with commas."),
-    (2, "The table of contents lists every chapter. Read it before the first chapter."),
-    (3, "The prompt string PS1 is shown before each command; PS2 continues a line."),
-    (4, "An ENOENT error means that no such file or directory exists."),
-    (5, "Plotting: the plot command draws curves, and set terminal chooses the output format."),
-]
-
-
-def _manual_store(url):
-    from retrieval.passages import PassageSpan
-    from storage import Store
-    from ingest.segments import Segment
-
-    store = Store(url)
-    segs = [Segment(i, t, p, p, 10 * i, 10 * i + 10) for i, (p, t) in enumerate(MANUAL)]
-    doc = store.add_document(sha256="d" * 64, title="Manual", filename="m.pdf", kind="pdf", pages=5,
-                             segments=segs)
-    store.set_passages(doc.id, "none", [PassageSpan(i, i, p, 0, len(t), t) for i, (p, t) in enumerate(MANUAL)])
-    return store, doc
 
 
 FULL_TEXT_CASES = [("What does read.table do?", 1), ("How do I set the PS1 prompt?", 3),
@@ -29,7 +9,7 @@ FULL_TEXT_CASES = [("What does read.table do?", 1), ("How do I set the PS1 promp
 
 
 def test_full_text_finds_exact_terms_and_survives_query_syntax(db_url):
-    store, doc = _manual_store(db_url)
+    store, doc = manual_store(db_url)
     for query, page in FULL_TEXT_CASES:  # SQLite FTS5 and PostgreSQL agree on the top passage
         hits = store.search_text([doc.id], query, 3)
         assert hits and MANUAL[hits[0].index][0] == page, (query, hits)
@@ -53,8 +33,8 @@ def test_fts5_and_postgresql_return_the_same_top_passages(tmp_path):
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
-    lite, a = _manual_store(f"sqlite:///{tmp_path / 'm.sqlite'}")
-    pg, b = _manual_store(os.environ["TOME_TEST_PG"])
+    lite, a = manual_store(f"sqlite:///{tmp_path / 'm.sqlite'}")
+    pg, b = manual_store(os.environ["TOME_TEST_PG"])
     for query, _ in FULL_TEXT_CASES:
         assert lite.search_text([a.id], query, 1)[0].index == pg.search_text([b.id], query, 1)[0].index, query
     lite.close()
@@ -64,7 +44,7 @@ def test_fts5_and_postgresql_return_the_same_top_passages(tmp_path):
 def test_deleting_a_document_removes_its_passages_from_the_full_text_index(db_url):
     from sqlalchemy import text
 
-    store, doc = _manual_store(db_url)
+    store, doc = manual_store(db_url)
     assert store.count_passages([doc.id]) == len(MANUAL)
     store.delete_document(doc.id)
     assert store.count_passages() == 0 and store.search_text([doc.id], "table", 5) == []

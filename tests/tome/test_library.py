@@ -3,23 +3,10 @@ import pytest
 import torch
 
 from storage import CorruptMemory
-from tests.conftest import make_pdf
-
-PAGES = [f"Page {i}. " + "The tide came in over the rocks and the gulls rose from the wall. " * 12
-         for i in range(1, 7)]
-
-
-def book(tmp_path, name="tides.pdf", pages=PAGES):
-    return make_pdf(tmp_path / name, pages)
-
-
-def files_of(tome):
-    root = tome.config.memories_path
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) if root.exists() else []
-
+from tests.conftest import TIDES, files_of, tides_book
 
 def test_ingest_stores_a_checksummed_memory_file_per_document(tome_tiny, tmp_path):
-    r = tome_tiny.ingest(book(tmp_path))
+    r = tome_tiny.ingest(tides_book(tmp_path))
     assert r.ok and r.document.ready and r.document.extractor == "pypdf"
     assert set(r.timings) == {"extract_s", "segment_s", "embed_s", "compress_s", "store_s"}
     assert r.job.status == "done" and r.job.segments_done == r.job.segments_total  # both stages waited for
@@ -36,7 +23,7 @@ def test_ingest_stores_a_checksummed_memory_file_per_document(tome_tiny, tmp_pat
 
 
 def test_compressed_answer_reads_memories_and_cites_pages(tome_tiny, tmp_path):
-    r = tome_tiny.ingest(book(tmp_path))
+    r = tome_tiny.ingest(tides_book(tmp_path))
     final = list(tome_tiny.ask([r.document.id], "What rose from the wall?", mode="compressed"))[-1]
     n_slots = tome_tiny.memory(r.document).num_slots
     assert final.mode == "compressed" and final.stats["prefix_len"] == n_slots == final.context_tokens
@@ -50,7 +37,7 @@ def test_compressed_answer_reads_memories_and_cites_pages(tome_tiny, tmp_path):
 
 
 def test_corrupt_or_missing_memory_file_is_reported_and_reingest_repairs_it(tome_tiny, tmp_path):
-    r = tome_tiny.ingest(book(tmp_path))
+    r = tome_tiny.ingest(tides_book(tmp_path))
     path = tome_tiny.config.memories_path / tome_tiny.store.memory_sets(r.document.id)[0].path
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
@@ -68,8 +55,8 @@ def test_corrupt_or_missing_memory_file_is_reported_and_reingest_repairs_it(tome
 
 
 def test_delete_removes_rows_memory_files_and_the_kept_upload(tome_tiny, tmp_path):
-    a = tome_tiny.ingest(book(tmp_path, "a.pdf")).document
-    b = tome_tiny.ingest(book(tmp_path, "b.pdf", PAGES[:3])).document
+    a = tome_tiny.ingest(tides_book(tmp_path, "a.pdf")).document
+    b = tome_tiny.ingest(tides_book(tmp_path, "b.pdf", TIDES[:3])).document
     tome_tiny.delete(a.id)
     assert [d.id for d in tome_tiny.documents()] == [b.id]
     assert all(a.sha256 not in f for f in files_of(tome_tiny)) and files_of(tome_tiny)
@@ -82,7 +69,7 @@ def test_failure_in_stage_1_leaves_nothing_behind(tome_tiny, tmp_path, monkeypat
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(tome_tiny.retriever, "embed_passages", broken)
-    r = tome_tiny.ingest(book(tmp_path))
+    r = tome_tiny.ingest(tides_book(tmp_path))
     assert not r.ok and "disk on fire" in r.error
     assert tome_tiny.documents() == [] and tome_tiny.store.count_segments() == 0 and tome_tiny.store.jobs() == []
     assert files_of(tome_tiny) == [] and not list(tome_tiny.config.uploads_path.glob("*"))
@@ -101,7 +88,7 @@ def test_failure_during_compression_leaves_the_book_askable_and_no_chunks(tome_t
         return real(self, *a, **k)
 
     monkeypatch.setattr(_Bound, "compress", flaky)
-    r = tome_tiny.ingest(book(tmp_path))
+    r = tome_tiny.ingest(tides_book(tmp_path))
     assert not r.ok and "disk on fire" in r.error and "askable uncompressed" in r.error
     doc = tome_tiny.documents()[0]
     assert doc.ready and r.job.status == "failed"  # stage 1 stands; stage 2 is shown as failed
@@ -113,7 +100,7 @@ def test_failure_during_compression_leaves_the_book_askable_and_no_chunks(tome_t
 
 
 def test_start_up_check_finishes_interrupted_ingestion_and_removes_orphans(tome_tiny, tmp_path):
-    pdf = book(tmp_path)
+    pdf = tides_book(tmp_path)
     whole = tome_tiny.ingest(pdf)
     reference = tome_tiny.memory(whole.document)
     # Simulate a crash in stage 1 after the rows were stored: document 'ingesting', no memories, no job.
@@ -146,7 +133,7 @@ def test_start_up_check_finishes_interrupted_ingestion_and_removes_orphans(tome_
 
 
 def test_start_up_check_removes_unfinished_documents_it_cannot_finish(tome_tiny, tmp_path):
-    r = tome_tiny.ingest(book(tmp_path))
+    tome_tiny.ingest(tides_book(tmp_path))
     for f in tome_tiny.config.uploads_path.iterdir():
         f.unlink()
     from sqlalchemy import update
@@ -161,7 +148,7 @@ def test_start_up_check_removes_unfinished_documents_it_cannot_finish(tome_tiny,
 def test_memories_of_another_ratio_are_never_used_but_made_on_demand(tome_tiny, tmp_path):
     from uio.compress import slots_at_ratio
 
-    r = tome_tiny.ingest(book(tmp_path))
+    r = tome_tiny.ingest(tides_book(tmp_path))
     first = tome_tiny.memory(r.document)
     # 32x for the same book: not stored at ingestion, made from the stored segments when first asked.
     mem32 = tome_tiny.memory(r.document, ratio=32)

@@ -10,20 +10,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import ROOT, make_pdf, make_tome
-
-PAGES = [f"Page {i}. " + "The tide came in over the rocks and the gulls rose from the wall. " * 12
-         for i in range(1, 7)]
-
-
-def book(tmp_path, name="tides.pdf", pages=PAGES):
-    return make_pdf(tmp_path / name, pages)
-
-
-def files_of(tome):
-    root = tome.config.memories_path
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) if root.exists() else []
-
+from tests.conftest import ROOT, TIDES, files_of, make_tome, tides_book
 
 def chunks_of(tome):
     return [f for f in files_of(tome) if ".chunk" in f]
@@ -32,7 +19,7 @@ def chunks_of(tome):
 def test_a_book_is_askable_after_stage_1_and_compressed_once_the_worker_is_done(tome_tiny, tmp_path):
     from tome import MemoriesPending
 
-    r = tome_tiny.ingest(book(tmp_path), wait=False)
+    r = tome_tiny.ingest(tides_book(tmp_path), wait=False)
     doc, n = r.document, len(tome_tiny.store.segments(r.document.id))
     assert r.ok and doc.ready and r.job.status == "queued" and (r.job.segments_done, r.job.segments_total) == (0, n)
     assert set(r.timings) == {"extract_s", "segment_s", "embed_s", "store_s"}  # no compression yet
@@ -59,8 +46,8 @@ def test_the_background_worker_takes_books_one_at_a_time_in_queue_order(tome_tin
     order = []
     real = tome_tiny.queue._run
     tome_tiny.queue._run = lambda job, report: (order.append(job.title), real(job, report))
-    a = tome_tiny.ingest(book(tmp_path, "a.pdf"), wait=False).document
-    b = tome_tiny.ingest(book(tmp_path, "b.pdf", PAGES[:3]), wait=False).document
+    a = tome_tiny.ingest(tides_book(tmp_path, "a.pdf"), wait=False).document
+    b = tome_tiny.ingest(tides_book(tmp_path, "b.pdf", TIDES[:3]), wait=False).document
     assert [p.ahead for p in tome_tiny.compression()] == [0, 1]  # several files queue visibly
     tome_tiny.start_worker()
     try:
@@ -78,7 +65,7 @@ def test_cancel_removes_partial_chunks_and_the_job(tome_tiny, tmp_path, monkeypa
     from tome.memories import _Bound
 
     tome_tiny.config.background_chunk_segments = 1
-    doc = tome_tiny.ingest(book(tmp_path), wait=False).document
+    doc = tome_tiny.ingest(tides_book(tmp_path), wait=False).document
     real, calls, seen = _Bound.compress, {"n": 0}, {}
 
     def cancel_at_the_third_chunk(self, *a, **k):  # a user presses "cancel" while the worker runs
@@ -109,8 +96,8 @@ def test_deleting_a_book_while_it_is_compressed_stops_the_worker_and_leaves_no_f
                                                                                         monkeypatch):
     from tome.memories import _Bound
 
-    doc = tome_tiny.ingest(book(tmp_path), wait=False).document
-    other = tome_tiny.ingest(book(tmp_path, "other.pdf", PAGES[:2]), wait=False).document
+    doc = tome_tiny.ingest(tides_book(tmp_path), wait=False).document
+    other = tome_tiny.ingest(tides_book(tmp_path, "other.pdf", TIDES[:2]), wait=False).document
     real, calls = _Bound.compress, {"n": 0}
 
     def delete_at_the_second_chunk(self, *a, **k):
@@ -223,7 +210,7 @@ def test_kill_9_during_stage_2_then_a_new_service_finishes_from_the_last_chunk(d
     from tests.conftest import _tiny
     from tome.memories import _Bound
 
-    pdf = book(tmp_path)
+    pdf = tides_book(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), db_url, str(pdf)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -278,7 +265,7 @@ def test_a_question_waits_one_chunk_at_most_while_the_worker_compresses(tome_tin
     real = _Bound.compress
     monkeypatch.setattr(_Bound, "compress", lambda self, *a, **k: (time.sleep(0.3), real(self, *a, **k))[1])
     tome_tiny.config.background_chunk_segments = 1
-    pdf = book(tmp_path, pages=PAGES * 2)
+    pdf = tides_book(tmp_path, pages=TIDES * 2)
     doc = tome_tiny.ingest(pdf, wait=False).document
     n = len(tome_tiny.store.segments(doc.id))
 
@@ -305,7 +292,7 @@ def test_a_question_waits_one_chunk_at_most_while_the_worker_compresses(tome_tin
 def test_an_abandoned_answer_stops_its_decode_thread_before_the_model_is_free(tome_tiny, tmp_path):
     """A client that stops reading an answer must not leave a decode step running in the model when the lock
     goes: the worker's compression hooks into the same model (bench/ingest_speed.py --stages hit it)."""
-    doc = tome_tiny.ingest(book(tmp_path)).document
+    doc = tome_tiny.ingest(tides_book(tmp_path)).document
     answer = tome_tiny.ask([doc.id], "What came in over the rocks?", max_new_tokens=200)
     next(answer)  # the first piece: the answer holds the model, decoding is under way in its thread
     seen = []
