@@ -88,9 +88,7 @@ class Models:
         from uio.adapter import UIOAdapter
         from uio.memory import MemoryConfig
 
-        seg = self.config.segment_len
-        if seg % ratio:
-            raise ValueError(f"ratio {ratio} does not divide the segment length {seg}")
+        seg = self._check_ratio(ratio)
         path = self.adapter_file(ratio)
         if path is None:
             log.warning("no trained UIO adapter for %s at %dx: its memories will be poor", lm.name, ratio)
@@ -105,6 +103,13 @@ class Models:
             raise ValueError(f"adapter {path.name} was trained for {adapter.config.segment_len}-token segments, "
                              f"but TOME_SEGMENT_LEN is {seg}; set them equal or use another adapter")
         return adapter
+
+    def _check_ratio(self, ratio: int) -> int:
+        """The segment length, once ``ratio`` is known to divide it (M = l / ratio slots per segment)."""
+        seg = self.config.segment_len
+        if seg % ratio:
+            raise ValueError(f"ratio {ratio} does not divide the segment length {seg}")
+        return seg
 
     # -- compressors ------------------------------------------------------------
     def compressor_name(self, name: str | None = None) -> str:
@@ -123,8 +128,7 @@ class Models:
                 made = make_compressor("uio", ratio, adapter=self.adapter_for(ratio),
                                        batch_size=self.config.compress_batch)
             else:
-                if self.config.segment_len % ratio:
-                    raise ValueError(f"ratio {ratio} does not divide the segment length {self.config.segment_len}")
+                self._check_ratio(ratio)
                 made = make_compressor(name, ratio)
             self._compressors[(name, ratio)] = made
         return self._compressors[(name, ratio)]

@@ -56,10 +56,6 @@ class Tome:
     def model_name(self) -> str:
         return self.models.name
 
-    @property
-    def model_lock(self):
-        return self.models.lock
-
     def use_model(self, name: str) -> None:
         """Switch the base model for everyone (one model serves all sessions); memories follow lazily."""
         if self.models.switch(name):
