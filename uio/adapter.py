@@ -6,6 +6,12 @@ the decoder over memories) runs the frozen base model; only
 ``adapter.encoding()`` switches the encoder LoRA on. The transfer head is
 never active inside a forward: ``transfer()`` applies it explicitly to the
 memory tokens' hidden states.
+
+Two encoder modes (``mode``, saved in the file's metadata and part of the fingerprint):
+``"full"`` (the UIO paper's: the encoder LoRA acts on every token of the segment) and
+``"memory"`` (Activation Beacon's ``only_train_beacon``: ordinary tokens go through the frozen
+model, the encoder LoRA acts on the ``<mem>`` tokens alone; ``uio.encoder`` runs the two
+passes). The trainable parameters are the same in both.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from uio.model import LoadedModel
 # Tensor names in adapter files; inside a model each adapter's PEFT layers carry its own name, so
 # several adapters (8x and 32x, say) can live in one base model and be switched per use.
 ENCODER, TRANSFER = "uio_encoder", "uio_transfer"
+MODES = ("full", "memory")  # the encoder LoRA on every token / on the <mem> tokens only
 # Config fields that decide whether weights fit a model; the rest (paths, versions, dtype) do not.
 _STRUCTURAL = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "rope_parameters",
@@ -54,8 +61,11 @@ def base_fingerprint(lm: LoadedModel) -> str:
 class UIOAdapter:
     """Encoder LoRA (q_proj, v_proj) + transfer head LoRA (k_proj, v_proj) + <mem> embedding."""
 
-    def __init__(self, lm: LoadedModel, config: MemoryConfig | None = None, name: str | None = None):
-        self.lm, self.config = lm, config or MemoryConfig()
+    def __init__(self, lm: LoadedModel, config: MemoryConfig | None = None, name: str | None = None,
+                 mode: str = "full"):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        self.lm, self.config, self.mode = lm, config or MemoryConfig(), mode
         c = self.config
         taken = {n for m in lm.model.modules() if isinstance(m, LoraLayer) for n in m.lora_A}
         name = name or f"{c.ratio}x"
@@ -143,6 +153,8 @@ class UIOAdapter:
         """Identifies these exact weights on this base model; memories record it."""
         if self._fingerprint is None:
             h = hashlib.sha256(self.base_fingerprint.encode() + self.config.to_json().encode())
+            if self.mode != "full":  # full-mode fingerprints stay what they were before modes existed
+                h.update(f"mode={self.mode}".encode())
             for n, t in sorted(self.state_dict().items()):
                 h.update(n.encode())
                 h.update(t.to("cpu", torch.bfloat16).float().numpy().tobytes())  # dtype-independent
@@ -189,7 +201,7 @@ class UIOAdapter:
         """``dtype`` (e.g. bf16 for shipped files) leaves the fingerprint unchanged: it is taken in bf16."""
         meta = {"format": "tome-uio-adapter-1", "config": self.config.to_json(),
                 "base_fingerprint": self.base_fingerprint, "base_model": self.lm.name,
-                "fingerprint": self.fingerprint, **(extra or {})}
+                "fingerprint": self.fingerprint, "encoder_mode": self.mode, **(extra or {})}
         path = Path(path)
         tmp = path.with_name(path.name + ".part")
         save_file({n: t.to(dtype or t.dtype).contiguous() for n, t in self.state_dict().items()}, str(tmp),
@@ -207,7 +219,7 @@ class UIOAdapter:
         if meta["base_fingerprint"] != base:
             raise MemoryMismatch(f"adapter {Path(path).name} was trained for {meta.get('base_model')!r} "
                                  f"({meta['base_fingerprint'][:12]}), not for the loaded {lm.name!r} ({base[:12]})")
-        adapter = cls(lm, MemoryConfig.from_json(meta["config"]), name=name)
+        adapter = cls(lm, MemoryConfig.from_json(meta["config"]), name=name, mode=meta.get("encoder_mode", "full"))
         adapter.load_state_dict(tensors)
         return adapter
 

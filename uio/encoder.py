@@ -11,15 +11,25 @@ tokens with plain causal attention (the fast fused kernel, no mask tensor),
 and the M memory queries against [ordinary keys | own key] with a small
 (M x (n+M)) mask. A single (n+M)^2 additive mask costs ~30 % more on CPU and
 rules out flash kernels on GPU.
+
+An adapter in ``"memory"`` mode (Activation Beacon's only_train_beacon) runs
+the same attention pattern as two passes: the ordinary tokens through the
+frozen model (``ordinary``: their keys and values, once, without gradient:
+they are what the plain model computes, and training reuses them as the
+teacher's context), then the M ``<mem>`` tokens alone with the encoder LoRA on
+(``memories``), reading the ordinary keys and values from a cache. Gradients
+then reach only what the memory tokens use: the LoRAs, the ``<mem>``
+embedding and the transfer head.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
+from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from uio.adapter import UIOAdapter, body
@@ -87,6 +97,28 @@ def encoder_inputs(lengths: Sequence[int], num_mem: int, device: torch.device
     return allowed.to(device), pos.to(device), slots
 
 
+@dataclass
+class Ordinary:
+    """A batch of segments after the frozen pass (memory mode).
+
+    ids (B, n) padded on the right; lengths: real tokens per row; keys, values (layers, B, n, kv, hd): keys
+    pre-RoPE, exactly what the plain model's k_proj/v_proj give; cache: the same keys rotated to positions
+    0..n-1 and the values, as the memory tokens read them.
+    """
+
+    ids: torch.Tensor
+    lengths: list[int]
+    keys: torch.Tensor
+    values: torch.Tensor
+    cache: DynamicCache
+
+
+def kv_shape(lm) -> tuple[int, int]:
+    """(kv heads, head dim) of the base model."""
+    cfg = lm.model.config
+    return cfg.num_key_value_heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
 class Encoder:
     """Compresses token segments into a ``Memory`` with a base model and its UIO adapter."""
 
@@ -120,21 +152,29 @@ class Encoder:
                 progress(min(start + self.batch_size, len(segments)), len(segments))
         return Memory.concat(parts)
 
+    def _ids(self, batch: Sequence[Sequence[int]] | torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        if isinstance(batch, torch.Tensor):  # training: (B, n) full segments, already a tensor
+            return batch, [batch.shape[1]] * batch.shape[0]
+        lengths = [len(s) for s in batch]
+        pad = self.lm.tokenizer.pad_token_id or 0
+        ids = torch.full((len(batch), max(lengths)), pad, dtype=torch.long)
+        for b, s in enumerate(batch):
+            ids[b, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        return ids, lengths
+
     def forward(self, batch: Sequence[Sequence[int]] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """One batch: returns keys, values (layers, total slots, kv_heads, head_dim) and slots per row.
 
         Gradients flow when called with grad enabled (training); compress() runs it without.
         """
+        if self.adapter.mode == "memory":
+            keys, values, slots = self.memories(self.ordinary(batch))
+            keep = [keys[:, b, :s] for b, s in enumerate(slots)]
+            keepv = [values[:, b, :s] for b, s in enumerate(slots)]
+            return torch.cat(keep, 1), torch.cat(keepv, 1), slots
         lm, m = self.lm, self.config.num_mem
         dev = lm.device
-        if isinstance(batch, torch.Tensor):  # training: (B, n) full segments, already a tensor
-            ids, lengths = batch, [batch.shape[1]] * batch.shape[0]
-        else:
-            lengths = [len(s) for s in batch]
-            pad = lm.tokenizer.pad_token_id or 0
-            ids = torch.full((len(batch), max(lengths)), pad, dtype=torch.long)
-            for b, s in enumerate(batch):
-                ids[b, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        ids, lengths = self._ids(batch)
         n_max = max(lengths)
         net = body(lm)
         tokens = net.embed_tokens(ids.to(dev))
@@ -157,11 +197,77 @@ class Encoder:
         finally:
             for h in hooks:
                 h.remove()
-        cfg = lm.model.config
-        kv, hd = cfg.num_key_value_heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        ks, vs = zip(*(self.adapter.transfer(i, h) for i, h in enumerate(captured)))
-        keys = torch.stack(ks).unflatten(-1, (kv, hd))  # (layers, B, M, kv, hd)
-        values = torch.stack(vs).unflatten(-1, (kv, hd))
+        keys, values = self._transfer(captured)
         keep = [keys[:, b, :s] for b, s in enumerate(slots)]
         keepv = [values[:, b, :s] for b, s in enumerate(slots)]
         return torch.cat(keep, 1), torch.cat(keepv, 1), slots
+
+    def _transfer(self, captured: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer memory hidden states (B, M, hidden) -> keys, values (layers, B, M, kv, hd)."""
+        kv, hd = kv_shape(self.lm)
+        ks, vs = zip(*(self.adapter.transfer(i, h) for i, h in enumerate(captured)))
+        return torch.stack(ks).unflatten(-1, (kv, hd)), torch.stack(vs).unflatten(-1, (kv, hd))
+
+    # -- memory mode: two passes ------------------------------------------------------------------------
+    def ordinary(self, batch: Sequence[Sequence[int]] | torch.Tensor) -> Ordinary:
+        """The frozen pass over the ordinary tokens: their pre-RoPE keys, values and rotated cache, no gradient.
+
+        Right padding needs no mask: attention is causal, so real tokens never see it, and no memory
+        slot is allowed to read it (``encoder_inputs``).
+        """
+        lm = self.lm
+        ids, lengths = self._ids(batch)
+        ids = ids.to(lm.device)
+        net = body(lm)
+        grabbed_k: list[torch.Tensor] = []
+        grabbed_v: list[torch.Tensor] = []
+        hooks = []
+        for layer in net.layers:
+            attn = layer.self_attn
+            k_src = getattr(attn, "k_norm", None) or attn.k_proj  # pre-RoPE keys (a k_norm where a model has one)
+            hooks.append(k_src.register_forward_hook(lambda _m, _i, o: grabbed_k.append(o)))
+            hooks.append(attn.v_proj.register_forward_hook(lambda _m, _i, o: grabbed_v.append(o)))
+        cache = DynamicCache(config=lm.model.config)
+        grad = torch.no_grad() if not torch.is_inference_mode_enabled() else nullcontext()
+        try:
+            with grad:
+                pos = torch.arange(ids.shape[1], device=lm.device)[None].expand(ids.shape[0], -1)
+                net(input_ids=ids, past_key_values=cache, use_cache=True, position_ids=pos)
+        finally:
+            for h in hooks:
+                h.remove()
+        kv, hd = kv_shape(lm)
+        b, n = ids.shape
+        keys = torch.stack([k.reshape(b, n, kv, hd) for k in grabbed_k])
+        values = torch.stack([v.reshape(b, n, kv, hd) for v in grabbed_v])
+        return Ordinary(ids, lengths, keys, values, cache)
+
+    def memories(self, ordinary: Ordinary) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """The <mem> tokens alone, encoder LoRA on, reading ``ordinary``'s cache: keys, values
+        (layers, B, M, kv, hd) (rows with fewer slots carry unused ones at the end) and slots per row.
+
+        Slot i sits at position c_i and reads ordinary tokens [0, c_i) and itself, as in the one-pass
+        encoder, so at a zero encoder LoRA both modes give the same memories.
+        """
+        lm, m = self.lm, self.config.num_mem
+        dev = lm.device
+        lengths, n_max = ordinary.lengths, ordinary.ids.shape[1]
+        allowed, pos, slots = encoder_inputs(lengths, m, dev)
+        memory_rows = allowed[:, None, n_max:]  # (B, 1, M, n + M): [ordinary keys | memory keys]
+        cache = DynamicCache(config=lm.model.config)  # a copy: ordinary.cache stays the segment's alone
+        for i, layer in enumerate(ordinary.cache.layers):
+            cache.update(layer.keys, layer.values, i)
+        net = body(lm)
+        embeds = self.adapter.mem_embedding.to(lm.dtype).expand(len(lengths), m, -1)
+        captured: list[torch.Tensor] = []
+        hooks = [layer.input_layernorm.register_forward_hook(lambda _m, _i, o: captured.append(o))
+                 for layer in net.layers]
+        try:
+            with self.adapter.encoding():
+                net(inputs_embeds=embeds, attention_mask=memory_rows, position_ids=pos[:, n_max:],
+                    past_key_values=cache, use_cache=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        keys, values = self._transfer(captured)
+        return keys, values, slots
