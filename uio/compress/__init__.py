@@ -11,12 +11,13 @@ from uio import registry
 from uio.compress.base import Compressor, ScoringCompressor, identity, slots_at_ratio, storage_dtype
 from uio.compress.keynorm import KeyNormCompressor
 from uio.compress.kvzip import KVzipCompressor
+from uio.compress.kvzip_fast import KVzipFastCompressor
 from uio.compress.snapkv import SnapKVCompressor
 from uio.compress.streaming import StreamingCompressor
 from uio.compress.uio_encoder import UIOCompressor
 
 COMPRESSORS: dict[str, type[Compressor]] = {
-    cls.name: cls for cls in (KVzipCompressor, KeyNormCompressor, SnapKVCompressor, StreamingCompressor,
+    cls.name: cls for cls in (KVzipCompressor, KVzipFastCompressor, KeyNormCompressor, SnapKVCompressor, StreamingCompressor,
                               UIOCompressor)
 }
 
@@ -56,6 +57,6 @@ def make_compressor(name: str, ratio: int, **kw) -> Compressor:
     return cls(ratio=ratio, **kw)
 
 
-__all__ = ["COMPRESSORS", "DEFAULTS", "compressor_choices", "compressor_label", "resolve_compressor", "Compressor", "ScoringCompressor", "KVzipCompressor", "KeyNormCompressor",
+__all__ = ["COMPRESSORS", "DEFAULTS", "compressor_choices", "compressor_label", "resolve_compressor", "Compressor", "ScoringCompressor", "KVzipCompressor", "KVzipFastCompressor", "KeyNormCompressor",
            "SnapKVCompressor", "StreamingCompressor", "UIOCompressor", "identity", "make_compressor",
            "slots_at_ratio", "storage_dtype"]

@@ -1,0 +1,88 @@
+"""kvzip-fast: KVzip's keep decisions predicted by a learned scorer, in one prefill (no repeat pass).
+
+The scorer (``uio.compress.scorer.KVScorer``, one tiny MLP per layer, trained
+by ``python -m uio.train.scorer`` to rank KV pairs as ``KVzipCompressor.score``
+does) reads each layer's attention input during the segment's prefill (a
+forward pre-hook, so no hidden state is kept past its layer). Selection,
+sinks and slot counts are ``ScoringCompressor``'s, so the memories have the
+shape KVzip's have; only the choice of tokens differs.
+
+Weights: ``uio/weights/scorer-<model key>.safetensors`` (``scorer_path``) for
+the embedded models, or ``weights=`` a file. A model without a scorer, or
+weights made for another base model, raise a clear error rather than guess.
+The memories' identity includes the weights' digest.
+"""
+from __future__ import annotations
+
+import hashlib
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import torch
+
+from uio.compress.base import Prefill, ScoringCompressor, model_shape
+from uio.compress.scorer import KVScorer, scorer_path
+from uio.model import LoadedModel, embedded_key
+
+_LOADED: dict[tuple[str, int], tuple[weakref.ref, KVScorer]] = {}
+
+
+def scorer_for(lm: LoadedModel, weights: str | Path | None = None) -> KVScorer:
+    """The scorer for ``lm`` (``weights`` or the shipped one), loaded once per file and model object."""
+    if weights:
+        path = Path(weights)
+    else:
+        key = embedded_key(lm.name)
+        if key is None:
+            raise ValueError(f"no kvzip-fast scorer ships for model {lm.name!r} (only for the embedded models); "
+                             "train one with `python -m uio.train.scorer` and pass weights=, or use 'kvzip'")
+        path = scorer_path(key)
+    cache_key = (str(path.resolve()), id(lm.model))
+    hit = _LOADED.get(cache_key)
+    if hit is None or hit[0]() is not lm.model:
+        hit = (weakref.ref(lm.model), KVScorer.load(path, lm, device=lm.device))  # refuses another model's
+        _LOADED[cache_key] = hit
+    return hit[1]
+
+
+@dataclass
+class KVzipFastCompressor(ScoringCompressor):
+    """Keep the KV pairs a learned per-layer scorer ranks highest (KVzip's choice, predicted)."""
+
+    name: ClassVar[str] = "kvzip-fast"
+    label: ClassVar[str] = "KVzip-fast (learned scorer, one pass)"
+    version: ClassVar[str] = "1"
+    weights: str = field(default="", metadata={"identity": False})  # "" -> the shipped scorer; its digest counts
+
+    def identity(self, lm: LoadedModel) -> str:
+        # The weights' digest, not their path, is what changes the memories.
+        digest = scorer_for(lm, self.weights or None).digest()
+        return hashlib.sha256((super().identity(lm) + digest).encode()).hexdigest()
+
+    def prefill(self, lm: LoadedModel, tokens: Sequence[int]) -> Prefill:
+        """The plain prefill, with each layer's scores computed from its attention input on the way."""
+        scorer = scorer_for(lm, self.weights or None)
+        scores: dict[int, torch.Tensor] = {}
+
+        def hook(module, args, kwargs):
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            scores[module.layer_idx] = scorer(module.layer_idx, hidden)
+
+        from uio.adapter import body
+
+        handles = [layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True) for layer in body(lm).layers]
+        try:
+            pre = super().prefill(lm, tokens)
+        finally:
+            for h in handles:
+                h.remove()
+        pre.observed = [scores[i] for i in range(len(scores))]
+        return pre
+
+    def score(self, lm: LoadedModel, pre: Prefill) -> torch.Tensor:
+        layers = model_shape(lm)[0]
+        if len(pre.observed) != layers:
+            raise RuntimeError(f"kvzip-fast scored {len(pre.observed)} of {layers} layers")
+        return torch.stack(pre.observed)  # (layers, kv, n)

@@ -1,0 +1,187 @@
+"""The learned KV scorer behind ``kvzip-fast`` (the idea of Fast KVzip, arXiv 2601.17668).
+
+Per layer, a tiny MLP reads what the segment's one prefill already has, the
+hidden state entering that layer's attention (after its input norm, the
+``uio.gate`` input), and gives one score per KV head per token: a prediction
+of the rank KVzip's reconstruction scoring (``uio.compress.kvzip``) would give
+that KV pair. The pre-RoPE keys and values are linear maps of that same
+hidden state (Llama, Qwen2), so reading them too would add nothing a linear
+first layer cannot learn.
+
+    score[l, h, t] = w2[l, h] · gelu(W1[l] · norm_l(x[l, t]) + P[l] · pos(t) + b1[l])[h] + b2[l, h]
+
+``norm_l`` standardises each feature with the training data's mean and std (a
+few dimensions of a residual stream are orders of magnitude larger than the
+rest). ``pos(t)`` = (t / 1024, log(1 + t) / 7): KVzip's scores depend on where
+a token sits in its segment.
+
+The weights file (safetensors) names the base model (its key and
+``uio.adapter.base_fingerprint``); ``KVScorer.load(path, lm)`` refuses weights
+made for another model. Trained by ``python -m uio.train.scorer``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FORMAT = "tome-kv-scorer"
+POS_FEATURES = 2
+
+
+@dataclass
+class ScorerConfig:
+    hidden_size: int
+    kv_heads: int
+    num_layers: int
+    rank: int = 32  # hidden units per KV head
+    base_model: str = ""  # the embedded key ("smollm2", "qwen") or the model's name
+    fingerprint: str = ""  # uio.adapter.base_fingerprint of the base model
+
+    @classmethod
+    def for_model(cls, lm, **kw) -> "ScorerConfig":
+        from uio.compress.base import model_fingerprint
+        from uio.model import embedded_key
+
+        c = lm.model.config
+        kw.setdefault("base_model", embedded_key(lm.name) or lm.name)
+        kw.setdefault("fingerprint", model_fingerprint(lm))
+        return cls(hidden_size=c.hidden_size, kv_heads=c.num_key_value_heads, num_layers=c.num_hidden_layers, **kw)
+
+
+def positions(t: torch.Tensor) -> torch.Tensor:
+    """(m, 2) position features of the tokens at indices ``t`` (m,) of a segment."""
+    t = t.float()
+    return torch.stack([t / 1024.0, torch.log1p(t) / 7.0], -1)
+
+
+class LayerScorer(nn.Module):
+    """One layer's MLP: hidden (.., n, D) -> scores (.., kv_heads, n)."""
+
+    def __init__(self, cfg: ScorerConfig):
+        super().__init__()
+        self.kv, self.rank = cfg.kv_heads, cfg.rank
+        self.register_buffer("mean", torch.zeros(cfg.hidden_size))
+        self.register_buffer("inv_std", torch.ones(cfg.hidden_size))
+        self.inp = nn.Linear(cfg.hidden_size, cfg.kv_heads * cfg.rank)
+        self.pos = nn.Linear(POS_FEATURES, cfg.kv_heads * cfg.rank, bias=False)
+        self.out = nn.Parameter(torch.randn(cfg.kv_heads, cfg.rank) * cfg.rank ** -0.5)
+        self.out_bias = nn.Parameter(torch.zeros(cfg.kv_heads))
+
+    def forward(self, hidden: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """``index`` (n,): the tokens' positions in their segment (default 0..n-1; training reads a subset)."""
+        if index is None:
+            index = torch.arange(hidden.shape[-2], device=hidden.device)
+        x = (hidden.float() - self.mean) * self.inv_std
+        h = F.gelu(self.inp(x) + self.pos(positions(index)))  # (.., n, kv * rank)
+        h = h.unflatten(-1, (self.kv, self.rank))
+        return ((h * self.out).sum(-1) + self.out_bias).transpose(-1, -2)  # (.., kv, n)
+
+
+class KVScorer(nn.Module):
+    """One ``LayerScorer`` per layer, saved as safetensors naming its base model."""
+
+    def __init__(self, cfg: ScorerConfig):
+        super().__init__()
+        self.config = cfg
+        self.layers = nn.ModuleList(LayerScorer(cfg) for _ in range(cfg.num_layers))
+
+    def forward(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores (kv_heads, n) of layer ``layer`` for its attention input ``hidden`` (1, n, D) or (n, D)."""
+        s = self.layers[layer](hidden)
+        return s[0] if s.dim() == 3 else s
+
+    def digest(self) -> str:
+        """sha256 over the config and the weights (as saved): memories of other weights are other memories."""
+        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().to("cpu", torch.float16).numpy().tobytes())
+        return h.hexdigest()
+
+    def save(self, path: Path, extra: dict | None = None) -> Path:
+        """Write fp16 weights (the mean and inverse std in float32) with the config in the metadata."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: (v if k.endswith(("mean", "inv_std")) else v.to(torch.float16)).detach().contiguous()
+                   for k, v in self.state_dict().items()}
+        meta = {"format": FORMAT, "base_model": self.config.base_model, "config": json.dumps(asdict(self.config))}
+        meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path, lm=None, device: str | torch.device = "cpu") -> "KVScorer":
+        """The scorer at ``path``; with ``lm`` (a LoadedModel) given, refuses weights of another base model."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no kvzip-fast scorer weights at {path}; train them with "
+                                    "`python -m uio.train.scorer --model <name>` (docs/COMPRESSION.md)")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a kvzip-fast scorer (format {meta.get('format')!r})")
+        cfg = ScorerConfig(**json.loads(meta["config"]))
+        if lm is not None:
+            check_fits(cfg, lm, path)
+        scorer = cls(cfg)
+        scorer.load_state_dict({k: v.float() for k, v in tensors.items()})
+        return scorer.to(device).eval().requires_grad_(False)
+
+
+def check_fits(cfg: ScorerConfig, lm, where: object = "the scorer") -> None:
+    """Raise ValueError unless ``cfg`` was made for ``lm``'s base model (fingerprint, then shape)."""
+    from uio.compress.base import model_fingerprint
+
+    c = lm.model.config
+    if cfg.fingerprint and cfg.fingerprint != model_fingerprint(lm):
+        raise ValueError(f"the kvzip-fast scorer at {where} was trained for base model {cfg.base_model!r}, "
+                         f"not {lm.name!r} (base fingerprints differ); train one for this model with "
+                         "`python -m uio.train.scorer`")
+    if (cfg.hidden_size, cfg.kv_heads, cfg.num_layers) != (c.hidden_size, c.num_key_value_heads,
+                                                           c.num_hidden_layers):
+        raise ValueError(f"the kvzip-fast scorer at {where} has the shape of another model "
+                         f"({cfg.base_model!r}), not {lm.name!r}")
+
+
+def scorer_path(key: str) -> Path:
+    """The scorer shipped for base model ``key`` (``uio/weights/scorer-<key>.safetensors``; may not exist).
+
+    Beside the gates, read from ``uio.shipped.WEIGHTS_DIR`` at call time so a test may point it elsewhere.
+    """
+    from uio import shipped
+
+    return shipped.WEIGHTS_DIR / f"scorer-{key}.safetensors"
+
+
+def topk_agreement(pred: torch.Tensor, target: torch.Tensor, ratio: int, n_sink: int = 4) -> float:
+    """Share of KVzip's kept set the prediction keeps too, at ``ratio``, averaged over layers and heads.
+
+    pred, target (layers, kv, n): both select ceil(n / ratio) per head with the first ``n_sink`` forced in,
+    as ``ScoringCompressor.select`` does; the sinks are left out of the count (they agree by construction).
+    """
+    n = pred.shape[-1]
+    k = max(1, min(n, math.ceil(n / ratio)))
+    sink = min(n_sink, k)
+    if k == sink:
+        return 1.0
+    def kept(s: torch.Tensor) -> torch.Tensor:
+        s = s.float().clone()
+        s[..., :sink] = float("inf")
+        m = torch.zeros_like(s, dtype=torch.bool)
+        return m.scatter_(-1, s.topk(k, -1).indices, True)[..., sink:]
+    both = (kept(pred) & kept(target)).sum(-1).float()
+    return float((both / (k - sink)).mean())

@@ -1,0 +1,299 @@
+"""Train the kvzip-fast scorer (``uio.compress.scorer``) against KVzip's scores, on a CPU.
+
+    python -m uio.train.scorer --model smollm2 --segments 240 --heldout 24 --steps 3000
+    python -m uio.train.scorer --model smollm2 --resume      # continue a stopped run exactly
+
+Two phases, both resumable:
+
+1. targets: segments of ``--segment-len`` tokens from the training corpus (data/corpus/train.jsonl, built by
+   data/build_corpus.py; held-out segments from heldout.jsonl, documents never trained on). Per segment,
+   ``KVzipCompressor.score`` (a prefill + the repeat pass, ~3 forwards) and the hidden states entering each
+   layer's attention during the prefill, cached on disk (``--cache``, one file per segment: a rerun skips
+   finished ones). Training segments keep a random ``--keep-tokens`` subset of their tokens' hidden states
+   (labels are computed on the whole segment first); held-out segments keep all.
+2. train: the local objective per layer (no backward through the base model): BCE on "in KVzip's kept set"
+   at 8x and at 32x, plus a listwise term (cross-entropy between the softmax of the scores and of KVzip's log
+   scores, per head). Checkpoints every ``--ckpt-every`` steps (weights, optimiser, step: the segment order
+   is a function of the seed and the step, so a resume is exact). The held-out agreement (KVzip's kept set
+   that the scorer keeps too, at 8x and 32x, layers and heads averaged) is logged every ``--eval-every``.
+
+Log (JSONL, appended): bench/results/scorer_train_<model>.jsonl: per target segment its CPU seconds and
+tokens, per logged step the losses, cumulative CPU seconds and tokens, and the held-out agreement.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from uio.compress.scorer import KVScorer, ScorerConfig, scorer_path, topk_agreement
+
+ROOT = Path(__file__).resolve().parents[2]
+RATIOS = (8, 32)
+
+
+# -- segments ----------------------------------------------------------------------------------------
+def corpus_segments(path: Path, tokenizer, count: int, segment_len: int, seed: int) -> list[list[int]]:
+    """``count`` segments of exactly ``segment_len`` tokens, at most 2 per document, from a seeded shuffle.
+
+    Documents are taken in a seeded order; each gives segments at seeded offsets (a book's middle as well as
+    its start), so the set depends only on the file and the seed.
+    """
+    docs = [json.loads(line)["text"] for line in open(path, encoding="utf-8")]
+    order = list(range(len(docs)))
+    rng = random.Random(f"scorer/{seed}")
+    rng.shuffle(order)
+    out: list[list[int]] = []
+    for i in order:
+        ids = tokenizer(docs[i], add_special_tokens=False, verbose=False)["input_ids"]
+        fits = len(ids) // segment_len
+        if fits == 0:
+            continue
+        for j in sorted(rng.sample(range(fits), min(2, fits))):
+            out.append(ids[j * segment_len:(j + 1) * segment_len])
+            if len(out) == count:
+                return out
+    return out
+
+
+def kept_labels(scores: torch.Tensor, ratio: int, n_sink: int = 4) -> torch.Tensor:
+    """(layers, kv, n) 0/1: KVzip's kept set at ``ratio`` (sinks forced, as the compressor selects)."""
+    n = scores.shape[-1]
+    k = max(1, math.ceil(n / ratio))
+    s = scores.float().clone()
+    s[..., :min(n_sink, k)] = float("inf")
+    return torch.zeros_like(s).scatter_(-1, s.topk(k, -1).indices, 1.0)
+
+
+@torch.no_grad()
+def make_target(lm, tokens: list[int], keep_tokens: int | None, seed: int) -> dict:
+    """KVzip's scores of one segment and the hidden states entering each layer's attention in its prefill."""
+    from uio.compress.kvzip import KVzipCompressor
+    from uio.gate import attention_inputs
+
+    kv = KVzipCompressor(ratio=8)
+    with attention_inputs(lm.model) as seen:
+        pre = kv.prefill(lm, tokens)
+    hidden = torch.stack([seen[i][0] for i in range(len(seen))])  # (layers, n, D)
+    with torch.inference_mode():
+        scores = kv.score(lm, pre).float()  # (layers, kv, n)
+    n = len(tokens)
+    idx = torch.arange(n)
+    if keep_tokens and keep_tokens < n:
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(n, generator=g)[:keep_tokens].sort().values
+    store = hidden.dtype if hidden.dtype in (torch.bfloat16, torch.float16) else torch.float16
+    return {"ids": torch.tensor(tokens), "index": idx, "hidden": hidden[:, idx].to(store).clone(),
+            "log_scores": scores.clamp_min(1e-8).log()[..., idx].clone(),
+            "labels": {r: kept_labels(scores, r)[..., idx].to(torch.bool).clone() for r in RATIOS},
+            "full_log_scores": scores.clamp_min(1e-8).log().to(torch.float16)}
+
+
+def build_targets(lm, segments: list[list[int]], folder: Path, keep_tokens: int | None, log, split: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, seg in enumerate(segments):
+        path = folder / f"{i:05d}.pt"
+        if path.is_file():
+            continue
+        c0, w0 = time.process_time(), time.perf_counter()
+        rec = make_target(lm, seg, keep_tokens, seed=i)
+        tmp = path.with_suffix(".tmp")
+        torch.save(rec, tmp)
+        tmp.replace(path)
+        log({"phase": "targets", "split": split, "segment": i, "tokens": len(seg),
+             "cpu_s": round(time.process_time() - c0, 2), "wall_s": round(time.perf_counter() - w0, 2)})
+
+
+# -- the objective -----------------------------------------------------------------------------------
+def segment_loss(scorer: KVScorer, rec: dict, listwise: float, temperature: float) -> tuple[torch.Tensor, dict]:
+    """Mean over layers of BCE(8x) + BCE(32x) + ``listwise`` * CE(softmax(target / T), softmax(pred))."""
+    idx = rec["index"]
+    sink = idx >= 4  # sinks are forced in at inference: nothing to learn there
+    parts = {"bce8": [], "bce32": [], "list": []}
+    for layer, mod in enumerate(scorer.layers):
+        pred = mod(rec["hidden"][layer], idx)[:, sink]  # (kv, m), the stored tokens at their true positions
+        for r in RATIOS:
+            y = rec["labels"][r][layer][:, sink].float()
+            pos_w = (y.numel() - y.sum()) / y.sum().clamp_min(1)  # balance: the kept set is 1/r of the tokens
+            parts[f"bce{r}"].append(F.binary_cross_entropy_with_logits(pred, y, pos_weight=pos_w.sqrt()))
+        t = rec["log_scores"][layer][:, sink].float() / temperature
+        parts["list"].append(-(t.softmax(-1) * pred.log_softmax(-1)).sum(-1).mean()
+                             + (t.softmax(-1) * t.log_softmax(-1)).sum(-1).mean())  # KL, 0 at a perfect match
+    out = {k: torch.stack(v).mean() for k, v in parts.items()}
+    loss = out["bce8"] + out["bce32"] + listwise * out["list"]
+    return loss, {k: round(float(v.detach()), 4) for k, v in out.items()}
+
+
+@torch.no_grad()
+def heldout_agreement(scorer: KVScorer, files: list[Path]) -> dict:
+    """Per ratio, the mean over held-out segments of ``topk_agreement`` (layers and heads averaged)."""
+    out = {r: [] for r in RATIOS}
+    for f in files:
+        rec = torch.load(f, weights_only=False)
+        pred = torch.stack([scorer(layer, rec["hidden"][layer]) for layer in range(len(scorer.layers))])
+        for r in RATIOS:
+            out[r].append(topk_agreement(pred, rec["full_log_scores"].float(), r))
+    return {f"agree{r}": round(sum(v) / max(len(v), 1), 4) for r, v in out.items()}
+
+
+def feature_stats(scorer: KVScorer, files: list[Path]) -> None:
+    """Per layer, the mean and inverse std of each hidden feature over ``files`` (into the scorer's buffers)."""
+    sums = None
+    for f in files:
+        h = torch.load(f, weights_only=False)["hidden"].float()  # (layers, m, D)
+        s = torch.stack([h.sum(1), (h * h).sum(1)]), h.shape[1]
+        sums = s if sums is None else (sums[0] + s[0], sums[1] + s[1])
+    mean = sums[0][0] / sums[1]
+    var = (sums[0][1] / sums[1] - mean ** 2).clamp_min(1e-6)
+    for layer, mod in enumerate(scorer.layers):
+        mod.mean.copy_(mean[layer])
+        mod.inv_std.copy_(var[layer].rsqrt())
+
+
+# -- the command ---------------------------------------------------------------------------------------
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m uio.train.scorer", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--corpus", type=Path, default=ROOT / "data" / "corpus",
+                    help="folder with train.jsonl and heldout.jsonl (data/build_corpus.py)")
+    ap.add_argument("--segments", type=int, default=240, help="training segments (targets cost ~3 forwards each)")
+    ap.add_argument("--heldout", type=int, default=24, help="held-out segments for the agreement figure")
+    ap.add_argument("--segment-len", type=int, default=1024)
+    ap.add_argument("--keep-tokens", type=int, default=512, help="tokens of a training segment kept on disk")
+    ap.add_argument("--rank", type=int, default=32, help="hidden units per KV head")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--listwise", type=float, default=1.0, help="weight of the listwise term")
+    ap.add_argument("--temperature", type=float, default=0.5, help="of the target softmax over log scores")
+    ap.add_argument("--ckpt-every", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--stop-after", type=int, default=None, help="stop at this step (the schedule keeps --steps)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", type=Path, default=None, help="targets (default .cache/scorer/<model>)")
+    ap.add_argument("--run-dir", type=Path, default=None, help="checkpoint (default runs/scorer-<model>)")
+    ap.add_argument("--out", type=Path, default=None, help="default uio/weights/scorer-<model>.safetensors")
+    ap.add_argument("--log", type=Path, default=None, help="default bench/results/scorer_train_<model>.jsonl")
+    ap.add_argument("--resume", action="store_true", help="continue from the run dir's checkpoint")
+    ap.add_argument("--threads", type=int, default=1)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.common import load_model
+    from uio.model import embedded_key
+
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    key = embedded_key(args.model) or args.model
+    cache = args.cache or ROOT / ".cache" / "scorer" / key
+    run_dir = args.run_dir or ROOT / "runs" / f"scorer-{key}"
+    out = args.out or scorer_path(key)
+    log_path = args.log or ROOT / "bench" / "results" / f"scorer_train_{key}.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logf = open(log_path, "a")
+
+    def log(rec: dict) -> None:
+        rec = {"model": key, "time": time.strftime("%H:%M:%S"), **rec}
+        logf.write(json.dumps(rec) + "\n")
+        logf.flush()
+        print(json.dumps(rec), flush=True)
+
+    lm = load_model(args.model, threads=args.threads)  # the product's dtype: the scores the product would see
+    train_dir, held_dir = cache / "train", cache / "heldout"
+    c0 = time.process_time()
+    train_segs = corpus_segments(args.corpus / "train.jsonl", lm.tokenizer, args.segments, args.segment_len, args.seed)
+    held_segs = corpus_segments(args.corpus / "heldout.jsonl", lm.tokenizer, args.heldout, args.segment_len,
+                                args.seed)
+    (cache / "segments.json").parent.mkdir(parents=True, exist_ok=True)
+    (cache / "segments.json").write_text(json.dumps({
+        "corpus": str(args.corpus), "seed": args.seed, "segment_len": args.segment_len,
+        "train_sha256": hashlib.sha256(json.dumps(train_segs).encode()).hexdigest(),
+        "heldout_sha256": hashlib.sha256(json.dumps(held_segs).encode()).hexdigest()}) + "\n")
+    build_targets(lm, held_segs, held_dir, None, log, "heldout")
+    build_targets(lm, train_segs, train_dir, args.keep_tokens, log, "train")
+    train_files = sorted(train_dir.glob("*.pt"))[:len(train_segs)]
+    held_files = sorted(held_dir.glob("*.pt"))[:len(held_segs)]
+    log({"phase": "targets-done", "train": len(train_files), "heldout": len(held_files),
+         "cpu_s": round(time.process_time() - c0, 1)})
+
+    scorer = KVScorer(ScorerConfig.for_model(lm, rank=args.rank))
+    torch.manual_seed(args.seed)
+    scorer = KVScorer(scorer.config)  # seeded init
+    opt = torch.optim.AdamW(scorer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
+    step, cpu_done, tokens_done = 0, 0.0, 0
+    ckpt = run_dir / "checkpoint.pt"
+    if args.resume and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        scorer.load_state_dict(state["scorer"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step, cpu_done, tokens_done = state["step"], state["cpu_s"], state["tokens"]
+        log({"phase": "resume", "step": step})
+    else:
+        feature_stats(scorer, train_files[:16])
+    scorer.train().requires_grad_(True)
+    for mod in scorer.layers:  # the feature statistics are data, not parameters
+        mod.mean.requires_grad_(False)
+        mod.inv_std.requires_grad_(False)
+
+    def save_ckpt() -> None:
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"scorer": scorer.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "step": step, "cpu_s": cpu_done, "tokens": tokens_done, "args": vars(args)}, tmp)
+        tmp.replace(ckpt)
+
+    stop = min(args.steps, args.stop_after or args.steps)
+    t0 = time.process_time()
+    recs: list[dict] = []
+    while step < stop:
+        epoch, pos = divmod(step, len(train_files))
+        order = list(range(len(train_files)))
+        random.Random(f"{args.seed}/{epoch}").shuffle(order)  # the order is a function of (seed, step)
+        rec = torch.load(train_files[order[pos]], weights_only=False)
+        loss, parts = segment_loss(scorer, rec, args.listwise, args.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        tokens_done += int(rec["index"].shape[0])
+        recs.append(parts)
+        if step % 50 == 0 or step == stop:
+            cpu = cpu_done + time.process_time() - t0
+            mean = {k: round(sum(r[k] for r in recs) / len(recs), 4) for k in recs[0]}
+            entry = {"phase": "train", "step": step, "epoch": epoch, "lr": round(sched.get_last_lr()[0], 6),
+                     **mean, "cpu_s": round(cpu, 1), "tokens": tokens_done}
+            recs = []
+            if step % args.eval_every == 0 or step == stop:
+                scorer.eval()
+                entry.update(heldout_agreement(scorer, held_files))
+                scorer.train()
+            log(entry)
+        if step % args.ckpt_every == 0 or step == stop:
+            cpu_done, t0 = cpu_done + time.process_time() - t0, time.process_time()
+            save_ckpt()
+    scorer.eval()
+    if step >= args.steps:
+        final = heldout_agreement(scorer, held_files)
+        scorer.save(out, extra={"trained": {"steps": step, "segments": len(train_files),
+                                            "heldout_segments": len(held_files), **final,
+                                            "cpu_s_train": round(cpu_done, 1)}})
+        log({"phase": "saved", "path": str(out), "bytes": out.stat().st_size, **final})
+    else:
+        print(f"stopped at step {step}; continue with --resume")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
