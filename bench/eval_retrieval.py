@@ -134,18 +134,107 @@ def _pages(ranking):
     return units
 
 
-def in_context(tome, docs, scores, golds, budget=3072, neighbours=1, every_book=False, ranking=None) -> bool:
+def in_context(tome, docs, scores, golds, budget=3072, neighbours=1, every_book=False, ranking=None,
+               per_book=True, pages=False) -> bool:
+    """Whether every gold (doc id, page) is inside what ``select_segments`` chooses (``pages``: page units)."""
     from retrieval.select import select_segments
 
-    books = [(d.title, tome.store.segments(d.id)) for d in docs]
-    reach = None
-    if ranking is not None:  # neighbours only where the best passage touches its segment's edge
-        reach = [ranking.reach(d.id, [s.text for s in segs], neighbours) for d, (_, segs) in zip(docs, books)]
-    sel = select_segments(books, [scores.get(d.id, {}) for d in docs], budget, neighbours, every_book, reach)
-    owner = {id(s): d.id for d, (_, segs) in zip(docs, books) for s in segs}
+    if pages:
+        books, unit_scores, reach, owner = page_books(tome, docs, ranking, neighbours)
+        sel = select_segments(books, unit_scores, budget, neighbours, every_book, reach, per_book=per_book)
+    else:
+        books = [(d.title, tome.store.segments(d.id)) for d in docs]
+        reach = None
+        if ranking is not None:  # neighbours only where the best passage touches its segment's edge
+            reach = [ranking.reach(d.id, [s.text for s in segs], neighbours) for d, (_, segs) in zip(docs, books)]
+        sel = select_segments(books, [scores.get(d.id, {}) for d in docs], budget, neighbours, every_book, reach,
+                              per_book=per_book)
+        owner = {id(s): d.id for d, (_, segs) in zip(docs, books) for s in segs}
     spans = [(owner[id(p.segment)], p.segment.page_start, p.segment.page_end) for p in sel.passages]
     return all(any(d == g_doc and a <= g_page <= b for d, a, b in spans) for g_doc, g_page in golds)
 
+
+def page_books(tome, docs, ranking, neighbours=0, edge=0.2):
+    """Each book cut into page units (a segment's part on one page), their scores, reach and owners.
+
+    A unit's score is its best passage's; its size, the segment's tokens in proportion to
+    its characters. The experiment "pages": the context holds pages, not 1,024-token segments.
+    """
+    books, scores, reach, owner = [], [], [], {}
+    for d in docs:
+        units, sc, rc = [], {}, {}
+        for seg in tome.store.segments(d.id):
+            br = ranking.page_breaks(d.id, seg.index) or ((0, seg.page_start),)
+            bounds = [b for b, _ in br[1:]] + [len(seg.text)]
+            start = 0
+            for (_, page), end in zip(br, bounds):
+                text = seg.text[start:end].strip()
+                if text:
+                    u = PageUnit(text, page, page, len(units), max(1, round(seg.n_tokens * (end - start)
+                                                                                / max(1, len(seg.text)))),
+                                 seg.index, start, end)
+                    units.append(u)
+                    owner[id(u)] = d.id
+                start = end
+        by_page = {}
+        for k, u in enumerate(units):
+            by_page.setdefault((u.segment, u.page_start), k)
+        for h in ranking.hits:
+            if h.document_id != d.id:
+                continue
+            k = by_page.get((h.index, h.page_start))
+            if k is None or k in sc:
+                continue
+            sc[k] = h.score
+            u = units[k]
+            n = u.end - u.start
+            rc[k] = (neighbours if h.start - u.start < edge * n else 0, neighbours if u.end - h.end < edge * n else 0)
+        books.append((d.title, units))
+        scores.append(sc)
+        reach.append(rc)
+    return books, scores, reach, owner
+
+
+def _page_unit(cls):
+    from dataclasses import dataclass
+
+    return dataclass(frozen=True)(cls)
+
+
+@_page_unit
+class PageUnit:
+    text: str
+    page_start: int
+    page_end: int
+    index: int
+    n: int
+    segment: int = 0
+    start: int = 0
+    end: int = 0
+
+    @property
+    def n_tokens(self):
+        return self.n
+
+
+# context rules measured: key -> in_context arguments ("ranking": True = neighbours by the best passage's place)
+CONTEXTS = {
+    "context": dict(per_book=False),  # the first rule: a neighbour each way, one global ranking
+    "context_n0": dict(per_book=False, neighbours=0),
+    "context_edge": dict(per_book=False, ranking=True),  # shipped before the per-book share
+    "context_share": dict(ranking=True),  # shipped: neighbours at the edge, each book its share
+    "context_share_n0": dict(ranking=True, neighbours=0),
+    "context_share_all": dict(),  # each book its share, a neighbour each way
+    "context_pages": dict(ranking=True, pages=True, neighbours=0),  # page units, no neighbours
+    "context_pages_2048": dict(ranking=True, pages=True, neighbours=0, budget=2048),
+    "context_pages_1536": dict(ranking=True, pages=True, neighbours=0, budget=1536),
+    "context_pages_edge": dict(ranking=True, pages=True),
+}
+CONTEXT_NAMES = {"context": "neighbour each way, global", "context_n0": "no neighbours, global",
+                 "context_edge": "edge neighbours, global", "context_share": "edge neighbours, per book",
+                 "context_share_n0": "no neighbours, per book", "context_share_all": "neighbour each way, per book",
+                 "context_pages": "pages 3072, per book", "context_pages_2048": "pages 2048, per book",
+                 "context_pages_1536": "pages 1536, per book", "context_pages_edge": "pages+edge 3072, per book"}
 
 METHODS = ("segments", "vector", "lexical", "hybrid", "rrf:60:1:1", "rrf:60:1:2", "rrf:60:1:4", "rrf:10:1:2",
            "rrf:5:1:2", "rrf:1:1:2", "rrf:2:1:1", "rrf:2:1:3")
@@ -163,14 +252,14 @@ def recall(tome, docs, data, methods=METHODS) -> dict:
             units, scores, ranking = ranked_units(tome, qdocs, q["question"], m)
             first = [next((k for k, (d, a, b) in enumerate(units) if d == gd and a <= gp <= b), None)
                      for gd, gp in golds]
-            rows.append({"id": q["id"], "kind": q["kind"], "style": q["style"], "ranks": first,
-                         "context": in_context(tome, qdocs, scores, golds),  # the selector before
-                         "context_n0": in_context(tome, qdocs, scores, golds, neighbours=0),
-                         "context_books": in_context(tome, qdocs, scores, golds, every_book=True),
-                         "context_edge": ranking is not None and in_context(tome, qdocs, scores, golds,
-                                                                            ranking=ranking),
-                         "context_edge_books": ranking is not None and in_context(
-                             tome, qdocs, scores, golds, every_book=True, ranking=ranking)})
+            ctx = {}
+            for key, kw in CONTEXTS.items():
+                if kw.get("ranking") is None or ranking is not None:
+                    kw = dict(kw, ranking=ranking if kw.get("ranking") else None)
+                    ctx[key] = in_context(tome, qdocs, scores, golds, **kw)
+                else:
+                    ctx[key] = False
+            rows.append({"id": q["id"], "kind": q["kind"], "style": q["style"], "ranks": first} | ctx)
         out[m] = rows
     return out
 
@@ -186,8 +275,8 @@ def summarise(rows) -> dict:
     for style in ("exact-term", "paraphrase"):
         sub = [r for r in single if r["style"] == style]
         s[f"r@3 {style}"] = at(sub, 3)
-    for key, name in (("context", ""), ("context_n0", " no neighbours"), ("context_books", " every book"),
-                      ("context_edge", " edge"), ("context_edge_books", " edge+books")):
+    for key in CONTEXTS:
+        name = key[len("context"):].replace("_", " ")
         s["context single" + name] = round(sum(r[key] for r in single) / max(1, len(single)), 3)
         s["context two-book" + name] = round(sum(r[key] for r in two) / max(1, len(two)), 3)
     s["n_single"], s["n_two"] = len(single), len(two)
@@ -237,6 +326,9 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
     """Answer accuracy through Tome.ask per retrieval variant; writes partial results after each question."""
     from retrieval.prompt import Passage, Selection
     from retrieval.retriever import Ranking, Retrieved
+    from dataclasses import replace
+
+    import tome.answer as answer_module
     from tome.answer import Context
 
     answerer = tome.answerer
@@ -267,6 +359,30 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
         def n_tokens(self):
             return self.n
 
+    import retrieval.prompt as prompt
+    from retrieval import select as select_module
+
+    neighbours, paged_prompt = tome.config.neighbours, prompt.PAGED_PROMPT
+
+    def pages_choose(cdocs, books, question, budget, timer):
+        """The context in page units (a segment's part on one page), each book its share, no neighbours."""
+        ranking = real_rank(cdocs, question)
+        units, scores, reach, owner = page_books(tome, cdocs, ranking, 0)
+        sel = select_module.select_segments(units, scores, budget, 0, reach=reach)
+        best = {(h.document_id, h.index, h.page_start): h for h in reversed(ranking.hits)}
+        ps = [replace(p, match=best.get((owner[id(p.segment)], p.segment.segment, p.segment.page_start)),
+                      breaks=((0, p.segment.page_start),)) for p in sel.passages]
+        return Context(Selection(ps, sel.truncated), owner)
+
+    def global_choose(cdocs, books, question, budget, timer):
+        """The rule before the per-book share: one global ranking."""
+        real = select_module.select_segments
+        answer_module.select_segments = lambda *a, **k: real(*a, **k, per_book=False)
+        try:
+            return real_choose(cdocs, books, question, budget, timer)
+        finally:
+            answer_module.select_segments = real
+
     results = {v: [] for v in variants}
     path = out_path
     qs = list(data["questions"])
@@ -274,10 +390,16 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
     qs = qs[:limit] if limit else qs
     for qi, q in enumerate(qs):
         qdocs = [docs[i] for i in q["docs"]]
+        asked: dict = {}  # prompt (instruction, passages) -> the row of the variant that asked it
         for v in variants:
-            retriever.rank = {"today": today_rank, "hybrid": real_rank, "hybrid-nolabels": unlabelled_rank,
-                              "ceiling": real_rank}[v]
-            if v == "ceiling":
+            retriever.rank = {"today": today_rank, "hybrid-nolabels": unlabelled_rank}.get(v, real_rank)
+            tome.config.neighbours = 0 if v.endswith("-n0") else neighbours
+            prompt.PAGED_PROMPT = ABSTAIN_PROMPT if v.endswith("-abstain") else paged_prompt
+            if v.startswith("pages"):
+                answerer.choose = pages_choose
+            elif v.startswith("global"):
+                answerer.choose = global_choose
+            elif v == "ceiling":
                 def gold_choose(cdocs, books, question, budget, timer, q=q):
                     ps, owner = [], {}
                     for g in q["gold"]:
@@ -291,13 +413,30 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
             else:
                 answerer.choose = real_choose
             t = time.perf_counter()
-            final = list(tome.ask([d.id for d in qdocs], q["question"], max_new_tokens=max_new))[-1]
-            results[v].append({"id": q["id"], "kind": q["kind"], "style": q["style"], "answer": final.text,
-                               "correct": realdocs.grade(final.text, q), "abstained": abstained(final.text),
-                               "seconds": round(time.perf_counter() - t, 1),
-                               "context_tokens": final.context_tokens,
-                               "sources": [s.label() for s in final.sources[:3]]})
+            choose = answerer.choose
+
+            def recording_choose(*a, choose=choose):
+                ctx = choose(*a)
+                key = (prompt.PAGED_PROMPT, tuple((ctx.owner[id(p.segment)], p.segment.page_start, p.segment.text,
+                                                   p.breaks) for p in ctx.selection.passages))
+                if key in asked:  # the same prompt as an earlier variant's: greedy decoding answers the same
+                    raise _Same(asked[key])
+                seen.append(key)
+                return ctx
+
+            answerer.choose, seen = recording_choose, []
+            try:
+                final = list(tome.ask([d.id for d in qdocs], q["question"], max_new_tokens=max_new))[-1]
+                row = {"id": q["id"], "kind": q["kind"], "style": q["style"], "answer": final.text,
+                       "correct": realdocs.grade(final.text, q), "abstained": abstained(final.text),
+                       "seconds": round(time.perf_counter() - t, 1), "context_tokens": final.context_tokens,
+                       "sources": [s.label() for s in final.sources[:3]]}
+                asked.update({k: dict(row, variant=v) for k in seen})
+            except _Same as same:  # not asked again: the earlier variant's answer, marked
+                row = {k: x for k, x in same.row.items() if k != "variant"} | {"same_as": same.row["variant"]}
+            results[v].append(row)
         retriever.rank, answerer.choose = real_rank, real_choose
+        tome.config.neighbours, prompt.PAGED_PROMPT = neighbours, paged_prompt
         summary = {v: {"correct": sum(r["correct"] for r in rs), "asked": len(rs),
                        "wrong": sum(not r["correct"] and not r["abstained"] for r in rs),
                        "abstained": sum(r["abstained"] and not r["correct"] for r in rs)} for v, rs in results.items()}
@@ -307,6 +446,22 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
             f"{v}={'Y' if results[v][-1]['correct'] else 'n'}" for v in variants) + f"  {summary}", flush=True)
     return results
 
+
+class _Same(Exception):
+    """A variant's prompt is one an earlier variant of the same question already asked."""
+
+    def __init__(self, row: dict):
+        super().__init__(row["variant"])
+        self.row = row
+
+
+# A prompt measured through the "-abstain" variants (retrieval/prompt.py's PAGED_PROMPT swapped for the run):
+# a stricter instruction with a fixed sentence to say when the passages do not hold the answer.
+ABSTAIN_PROMPT = (
+    "You answer questions using only the passages below; each is labelled [book, page]. If a passage "
+    "states the answer, give it briefly, in the passage's own words. If no passage states it, do not "
+    "guess: reply only \"The passages do not say.\""
+)
 
 _ABSTAIN = re.compile(r"\b(do(es)? not|don't|doesn't|cannot|can't|no) (contain|mention|say|provide|include|"
                       r"find|information|answer|specify)|not (mentioned|specified|provided|found|given)", re.I)
@@ -379,12 +534,14 @@ def main(argv=None) -> int:
     rows = recall(tome, docs, data, args.methods.split(","))
     table = {m: summarise(rs) for m, rs in rows.items()}
     cols = [f"r@{k}" for k in KS] + ["r@3 exact-term", "r@3 paraphrase"]
-    ctx = [f"context {k}{n}" for n in ("", " no neighbours", " every book", " edge", " edge+books")
-           for k in ("single", "two-book")]
-    for group in (cols, ctx):
-        print(f"\n{'retrieval':<26}" + "".join(f"{c[-14:]:>15}" for c in group))
-        for m, s in table.items():
-            print(f"{LABELS.get(m, m):<26}" + "".join(f"{s[c]:>15.3f}" for c in group))
+    print(f"\n{'retrieval':<26}" + "".join(f"{c[-14:]:>15}" for c in cols))
+    for m, s in table.items():
+        print(f"{LABELS.get(m, m):<26}" + "".join(f"{s[c]:>15.3f}" for c in cols))
+    for m, s in table.items():  # context: gold page (two-book: both) inside the selection, per rule
+        print(f"\ncontext, {LABELS.get(m, m)}: single / two-book")
+        for key, name in CONTEXT_NAMES.items():
+            tail = key[len("context"):].replace("_", " ")
+            print(f"  {name:<34}{s['context single' + tail]:>7.3f}{s['context two-book' + tail]:>7.3f}")
     n = next(iter(table.values()))
     print(f"({n['n_single']} single-book questions for r@k and context single, {n['n_two']} two-book)")
     result = {"command": "python bench/eval_retrieval.py", "library": {k: v.pages for k, v in docs.items()},

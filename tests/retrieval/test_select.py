@@ -18,9 +18,9 @@ def test_selector_keeps_budget_document_order_and_neighbours():
     a = [Seg(i, 10) for i in range(10)]
     b = [Seg(i, 10) for i in range(6)]
     scores = [{i: 0.0 for i in range(10)} | {7: 0.9, 2: 0.5}, {i: 0.0 for i in range(6)} | {4: 0.8}]
-    sel = select_segments([("A", a), ("B", b)], scores, budget=75, neighbours=1)
+    sel = select_segments([("A", a), ("B", b)], scores, budget=75, neighbours=1, per_book=False)
     got = [(p.title, p.segment.index) for p in sel.passages]
-    # hits A7 (0.9), B4 (0.8), A2 (0.5), each with +-1 while it fits; 7 segments = 70 <= 75
+    # one global ranking: hits A7 (0.9), B4 (0.8), A2 (0.5), each with +-1 while it fits; 7 segments = 70 <= 75
     # A7 +A8 +A6 (30), B4 +B5 +B3 (60), A2 (70); A3, A1 and every 0-score segment would pass 75
     assert got == [("A", 2), ("A", 6), ("A", 7), ("A", 8), ("B", 3), ("B", 4), ("B", 5)]
     assert sel.tokens == 70 and sel.truncated == ["A", "B"]
@@ -45,9 +45,9 @@ def test_selector_every_book_takes_each_books_best_hit_before_neighbours():
 
     a, b = [Seg(i, 10) for i in range(5)], [Seg(i, 10) for i in range(5)]
     scores = [{2: 0.9, 3: 0.8}, {4: 0.5}]
-    plain = select_segments([("A", a), ("B", b)], scores, budget=30, neighbours=1)
+    plain = select_segments([("A", a), ("B", b)], scores, budget=30, neighbours=1, per_book=False)
     assert [(p.title, p.segment.index) for p in plain.passages] == [("A", 1), ("A", 2), ("A", 3)]  # B never in
-    both = select_segments([("A", a), ("B", b)], scores, budget=30, neighbours=1, every_book=True)
+    both = select_segments([("A", a), ("B", b)], scores, budget=30, neighbours=1, every_book=True, per_book=False)
     assert [(p.title, p.segment.index) for p in both.passages] == [("A", 2), ("A", 3), ("B", 4)]
 
 
