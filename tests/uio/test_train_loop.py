@@ -10,7 +10,7 @@ from uio.adapter import UIOAdapter
 from uio.train.data import ChainBatches
 from uio.train.loop import TrainConfig, lr_factor, train
 
-TINY = dict(model="tiny", ratio=4, segment_len=16, segments=3, batch_size=2, capacity=1, enc_rank=4, head_rank=4,
+TINY = dict(model="tiny", recipe="uio", ratio=4, segment_len=16, segments=3, batch_size=2, capacity=1, enc_rank=4, head_rank=4,
             warmup=2, ckpt_every=2)
 PROSE = ("The harbour at Varrow Point was quiet in winter. Fishing boats lay on the shingle, and the nets hung "
          "drying between the posts. Every morning the ferryman walked to the end of the pier and looked at the "
@@ -122,4 +122,4 @@ def test_cli_stops_resumes_and_writes_the_adapter_where_tome_looks(smollm2, tmp_
         meta = f.metadata()
     assert json.loads(meta["training"])["segment_len"] == 16 and meta["trained_steps"] == "2"
     loaded = UIOAdapter.load(smollm2, adapter)
-    assert loaded.config.num_mem == 2
+    assert loaded.config.num_mem == 2 and loaded.mode == "memory"  # the default recipe: distillation

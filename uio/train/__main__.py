@@ -29,6 +29,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
                         help=f"default {f.default}")
     ap.add_argument("--corpus", type=Path, default=ROOT / "data" / "corpus" / "train.jsonl")
+    ap.add_argument("--heldout", type=Path, default=ROOT / "data" / "corpus" / "heldout.jsonl",
+                    help="held-out texts for --eval-every (distill recipe)")
     ap.add_argument("--sources", default="", help="comma-separated corpus sources to train on (default: all)")
     ap.add_argument("--out-dir", type=Path, default=None, help="checkpoints and metrics (default runs/<model>-<ratio>x)")
     ap.add_argument("--adapter-out", type=Path, default=None, help="final adapter (default uio/adapters/...)")
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "config.json").write_text(json.dumps({"train": cfg.__dict__, "corpus": str(args.corpus),
                                                      "corpus_sha256_16": corpus_id, "sources": sources,
                                                      "documents": len(texts)}, indent=2) + "\n")
-    result = train(cfg, lm, texts, out_dir, resume=args.resume, stop_after=args.stop_after,
+    heldout = read_jsonl(args.heldout, sources) if cfg.eval_every and args.heldout.exists() else []
+    result = train(cfg, lm, texts, out_dir, resume=args.resume, stop_after=args.stop_after, heldout=heldout,
                    adapter_out=adapter_out, extra_meta={"corpus_sha256_16": corpus_id,
                                                         "corpus_sources": ",".join(sources) or "all"})
     if result.step >= cfg.steps:

@@ -254,3 +254,29 @@ def distill_step(encoder: Encoder, batch: DistillBatch, engine: ReservoirTBPTT,
             sums["total"].append(float(total.detach()))
     engine.finish()
     return {name: sum(v) / len(v) for name, v in sums.items() if v}
+
+
+class _Frozen:
+    """An engine for evaluation: memories pass through, no gradient is kept."""
+
+    peak_graphs = pushes = 0
+
+    def add(self, *memory):
+        return memory
+
+    def backward(self, loss) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+@torch.no_grad()
+def evaluate(encoder: Encoder, batches, cfg: DistillConfig = DistillConfig(), seed: int = 0) -> dict[str, float]:
+    """Mean distillation terms over ``batches`` (held-out), without gradients; the training RNGs are untouched."""
+    rng = random.Random(seed)
+    sums: dict[str, list[float]] = {}
+    for batch in batches:
+        for name, value in distill_step(encoder, batch, _Frozen(), cfg, rng=rng).items():
+            sums.setdefault(name, []).append(value)
+    return {name: sum(v) / len(v) for name, v in sums.items()}
