@@ -96,9 +96,12 @@ def make_memory(tome, doc, name: str, ratio: int) -> dict:
 def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
     base = tome.config
     kw: dict = {"max_new_tokens": max_new}
-    if method.endswith("/fullcache"):  # the recent cache without the default policy (the gate): HF generate
+    method, _, variant = method.partition("/")
+    if variant == "fullcache":  # the recent cache without the default policy (the gate): HF generate
         kw["cache_policy"] = "full"
-        method = method.split("/")[0]
+    elif variant:  # <layout>-<positions> of compressed mode, e.g. kvzip@8/before-consecutive (the old layout)
+        layout, positions = variant.split("-")
+        tome.config = replace(base, memory_layout=layout, memory_positions=positions)
     if method in ("full", "retrieval"):
         kw["mode"] = "uncompressed"
         if method == "full":
@@ -114,7 +117,7 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
         tome.config = base
     st = last.stats
     return {"text": last.text, "ttft_s": st.get("timing", {}).get("ttft_s"), "gen_ttft_s": st.get("ttft_s"), "timing": st.get("timing"), "policy": st.get("cache_policy"),
-            "prompt_tokens": st.get("prompt_tokens"), "prefix_len": st.get("prefix_len"),
+            "prompt_tokens": st.get("prompt_tokens"), "prefix_len": st.get("memory_slots", st.get("prefix_len")),
             "context_tokens": last.context_tokens, "kv_bytes": st.get("kv_bytes"),
             "truncated": bool(last.truncated), "total_s": st.get("total_s"),
             "pages": sorted({p for s in last.sources for p in range(s.page_start, s.page_end + 1)})
@@ -170,7 +173,7 @@ def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, st
     rows = []
     for docs, question, meta in items:
         if "@" in method:  # this question's memories first (made on demand), so a partial cell has whole rows
-            name, ratio = method.split("@")
+            name, ratio = method.partition("/")[0].split("@")
             for d in docs:
                 if d.id not in seen:
                     seen.add(d.id)

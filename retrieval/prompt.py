@@ -98,14 +98,18 @@ def fit_budget(books: Sequence[tuple[str, Sequence[TextSegment]]], budget: int) 
 
 
 def build_messages(selection: Selection, question: str, history: Sequence[dict] = (),
-                   memory_of: Sequence[str] = ()) -> list[dict]:
+                   memory_of: Sequence[str] = (), memory_marker: str | None = None) -> list[dict]:
     """System prompt with the passages, then earlier turns, then the question.
 
-    With ``memory_of`` (compressed mode) the documents are not in the text:
-    they sit in the cache as memories, before this prompt; the system prompt
-    only names them.
+    With ``memory_of`` (compressed mode) the documents are not in the text: they are memories in the
+    cache. Without ``memory_marker`` they come before this prompt and the system prompt only names them;
+    with it, the system prompt is the uncompressed one with each book's title followed by the marker,
+    where its memories go (``uio.generate.split_chat``).
     """
-    if memory_of:
+    if memory_of and memory_marker:
+        docs = "\n\n".join(f"[{t}]\n{memory_marker}" for t in memory_of)
+        system = f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"
+    elif memory_of:
         system = MEMORY_PROMPT + " ".join(f"[{t}]" for t in memory_of)
     else:
         blocks = [p.labelled() for p in selection.passages]

@@ -61,8 +61,9 @@ class Context:
     selection: Selection
     owner: dict[int, int]  # id(segment) -> its document's id
     messages: list[dict] = field(default_factory=list)
-    cache: object = None  # a DynamicCache holding ``prefix`` memory slots (compressed mode)
+    cache: object = None  # a DynamicCache holding ``prefix`` positions: memories (and text around them)
     prefix: int = 0
+    prompt_ids: list[int] | None = None  # the prompt after the cache, where the cache holds part of the template
     stats: dict = field(default_factory=dict)  # mode-specific figures for the answer
 
 
@@ -85,12 +86,27 @@ class UncompressedContext:
 
 
 class CompressedContext:
-    """The books' stored memories in the cache before the prompt, within the memory budget."""
+    """The books' stored memories in the cache, within the memory budget.
+
+    Layout "inline" (default): the uncompressed mode's system prompt, each book's memories after its title,
+    the chat template's text around them read by the model; "before": the memories first, then the chat
+    prompt naming the books. Positions "spaced" keep each slot's distance to the others as in its segment.
+    """
+
+    MARK = "<<tome:memories>>"  # where a book's memories go in the system message (never shown to the model)
 
     def __init__(self, answerer: "Answerer", ratio: int | None = None, compressor: str | None = None):
         self.a = answerer
         self.compressor = answerer.models.compressor(ratio, compressor)  # what made the memories read
         self.memories: list = []
+        self.layout = answerer.models.config.memory_layout
+        self.positions = answerer.models.config.memory_positions
+        if self.layout not in ("inline", "before"):
+            raise ValueError(f'memory_layout must be "inline" or "before", not {self.layout!r}')
+
+    def _messages(self, question: str, history) -> list[dict]:
+        return build_messages(fit_budget([], 0), question, history, memory_of=self.titles,
+                              memory_marker=self.MARK if self.layout == "inline" else None)
 
     def select(self, docs: Sequence[DocumentInfo], question: str, history, max_new: int, timer: Timer) -> Context:
         a = self.a
@@ -102,25 +118,35 @@ class CompressedContext:
         books = [(d.title, [_SlotSegment(s.text, s.page_start, s.page_end, s.index, mem.slots[j])
                             for j, s in enumerate(segs)])
                  for d, mem, segs in zip(docs, self.memories, stored)]
-        bare = count_tokens(a.lm.tokenizer, build_messages(fit_budget([], 0), question, history,
-                                                           memory_of=self.titles))
-        budget = max(0, a.lm.window - bare - max_new - 16)
+        bare = count_tokens(a.lm.tokenizer, self._messages(question, history))
+        self.room = max(0, a.lm.window - bare - max_new - 16)  # positions the memories may span
+        budget = self.room
         cap = a.memory_budget()
         if cap:  # the question attends to every slot: cap them for a flat TTFT
             budget = min(budget, cap)
         return a.choose(docs, books, question, budget, timer)
 
     def assemble(self, ctx: Context, question: str, history, timer: Timer) -> None:
-        from uio.decoder import build_cache
+        from uio.decoder import build_cache, build_context
+        from uio.generate import split_chat
 
         c, lm = self.compressor, self.a.lm
         with timer.phase("assembly"):
             chosen = [mem.select([p.segment.index for p in ctx.selection.passages
                                   if ctx.owner[id(p.segment)] == d.id]) for d, mem in zip(self.docs, self.memories)]
-            ctx.cache, ctx.prefix = build_cache(lm, chosen, c.identity(lm))
-        ctx.messages = build_messages(fit_budget([], 0), question, history, memory_of=self.titles)
-        ctx.stats = {"compressor": c.name, "ratio": c.ratio,
-                     "adapter_trained": self.a.models.trained(c.ratio, c.name)}
+            ctx.messages = self._messages(question, history)
+            if self.layout == "inline":
+                pieces = split_chat(lm.tokenizer, ctx.messages, self.MARK)  # len(docs) + 1 text pieces
+                parts = [pieces[0]] + [x for mem, text in zip(chosen, pieces[1:]) for x in (mem, text)]
+                ctx.prompt_ids = parts.pop()  # the last piece (end of system, question) is the prompt
+                ctx.cache, ctx.prefix = build_context(lm, parts, c.identity(lm), self.positions, self.room)
+            elif self.positions == "consecutive":
+                ctx.cache, ctx.prefix = build_cache(lm, chosen, c.identity(lm))
+            else:
+                ctx.cache, ctx.prefix = build_context(lm, chosen, c.identity(lm), self.positions, self.room)
+        ctx.stats = {"compressor": c.name, "ratio": c.ratio, "memory_slots": sum(m.num_slots for m in chosen),
+                     "memory_layout": self.layout,
+                     "memory_positions": self.positions, "adapter_trained": self.a.models.trained(c.ratio, c.name)}
 
 
 BUILDERS = {"uncompressed": UncompressedContext, "compressed": CompressedContext}
@@ -194,7 +220,7 @@ class Answerer:
         with self.models.lock:
             builder.assemble(ctx, question, history, timer)
             gen = stream(self.lm, ctx.messages, policy, past_key_values=ctx.cache, prefix_len=ctx.prefix,
-                         max_new_tokens=max_new, temperature=temperature, stop=stop)
+                         max_new_tokens=max_new, temperature=temperature, stop=stop, prompt_ids=ctx.prompt_ids)
             pieces = iter(gen)
             try:
                 for piece in pieces:

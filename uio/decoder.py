@@ -11,6 +11,7 @@ into them.
 from __future__ import annotations
 
 import importlib
+import math
 import threading
 from typing import Sequence
 
@@ -65,12 +66,17 @@ def check_window(lm: LoadedModel, memory_slots: int, prompt_tokens: int, new_tok
                              "segments or books")
 
 
-def join(memories: Sequence[Memory], fingerprint: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values of several memories in order; refuses memories of another adapter."""
+def check_fingerprints(memories: Sequence[Memory], fingerprint: str | None) -> None:
+    """Refuses memories made by another adapter or compressor than ``fingerprint`` (None: any)."""
     for mem in memories:
         if fingerprint is not None and mem.fingerprint != fingerprint:
             raise MemoryMismatch(f"memories made by adapter {mem.fingerprint[:12]} cannot be used with "
                                  f"adapter {fingerprint[:12]}; re-ingest the document")
+
+
+def join(memories: Sequence[Memory], fingerprint: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of several memories in order; refuses memories of another adapter."""
+    check_fingerprints(memories, fingerprint)
     return torch.cat([m.keys for m in memories], 1), torch.cat([m.values for m in memories], 1)
 
 
@@ -119,6 +125,88 @@ def build_cache(lm: LoadedModel, memories: Sequence[Memory], fingerprint: str | 
         slot.lazy_initialization(rotated[layer], v)
         slot.keys, slot.values = rotated[layer], v
     return cache, m
+
+
+POSITIONS = ("consecutive", "spaced")
+
+
+def _layout(parts: Sequence, positions: str, room: int | None) -> tuple[list, int]:
+    """Each part's positions relative to where it starts, and its length in positions; the total span.
+
+    consecutive: a memory's slots at 0..m-1 (as ``build_cache``); spaced: each slot where its source token
+    sat, segments of a memory one after another (a memory spans its segments' tokens). Text: 0..n-1.
+    Where the spaced span of the memories would not fit ``room`` positions, they are scaled down into it
+    (text parts keep their length).
+    """
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, not {positions!r}")
+    laid, text_len, mem_span = [], 0, 0
+    for part in parts:
+        if not isinstance(part, Memory):
+            laid.append((None, len(part)))
+            text_len += len(part)
+            continue
+        if positions == "consecutive":
+            pos = torch.arange(part.num_slots, dtype=torch.float64)[None, :, None].expand(
+                part.keys.shape[0], -1, part.keys.shape[2])
+            span = part.num_slots
+        else:
+            lengths, off = part.segment_lengths(), part.offsets
+            start = torch.zeros(part.num_slots, dtype=torch.float64)
+            for j, first in enumerate(torch.tensor([0] + lengths[:-1]).cumsum(0).tolist()):
+                start[off[j]:off[j + 1]] = first
+            pos = part.source_positions().to(torch.float64) + start[None, :, None]
+            span = sum(lengths)
+        laid.append((pos, span))
+        mem_span += span
+    if positions == "spaced" and room is not None and mem_span > max(1, room - text_len):
+        f = max(1, room - text_len) / mem_span  # keep the selection inside the model's window
+        laid = [(None, n) if pos is None else ((pos * f).floor(), max(1, math.ceil(n * f))) for pos, n in laid]
+    return laid, sum(n for _, n in laid)
+
+
+@torch.inference_mode()
+def build_context(lm: LoadedModel, parts: Sequence, fingerprint: str | None = None, positions: str = "consecutive",
+                  room: int | None = None) -> tuple[DynamicCache, int]:
+    """A cache holding ``parts`` in order (memories and token ids of text), and its length.
+
+    Text parts are read by the model (attending to everything before them), memories are rotated into
+    place. RoPE only sees relative positions, so the whole layout is shifted to end where the cache ends:
+    the prompt that follows at position ``len(cache)`` (what ``generate`` assumes) then sits right after
+    the last part's span, the head's first positions may be negative. With only memories and positions
+    "consecutive" this is ``build_cache``. ``room``: the most positions the parts may span (spaced).
+    """
+    parts = [p for p in parts if (p.num_slots if isinstance(p, Memory) else len(p))]
+    check_fingerprints([p for p in parts if isinstance(p, Memory)], fingerprint)
+    laid, span = _layout(parts, positions, room)
+    held = sum(p.num_slots if isinstance(p, Memory) else len(p) for p in parts)
+    at = held - span  # true position 0 sits here, so the span ends at ``held``
+    cache = DynamicCache(config=lm.model.config)
+    net, length = body(lm), 0
+    for part, (pos, n) in zip(parts, laid):
+        if isinstance(part, Memory):
+            _append_memory(lm, cache, part, (pos + at).to(torch.long))
+            length += part.num_slots
+        else:
+            ids = torch.tensor([list(part)], device=lm.device)
+            net(input_ids=ids, past_key_values=cache, use_cache=True,
+                position_ids=torch.arange(at, at + n, device=lm.device)[None],
+                cache_position=torch.arange(length, length + n, device=lm.device))
+            length += n
+        at += n
+    return cache, length
+
+
+def _append_memory(lm: LoadedModel, cache: DynamicCache, mem: Memory, positions: torch.Tensor) -> None:
+    """Rotate ``mem``'s keys to ``positions`` (layers, slots, kv) and append them and the values to ``cache``."""
+    keys, values = mem.keys.to(lm.device, lm.dtype), mem.values.to(lm.device, lm.dtype)
+    rope = body(lm).rotary_emb
+    for layer in range(keys.shape[0]):
+        k = keys[layer].transpose(0, 1)  # (kv, m, hd)
+        cos, sin = rope(values[:1], positions[layer].T.to(lm.device))  # (kv, m, hd): each head its own
+        rotated = torch.empty_like(k)
+        _rotate_into(rotated, k, cos, sin)
+        cache.update(rotated[None], values[layer].transpose(0, 1)[None], layer)
 
 
 @torch.inference_mode()

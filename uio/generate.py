@@ -91,11 +91,24 @@ class Generation:
         return self.pieces
 
 
-def _encode(lm: LoadedModel, messages: list[dict], prefix_len: int, max_new_tokens: int
-            ) -> tuple[dict, GenerationStats]:
-    """The chat prompt's tokens and fresh stats; refuses what does not fit the window."""
-    enc = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True)
+def split_chat(tokenizer, messages: list[dict], marker: str) -> list[list[int]]:
+    """The chat prompt of ``messages`` as token ids, cut where ``marker`` stands in their text (markers dropped).
+
+    Memories go into those cuts (``uio.decoder.build_context``); the last piece is the prompt that follows.
+    """
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return [tokenizer.encode(piece, add_special_tokens=False) for piece in text.split(marker)]
+
+
+def _encode(lm: LoadedModel, messages: list[dict], prefix_len: int, max_new_tokens: int,
+            prompt_ids: list[int] | None = None) -> tuple[dict, GenerationStats]:
+    """The chat prompt's tokens (``prompt_ids`` where given) and fresh stats; refuses what does not fit."""
+    if prompt_ids is not None:
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    else:
+        enc = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
     stats = GenerationStats(prompt_tokens=int(enc["input_ids"].shape[1]), prefix_len=prefix_len)
     if prefix_len + stats.prompt_tokens + max_new_tokens > lm.window:
         raise ValueError(f"{prefix_len} cached positions + prompt of {stats.prompt_tokens} tokens + "
@@ -164,8 +177,8 @@ def _streamed(lm: LoadedModel, stats: GenerationStats, stop: threading.Event | N
 
 def stream(lm: LoadedModel, messages: list[dict], policy: CachePolicy = FullCache(), past_key_values=None,
            prefix_len: int = 0, max_new_tokens: int = 256, temperature: float = 0.0,
-           stop: threading.Event | None = None, chunk: int = PREFILL_CHUNK, evict_every: int = EVICT_EVERY
-           ) -> Generation:
+           stop: threading.Event | None = None, chunk: int = PREFILL_CHUNK, evict_every: int = EVICT_EVERY,
+           prompt_ids: list[int] | None = None) -> Generation:
     """Generate an answer to chat ``messages`` in a background thread, streaming its text, with the
     recent-cache ``policy`` (uio.cache) applied as the cache grows.
 
@@ -173,8 +186,9 @@ def stream(lm: LoadedModel, messages: list[dict], policy: CachePolicy = FullCach
     after them, and the policy never evicts them. The prompt is prefilled ``chunk`` tokens at a time and the
     policy evicts after each chunk and every ``evict_every`` decoded tokens. A policy that never evicts
     (FullCache) skips that machinery: HF ``generate`` reads the prompt in one prefill (same tokens).
+    ``prompt_ids``: the prompt's tokens when part of the chat template is already in the cache (``split_chat``).
     """
-    enc, stats = _encode(lm, messages, prefix_len, max_new_tokens)
+    enc, stats = _encode(lm, messages, prefix_len, max_new_tokens, prompt_ids)
     stats.policy = policy.name
     if policy.fast_path:
         return _generate(lm, enc, stats, past_key_values, prefix_len, max_new_tokens, temperature, stop)

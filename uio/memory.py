@@ -69,6 +69,10 @@ class Memory:
 
     keys, values: (layers, slots, kv_heads, head_dim); keys are pre-RoPE.
     Segment j owns slots [offsets[j], offsets[j+1]).
+    positions: (layers, slots, kv_heads) int32, where each slot's source token sat inside its segment
+    (0 .. n-1), ascending within a segment and head; None where a compressor keeps no such thing (the UIO
+    encoder: its slots are spread evenly, ``source_positions`` derives that). The decoder can keep the
+    kept slots' spacing with them (``uio.decoder``, positions="spaced").
     """
 
     keys: torch.Tensor
@@ -78,6 +82,7 @@ class Memory:
     token_spans: list[tuple[int, int]] = field(default_factory=list)
     fingerprint: str = ""  # of the adapter that made them
     ratio: int = 0
+    positions: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.keys.shape != self.values.shape or self.keys.dim() != 4:
@@ -85,6 +90,29 @@ class Memory:
                              "must both be (layers, slots, kv_heads, head_dim)")
         if sum(self.slots) != self.keys.shape[1] or len(self.slots) != len(self.segment_ids):
             raise ValueError("slots per segment do not add up to the memory's slots")
+        if self.positions is not None and tuple(self.positions.shape) != tuple(self.keys.shape[:3]):
+            raise ValueError(f"positions {tuple(self.positions.shape)} must be (layers, slots, kv_heads) "
+                             f"= {tuple(self.keys.shape[:3])}")
+
+    def segment_lengths(self) -> list[int]:
+        """Tokens of each segment: from its token span, else the furthest source position + 1, else
+        slots * ratio (the UIO encoder's full segments)."""
+        if self.token_spans:
+            return [int(b) - int(a) for a, b in self.token_spans]
+        off = self.offsets
+        if self.positions is not None:
+            return [int(self.positions[:, off[j]:off[j + 1]].max()) + 1 for j in range(len(self.slots))]
+        return [s * max(1, self.ratio) for s in self.slots]
+
+    def source_positions(self) -> torch.Tensor:
+        """(layers, slots, kv_heads) positions of the slots inside their segments: the stored ones, or
+        evenly spread over each segment (slot i of s at the end of its share, as UIO's interleaving)."""
+        if self.positions is not None:
+            return self.positions
+        layers, _, kv, _ = self.keys.shape
+        parts = [torch.tensor(visible_prefix(n, s)) - 1 for n, s in zip(self.segment_lengths(), self.slots)]
+        flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        return flat.to(torch.int32)[None, :, None].expand(layers, -1, kv)
 
     @property
     def offsets(self) -> list[int]:
@@ -113,8 +141,9 @@ class Memory:
         idx = [torch.arange(off[pos[s]], off[pos[s] + 1]) for s in segment_ids]
         index = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)
         spans = [self.token_spans[pos[s]] for s in segment_ids] if self.token_spans else []
+        positions = self.positions[:, index] if self.positions is not None else None
         return Memory(self.keys[:, index], self.values[:, index], list(segment_ids),
-                      [self.slots[pos[s]] for s in segment_ids], spans, self.fingerprint, self.ratio)
+                      [self.slots[pos[s]] for s in segment_ids], spans, self.fingerprint, self.ratio, positions)
 
     @staticmethod
     def concat(parts: Sequence["Memory"]) -> "Memory":
@@ -122,9 +151,12 @@ class Memory:
         fps = {p.fingerprint for p in parts}
         if len(fps) > 1:
             raise MemoryMismatch("cannot join memories made by different adapters")
+        # Positions survive only when every part has them (a memory is made by one compressor).
+        positions = (torch.cat([p.positions for p in parts], 1)
+                     if all(p.positions is not None for p in parts) else None)
         return Memory(torch.cat([p.keys for p in parts], 1), torch.cat([p.values for p in parts], 1),
                       [s for p in parts for s in p.segment_ids], [s for p in parts for s in p.slots],
-                      [t for p in parts for t in p.token_spans], parts[0].fingerprint, parts[0].ratio)
+                      [t for p in parts for t in p.token_spans], parts[0].fingerprint, parts[0].ratio, positions)
 
     # -- files -----------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -134,7 +166,10 @@ class Memory:
                 "segment_ids": json.dumps(self.segment_ids), "slots": json.dumps(self.slots),
                 "token_spans": json.dumps(self.token_spans)}
         tmp = path.with_name(path.name + ".part")
-        save_file({"keys": self.keys.contiguous(), "values": self.values.contiguous()}, str(tmp), metadata=meta)
+        tensors = {"keys": self.keys.contiguous(), "values": self.values.contiguous()}
+        if self.positions is not None:
+            tensors["positions"] = self.positions.to(torch.int32).contiguous()
+        save_file(tensors, str(tmp), metadata=meta)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -154,5 +189,7 @@ class Memory:
                 raise MemoryMismatch(f"{path} was made by adapter {meta['fingerprint'][:12]}, not by the loaded "
                                      f"adapter {expect_fingerprint[:12]}; re-ingest the document")
             keys, values = f.get_tensor("keys"), f.get_tensor("values")
+            positions = f.get_tensor("positions") if "positions" in f.keys() else None
         return cls(keys, values, json.loads(meta["segment_ids"]), json.loads(meta["slots"]),
-                   [tuple(s) for s in json.loads(meta["token_spans"])], meta["fingerprint"], int(meta["ratio"]))
+                   [tuple(s) for s in json.loads(meta["token_spans"])], meta["fingerprint"], int(meta["ratio"]),
+                   positions)

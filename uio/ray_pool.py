@@ -51,7 +51,7 @@ class Compressor:
         mem = self.encoder.compress(segments, segment_ids, token_spans)
         self.batches += 1
         return Memory(mem.keys.cpu(), mem.values.cpu(), mem.segment_ids, mem.slots, mem.token_spans,
-                      mem.fingerprint, mem.ratio)
+                      mem.fingerprint, mem.ratio, None if mem.positions is None else mem.positions.cpu())
 
 
     def batches_done(self) -> int:

@@ -33,7 +33,7 @@ def test_memory_budget_caps_the_slots_a_compressed_answer_attends_to(tome_tiny, 
     full = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed"))[-1]
     tome_tiny.config = replace(tome_tiny.config, memory_budget=16)
     capped = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed"))[-1]
-    assert full.stats["prefix_len"] > 16 >= capped.stats["prefix_len"] > 0
+    assert full.stats["memory_slots"] > 16 >= capped.stats["memory_slots"] > 0
     assert capped.truncated and len(capped.sources) < len(full.sources)
 
 
@@ -97,7 +97,7 @@ def test_question_about_book_b_cites_b_page_across_three_books(tome_tiny, tmp_pa
     stored = tome_tiny.store.messages(final.conversation_id)[1].stats["sources"]
     assert stored[0]["title"] == "Birch" and stored[0]["page_start"] <= 2 <= stored[0]["page_end"]
     if mode == "compressed":
-        assert final.stats["prefix_len"] == final.context_tokens <= 60
+        assert final.stats["memory_slots"] == final.context_tokens <= 60
 
 
 @pytest.mark.parametrize("mode", ["uncompressed", "compressed"])

@@ -12,7 +12,7 @@ def test_ingest_stores_a_checksummed_memory_file_per_document(tome_tiny, tmp_pat
     assert r.job.status == "done" and r.job.segments_done == r.job.segments_total  # both stages waited for
     sets = tome_tiny.store.memory_sets(r.document.id)
     assert len(sets) == 1 and sets[0].ratio == 8 and sets[0].fingerprint == tome_tiny.memory_identity()
-    assert sets[0].compressor == "kvzip" and sets[0].params["version"] == "1"  # the default, recorded
+    assert sets[0].compressor == "kvzip" and sets[0].params["version"] == "2"  # the default, recorded
     assert files_of(tome_tiny) == [sets[0].path]  # chunks are gone once the whole file is in place
     segs = tome_tiny.store.segments(r.document.id)
     assert len(segs) > 4
@@ -26,7 +26,7 @@ def test_compressed_answer_reads_memories_and_cites_pages(tome_tiny, tmp_path):
     r = tome_tiny.ingest(tides_book(tmp_path))
     final = list(tome_tiny.ask([r.document.id], "What rose from the wall?", mode="compressed"))[-1]
     n_slots = tome_tiny.memory(r.document).num_slots
-    assert final.mode == "compressed" and final.stats["prefix_len"] == n_slots == final.context_tokens
+    assert final.mode == "compressed" and final.stats["memory_slots"] == n_slots == final.context_tokens
     # every segment fits: all are cited, best score first, covering pages 1-6
     assert {s.segment for s in final.sources} == set(range(len(tome_tiny.store.segments(r.document.id))))
     assert min(s.page_start for s in final.sources) == 1 and max(s.page_end for s in final.sources) == 6
@@ -158,7 +158,7 @@ def test_memories_of_another_ratio_are_never_used_but_made_on_demand(tome_tiny, 
     assert mem32.slots == [slots_at_ratio(n, 32) for n in lengths]
     assert {m.ratio for m in tome_tiny.store.memory_sets(r.document.id)} == {8, 32}
     final = list(tome_tiny.ask([r.document.id], "Anything?", mode="compressed", ratio=32))[-1]
-    assert final.stats["prefix_len"] == mem32.num_slots and final.stats["ratio"] == 32
+    assert final.stats["memory_slots"] == mem32.num_slots and final.stats["ratio"] == 32
     tome_tiny.delete(r.document.id)
     assert files_of(tome_tiny) == []
 

@@ -38,7 +38,7 @@ def test_a_book_is_askable_after_stage_1_and_compressed_once_the_worker_is_done(
     assert [(j.status, j.segments_done, j.attempts) for j in jobs] == [("done", n, 1)]
     assert tome_tiny.book_status(tome_tiny.document(doc.id)) == "ready" and tome_tiny.memories_pending([doc.id]) == []
     final = list(tome_tiny.ask([doc.id], "What rose from the wall?", mode="compressed"))[-1]
-    assert final.mode == "compressed" and final.stats["prefix_len"] == tome_tiny.memory(doc).num_slots
+    assert final.mode == "compressed" and final.stats["memory_slots"] == tome_tiny.memory(doc).num_slots
     assert chunks_of(tome_tiny) == [] and files_of(tome_tiny) == [tome_tiny.store.memory_sets(doc.id)[0].path]
 
 

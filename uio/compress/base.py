@@ -263,35 +263,48 @@ class ScoringCompressor(Compressor):
         ids = list(segment_ids) if segment_ids is not None else list(range(len(token_lists)))
         spans = [tuple(s) for s in token_spans] if token_spans is not None else []
         out_dtype = storage_dtype(lm, self.store)
-        keys, values, slots = [], [], []
+        keys, values, positions, slots = [], [], [], []
         for i, tokens in enumerate(token_lists):
-            k, v = self.compress_one(lm, tokens)
+            k, v, index = self.compress_one(lm, tokens)
             keys.append(k.to(out_dtype))
             values.append(v.to(out_dtype))
+            positions.append(index.transpose(1, 2).to(torch.int32).cpu())  # (layers, slots, kv)
             slots.append(k.shape[1])
             if progress:
                 progress(i + 1, len(token_lists))
-        return Memory(torch.cat(keys, 1), torch.cat(values, 1), ids, slots, spans, identity(self, lm), self.ratio)
+        return Memory(torch.cat(keys, 1), torch.cat(values, 1), ids, slots, spans, identity(self, lm), self.ratio,
+                      torch.cat(positions, 1))
 
-    def compress_one(self, lm: LoadedModel, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One segment -> kept keys (pre-RoPE), values (layers, slots, kv_heads, head_dim) in compute dtype."""
+    def compress_one(self, lm: LoadedModel, tokens: Sequence[int]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One segment -> kept keys (pre-RoPE), values (layers, slots, kv_heads, head_dim) in compute dtype,
+        and the kept tokens' indices (layers, kv_heads, slots), ascending."""
         pre = self.prefill(lm, tokens)
         k = slots_at_ratio(pre.n, self.ratio)
         if k == pre.n:  # keep-all: no scoring pass needed
-            return pre.keys, pre.values
+            layers, _, kv, _ = model_shape(lm)
+            return pre.keys, pre.values, torch.arange(pre.n, device=pre.keys.device).expand(layers, kv, -1)
         scores = self.score(lm, pre).float()
         index = self.select(scores, k)
-        return gather_slots(pre.keys, index), gather_slots(pre.values, index)
+        return gather_slots(pre.keys, index), gather_slots(pre.values, index), index
 
     def select(self, scores: torch.Tensor, k: int) -> torch.Tensor:
         """(layers, kv, n) scores -> (layers, kv, k) kept token indices, ascending (document order).
 
-        The first min(n_sink, k) tokens are forced in; ties are broken by topk's fixed order on the CPU
+        The first ``sinks(k)`` tokens are forced in; ties are broken by topk's fixed order on the CPU
         (deterministic), and subclasses whose scores tie by design break ties themselves.
         """
         scores = scores.clone()
-        scores[..., :min(self.n_sink, k)] = float("inf")
+        scores[..., :self.sinks(k)] = float("inf")
         return scores.topk(k, dim=-1).indices.sort(-1).values
+
+    def sinks(self, k: int) -> int:
+        """Sink tokens forced into a budget of ``k`` slots: ``n_sink``, but at most an eighth of the budget.
+
+        A short final segment (a PDF's last 46 tokens keep 6 slots at 8x) would otherwise spend most of its
+        slots on its first tokens and lose what it says (version 2; version 1 forced min(n_sink, k)).
+        """
+        return min(self.n_sink, k // 8)
 
     def prefill(self, lm: LoadedModel, tokens: Sequence[int]) -> Prefill:
         """Run the segment alone through the model (positions 0..n-1), capturing pre-RoPE K, V."""

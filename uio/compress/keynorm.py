@@ -21,7 +21,7 @@ class KeyNormCompressor(ScoringCompressor):
 
     name: ClassVar[str] = "keynorm"
     label: ClassVar[str] = "Key-norm (smallest keys kept)"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: slot positions stored, sinks at most 1/8 of a budget
 
     def score(self, lm: LoadedModel, pre: Prefill) -> torch.Tensor:
         # pre.keys (layers, n, kv, hd) -> (layers, kv, n)

@@ -76,7 +76,7 @@ class KVzipCompressor(ScoringCompressor):
 
     name: ClassVar[str] = "kvzip"
     label: ClassVar[str] = "KVzip (context reconstruction)"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: slot positions stored, sinks at most 1/8 of a budget
     chunk_size: int = 2048  # segment tokens reconstructed per repeat pass
     query_block: int = 256  # reconstruction queries per explicit-attention block (memory bound, not a result)
 

@@ -27,7 +27,7 @@ class SnapKVCompressor(ScoringCompressor):
 
     name: ClassVar[str] = "snapkv"
     label: ClassVar[str] = "SnapKV (last-64-token window)"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: slot positions stored, sinks at most 1/8 of a budget
     window: int = 64
     kernel: int = 5
 

@@ -21,7 +21,7 @@ class StreamingCompressor(ScoringCompressor):
 
     name: ClassVar[str] = "streaming"
     label: ClassVar[str] = "StreamingLLM (sinks + recent)"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: slot positions stored, sinks at most 1/8 of a budget
 
     def score(self, lm: LoadedModel, pre: Prefill) -> torch.Tensor:
         layers, _, kv, _ = pre.keys.shape

@@ -1,0 +1,104 @@
+"""uio.decoder.build_context: text and memories in one cache, positions consecutive or spaced."""
+import pytest
+import torch
+
+from uio.compress import make_compressor
+from uio.decoder import _layout, build_context, rotate_keys
+from uio.memory import Memory, MemoryMismatch
+
+
+def ids(n: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(5, 200, (n,), generator=g).tolist()
+
+
+def next_logits(lm, cache, length: int, tail: list[int]) -> torch.Tensor:
+    pos = torch.arange(length, length + len(tail))[None]
+    with torch.inference_mode():
+        return lm.model(input_ids=torch.tensor([tail]), past_key_values=cache, position_ids=pos,
+                        cache_position=pos[0]).logits[0]
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_qwen"])
+@pytest.mark.parametrize("positions", ["consecutive", "spaced"])
+def test_text_memory_text_with_a_keep_all_memory_is_the_full_forward(request, model, positions):
+    """[head text | keep-all memory of a segment | tail]: the same logits as the plain forward of all three.
+
+    Only true where the memory holds the segment's K/V as read in context: segment first, so it is made
+    from the segment alone and the head comes after it here.
+    """
+    lm = request.getfixturevalue(model)
+    seg, mid, tail = ids(40, 1), ids(7, 2), ids(5, 3)
+    mem = make_compressor("kvzip", 1, store="model").compress(lm, [seg], token_spans=[(0, 40)])
+    cache, length = build_context(lm, [mem, mid], positions=positions)
+    assert length == 47
+    got = next_logits(lm, cache, length, tail)
+    with torch.inference_mode():
+        full = lm.model(torch.tensor([seg + mid + tail])).logits[0, -len(tail):]
+    assert torch.allclose(got, full, atol=1e-4), (got - full).abs().max()
+
+
+def test_head_text_then_memories_sit_where_the_segment_would(tiny_llama):
+    """[head | keep-all memory of seg]: layer 0's K/V (which depend on no earlier layer) are those of the
+    plain forward over head + seg; the memory was made from seg alone, at positions 0..n-1."""
+    from transformers import DynamicCache
+
+    lm = tiny_llama
+    head, seg = ids(6, 4), ids(30, 5)
+    mem = make_compressor("kvzip", 1, store="model").compress(lm, [seg], token_spans=[(0, 30)])
+    cache, length = build_context(lm, [head, mem], positions="spaced")
+    assert length == 36
+    ref = DynamicCache(config=lm.model.config)
+    with torch.inference_mode():
+        lm.model(torch.tensor([head + seg]), past_key_values=ref, use_cache=True)
+    assert torch.allclose(cache.layers[0].keys, ref.layers[0].keys, atol=1e-5)
+    assert torch.allclose(cache.layers[0].values, ref.layers[0].values, atol=1e-6)
+
+
+def test_spaced_positions_keep_each_heads_source_spacing(tiny_qwen):
+    lm = tiny_qwen
+    segs = [ids(64, 7), ids(40, 8)]
+    mem = make_compressor("kvzip", 8, store="model").compress(lm, segs, token_spans=[(0, 64), (64, 104)])
+    assert mem.slots == [8, 5] and mem.positions.shape == (2, 13, lm.model.config.num_key_value_heads)
+    laid, span = _layout([mem], "spaced", None)
+    pos = laid[0][0]
+    assert span == 104
+    # second segment's slots sit after the first segment's 64 tokens, at their own offsets
+    assert torch.equal(pos[:, 8:], mem.positions[:, 8:].double() + 64)
+    cache, length = build_context(lm, [mem], positions="spaced")
+    assert length == 13
+    shift = length - span  # the layout ends where the cache ends
+    for layer in range(2):
+        for h in range(pos.shape[2]):
+            k = mem.keys[layer, :, h:h + 1]  # (slots, 1, hd)
+            want = torch.stack([rotate_keys(lm, k[j:j + 1], int(pos[layer, j, h]) + shift)[0, 0]
+                                for j in range(13)])  # (13, hd)
+            assert torch.allclose(cache.layers[layer].keys[0, h], want, atol=1e-5)
+
+
+def test_spaced_layout_is_scaled_into_the_room(tiny_qwen):
+    mem = make_compressor("kvzip", 8, store="model").compress(tiny_qwen, [ids(64, 9)], token_spans=[(0, 64)])
+    laid, span = _layout([ids(4, 1), mem], "spaced", room=36)
+    assert span <= 36 and laid[0][1] == 4
+    assert int(laid[1][0].max()) < 32
+
+
+def test_memories_of_another_compressor_are_refused(tiny_llama):
+    mem = make_compressor("kvzip", 8, store="model").compress(tiny_llama, [ids(32, 1)])
+    with pytest.raises(MemoryMismatch):
+        build_context(tiny_llama, [ids(3, 2), mem], fingerprint="f" * 64)
+
+
+def test_positions_survive_select_concat_and_files(tmp_path, tiny_llama):
+    mem = make_compressor("kvzip", 4, store="model").compress(tiny_llama, [ids(32, 1), ids(20, 2)],
+                                                              segment_ids=[3, 4], token_spans=[(0, 32), (32, 52)])
+    one = mem.select([4])
+    assert torch.equal(one.positions, mem.positions[:, 8:])
+    both = Memory.concat([mem.select([3]), one])
+    assert torch.equal(both.positions, mem.positions)
+    mem.save(tmp_path / "m.safetensors")
+    back = Memory.load(tmp_path / "m.safetensors")
+    assert torch.equal(back.positions, mem.positions) and back.segment_lengths() == [32, 20]
+    # a memory without positions (the UIO encoder's) spreads its slots evenly over each segment
+    bare = Memory(mem.keys, mem.values, mem.segment_ids, mem.slots, mem.token_spans, mem.fingerprint, mem.ratio)
+    assert bare.source_positions()[0, :8, 0].tolist() == [3, 7, 11, 15, 19, 23, 27, 31]
