@@ -322,8 +322,14 @@ def latency(tome, docs, data, repeats: int = 1) -> dict:
 
 # -- answers ---------------------------------------------------------------------------
 
-def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int | None = None) -> dict:
-    """Answer accuracy through Tome.ask per retrieval variant; writes partial results after each question."""
+def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int | None = None,
+            reuse: dict | None = None, first: str | None = None) -> dict:
+    """Answer accuracy through Tome.ask per retrieval variant; writes partial results after each question.
+
+    ``reuse``: {variant: its rows from an earlier run}, taken instead of asked (greedy decoding of the same
+    prompt gives the same answer); their prompts are still built, so a later variant with the same prompt
+    takes the same answer. ``first``: a question kind asked first (e.g. "two-book").
+    """
     from retrieval.prompt import Passage, Selection
     from retrieval.retriever import Ranking, Retrieved
     from dataclasses import replace
@@ -387,6 +393,8 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
     path = out_path
     qs = list(data["questions"])
     random.Random(0).shuffle(qs)  # partial results sample every manual and both kinds
+    if first:
+        qs = [q for q in qs if q["kind"] == first] + [q for q in qs if q["kind"] != first]
     qs = qs[:limit] if limit else qs
     for qi, q in enumerate(qs):
         qdocs = [docs[i] for i in q["docs"]]
@@ -422,8 +430,12 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
                 if key in asked:  # the same prompt as an earlier variant's: greedy decoding answers the same
                     raise _Same(asked[key])
                 seen.append(key)
+                if old is not None:  # this variant's answer comes from the earlier run
+                    asked[key] = dict(old, variant=v)
+                    raise _Same(asked[key])
                 return ctx
 
+            old = (reuse or {}).get(v, {}).get(q["id"])
             answerer.choose, seen = recording_choose, []
             try:
                 final = list(tome.ask([d.id for d in qdocs], q["question"], max_new_tokens=max_new))[-1]
@@ -432,8 +444,9 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
                        "seconds": round(time.perf_counter() - t, 1), "context_tokens": final.context_tokens,
                        "sources": [s.label() for s in final.sources[:3]]}
                 asked.update({k: dict(row, variant=v) for k in seen})
-            except _Same as same:  # not asked again: the earlier variant's answer, marked
-                row = {k: x for k, x in same.row.items() if k != "variant"} | {"same_as": same.row["variant"]}
+            except _Same as same:  # not asked again: the earlier variant's (or run's) answer, marked
+                row = {k: x for k, x in same.row.items() if k != "variant"}
+                row |= {"reused": True} if same.row["variant"] == v else {"same_as": same.row["variant"]}
             results[v].append(row)
         retriever.rank, answerer.choose = real_rank, real_choose
         tome.config.neighbours, prompt.PAGED_PROMPT = neighbours, paged_prompt
@@ -517,6 +530,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new", type=int, default=32)
     ap.add_argument("--limit", type=int, default=None, help="answers: first N questions only")
     ap.add_argument("--report", type=Path, default=None, help="print the accuracy table of an --answers file")
+    ap.add_argument("--reuse", type=Path, default=None, help="answers: an earlier --answers file to take rows from")
+    ap.add_argument("--reuse-map", default="", help="answers: NEW=OLD,... variants taken from --reuse "
+                    "(e.g. global=hybrid,ceiling=ceiling: the earlier run's global-ranking answers and ceiling)")
+    ap.add_argument("--first", default=None, help="answers: ask this kind of question first (two-book)")
     args = ap.parse_args(argv)
     import logging
 
@@ -528,7 +545,13 @@ def main(argv=None) -> int:
     tome, docs = build(args.data, args.model)
     if args.answers:
         out = args.out.with_name(args.out.stem + f"_answers_{args.model}.json")
-        answers(tome, docs, data, out, args.max_new, args.variants.split(","), args.limit)
+        reuse = {}
+        if args.reuse:
+            rows = json.loads(args.reuse.read_text())["rows"]
+            for pair in filter(None, args.reuse_map.split(",")):
+                new, old = pair.split("=")
+                reuse[new] = {r["id"]: r for r in rows[old]}
+        answers(tome, docs, data, out, args.max_new, args.variants.split(","), args.limit, reuse, args.first)
         print(f"wrote {out}")
         return 0
     rows = recall(tome, docs, data, args.methods.split(","))

@@ -86,3 +86,71 @@ def test_selector_for_random_inputs_never_exceeds_the_budget():
                     if segs[i].n <= budget), default=None)
         if best and sel.truncated:  # the single best hit that fits on its own is always in
             assert (best[1], best[2]) in {(p.title, p.segment.index) for p in sel.passages}
+
+
+def _two_books(store):
+    """Book A: five segments that all match the question's words; book B: one segment that matches one word
+    (and twelve store lists, so that the full text's word weights are those of a library)."""
+    from ingest.segments import Segment
+
+    a = [f"Harbour tide tables, part {i}: high tide at the harbour comes twice a day; the harbour tide "
+         f"tables give each high tide and low tide at the harbour, and the keeper reads them each day." for i in range(5)]
+    b = ["The lamp is cleaned every morning and the brass is polished.",
+         "Every evening the keeper climbs up to light the lamp.",
+         "Fog signals sound every thirty seconds while the fog lasts."] + [
+        f"Stores list {i}: paint, rope, oil for the lamp, spare glass and bread for the week." for i in range(12)]
+
+    def add(sha, title, texts):
+        segs = [Segment(i, t, i + 1, i + 1, 100 * i, 100 * (i + 1)) for i, t in enumerate(texts)]
+        return store.add_document(sha256=sha * 64, title=title, filename=f"{title}.pdf", kind="pdf",
+                                  pages=len(texts), segments=segs)
+
+    return add("a", "Harbour", a), add("b", "Lighthouse", b)
+
+
+def test_each_book_gets_its_share_even_when_another_book_scores_higher(db_url):
+    """A two-book question: book A's passages all outscore book B's, yet B's best segment is in the context."""
+    from retrieval.retriever import Retriever
+    from retrieval.select import select_segments
+    from storage import Store
+
+    store = Store(db_url)
+    docs = list(_two_books(store))
+    r = Retriever(store)
+    question = "When is high tide at the harbour, and what does the keeper do?"
+    ranking = r.rank(docs, question)
+    scores = ranking.segment_scores([d.id for d in docs])
+    a, b = (scores[d.id] for d in docs)
+    assert min(a.values()) > max(b.values())  # every segment of A ranks above B's best
+    assert max(b, key=b.get) == 1  # B's best: what the keeper does
+    books = [(d.title, store.segments(d.id)) for d in docs]
+    reach = [ranking.reach(d.id, [s.text for s in segs]) for d, (_, segs) in zip(docs, books)]
+
+    def chosen(**kw):
+        sel = select_segments(books, [a, b], 300, 1, reach=reach, **kw)  # room for 3 of the 100-token segments
+        assert sel.tokens <= 300
+        return [(p.title, p.segment.index) for p in sel.passages]
+
+    alone = chosen(per_book=False)
+    assert len(alone) == 3 and {t for t, _ in alone} == {"Harbour"}  # one global ranking: A fills the budget
+    shared = chosen()
+    assert ("Lighthouse", 1) in shared and sum(t == "Harbour" for t, _ in shared) >= 1
+    assert [t for t, _ in shared] == sorted(t for t, _ in shared)  # books in the order given
+    store.close()
+
+
+def test_unused_share_passes_on_to_the_other_books():
+    from retrieval.select import select_segments
+
+    a = [Seg(i, 10) for i in range(6)]
+    b = [Seg(0, 10), Seg(1, 10)]
+    # B has one hit only (10 of its 30): the rest of its share goes to A's next hits
+    sel = select_segments([("A", a), ("B", b)], [{i: 0.9 - 0.1 * i for i in range(6)}, {1: 0.2}], 60, neighbours=0)
+    assert [(p.title, p.segment.index) for p in sel.passages] == [("A", i) for i in range(5)] + [("B", 1)]
+    # three books, the weakest book first in line for what the best books leave
+    c = [Seg(i, 10) for i in range(4)]
+    sel = select_segments([("A", a), ("B", c), ("C", c)], [{i: 0.9 for i in range(6)}, {0: 0.5, 1: 0.4},
+                                                             {0: 0.3, 1: 0.2, 2: 0.1}], 60, neighbours=0)
+    got = [(p.title, p.segment.index) for p in sel.passages]
+    assert sel.tokens == 60 and {t for t, _ in got} == {"A", "B", "C"}
+    assert got.count(("B", 0)) and got.count(("C", 0)) and got.count(("C", 1))
