@@ -3,11 +3,16 @@
 compression / storage, and the store's size on disk per document token (raw text, 8x, 32x memories).
 
     .venv/bin/python bench/ingest_speed.py [--pages 300] [--model qwen] [--ratios 8 32]
-    .venv/bin/python bench/ingest_speed.py --stages 10 100 [--model smollm2]   # the two stages (issue 19)
+    .venv/bin/python bench/ingest_speed.py --stages 10 100 300 [--background 100] [--model qwen]   # issue 19
 
-``--stages``: for each page count, stage 1 seconds (until the book is askable), stage 2 tokens/s (the
-background worker, ``background_chunk_segments`` per model-lock hold), and the first-token delay of an
-uncompressed question asked while the worker compresses vs idle (wall clock, lock wait included).
+``--stages``: for each page count, stage 1 (until the book is askable) per phase: extract (pypdf),
+segment (model tokenizer), embed (passages cut and embedded), store (rows, full text, ready); the
+embedder is loaded before the clock starts (a running server has it), as is the model. ``--background
+PAGES``: on that book, stage 2's speed (the default compressor, one segment per call as the worker runs
+it, against the plain forward with logits over the same segments, interleaved), then the time to the
+first token of one question asked on the idle server and while the worker compresses the book in the
+background (each asked after a random part of a chunk, so the wait for the model lock is a fair
+draw; wall clock, lock wait included). The system load average is recorded next to each figure.
 Writes bench/results/ingest_stages_<model>.json.
 
 The PDF is made on the spot (fpdf2) from seeded pseudo-English prose, so the
@@ -17,11 +22,14 @@ data dir. Writes bench/results/ingest_speed_<model>.json.
 from __future__ import annotations
 
 import argparse
+import os
+import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import MODELS_DIR, RESULTS_DIR, write_json  # noqa: E402
+from bench.common import MODELS_DIR, RESULTS_DIR, load_model, write_json
 
 
 def main() -> None:
@@ -31,17 +39,21 @@ def main() -> None:
     ap.add_argument("--ratios", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--out", type=Path)
     ap.add_argument("--stages", type=int, nargs="+", metavar="PAGES",
-                    help="measure the two stages instead, for books of these page counts")
-    ap.add_argument("--questions", type=int, default=3, help="--stages: questions timed idle and during stage 2")
+                    help="measure the two stages instead: stage 1 for books of these page counts")
+    ap.add_argument("--background", type=int, metavar="PAGES",
+                    help="--stages: stage 2 speed and first-token delay idle vs during stage 2 on this book")
+    ap.add_argument("--questions", type=int, default=5, help="--background: questions timed idle and during stage 2")
+    ap.add_argument("--speed-segments", type=int, default=3,
+                    help="--background: segments timed through the compressor and the plain forward")
+    ap.add_argument("--seed", type=int, default=0, help="--background: seed of the questions' arrival times")
     a = ap.parse_args()
     if a.stages:
         return stages(a)
 
     from bench.books import make_book
     from tome import Config, Tome
-    from uio.model import load_model
 
-    lm = load_model(a.model, MODELS_DIR)
+    lm = load_model(a.model)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         pdf = make_book(Path(tmp) / "book.pdf", a.pages)
@@ -81,58 +93,145 @@ def main() -> None:
     print(f"\nwrote {out}")
 
 
+QUESTION = "What does the book say about the harbour keeper and the storm?"
+
+
+def _load() -> float:
+    """The 1-minute load average (other jobs on the host), next to each figure."""
+    return round(os.getloadavg()[0], 2)
+
+
 def _ttft(tome, doc_id: int) -> float:
     """Wall seconds from asking (uncompressed) to the first token: includes waiting for the model lock."""
     t0 = time.perf_counter()
-    for u in tome.ask([doc_id], "What does the book say about the harbour?", max_new_tokens=4):
+    for u in tome.ask([doc_id], QUESTION, max_new_tokens=2):
         if u.text or u.done:
             return time.perf_counter() - t0
     return time.perf_counter() - t0
 
 
+def stage1(tome, pdf: Path) -> tuple[dict, object]:
+    """Stage 1 of ``pdf`` (the book askable), timed per phase."""
+    load = _load()
+    r = tome.ingest(pdf, wait=False)  # stage 1 only: the book is askable when this returns
+    assert r.ok and r.document.ready, r.error
+    doc = r.document
+    return {"pages": doc.pages, "tokens": doc.tokens, "segments": r.job.segments_total if r.job else None,
+            "passages": len(tome.store.passages(doc.id)), "stage1_s": round(r.seconds, 2),
+            **{k: round(v, 3) for k, v in r.timings.items()}, "load_1min": load}, doc
+
+
+def stage2_speed(tome, doc, n: int) -> dict:
+    """Tokens/s of the default compressor (one segment per call, as the worker) and of the plain forward with
+    logits over the same ``n`` segments, interleaved, best of each (one warm-up segment each first)."""
+    import torch
+
+    lm, compressor = tome.lm, tome.models.compressor()
+    segs = tome.queue._segments(doc)[:n + 1]
+    comp, plain = [], []
+    load = _load()
+    for k, s in enumerate(segs):
+        t = time.perf_counter()
+        compressor.compress(lm, [s.token_ids], [s.index], [(s.token_start, s.token_end)])
+        tc = time.perf_counter() - t
+        t = time.perf_counter()
+        with torch.inference_mode():
+            lm.model(input_ids=torch.tensor([s.token_ids], device=lm.device), use_cache=False)
+        tp = time.perf_counter() - t
+        if k:  # the first is the warm-up
+            comp.append(len(s.token_ids) / tc)
+            plain.append(len(s.token_ids) / tp)
+    return {"compressor": compressor.name, "ratio": compressor.ratio, "segments_timed": len(comp),
+            "segment_tokens": [len(s.token_ids) for s in segs[1:]],
+            "compress_tok_s": [round(x, 1) for x in comp], "plain_forward_tok_s": [round(x, 1) for x in plain],
+            "compress_vs_plain": round(max(comp) / max(plain), 3), "load_1min": [load, _load()]}
+
+
+def background(tome, doc, questions: int, rng: random.Random) -> dict:
+    """First-token delay of one question on the idle server, then while the worker compresses ``doc``."""
+    _ttft(tome, doc.id)  # warm-up: passages cached, first decode done
+    load_idle = _load()
+    idle = [_ttft(tome, doc.id) for _ in range(questions)]
+    load_idle = [load_idle, _load()]
+    tome.start_worker()
+    t0 = time.perf_counter()
+    marks = []  # when the worker had 1, then 2 segments done: the second chunk's time, warm and alone
+    while len(marks) < 2:
+        done = tome.compression([doc.id])[0].job.segments_done
+        if done > len(marks):
+            marks.append(time.perf_counter())
+        time.sleep(0.02)
+    chunk_s = marks[1] - marks[0]
+    n_chunk = tome.config.background_chunk_segments
+    stage2_tok_s = sum(s.token_end - s.token_start for s in tome.store.segments(doc.id)[n_chunk:2 * n_chunk]) / chunk_s
+    load_busy = _load()
+    busy, delays = [], []
+    for _ in range(questions):
+        delay = rng.uniform(0, chunk_s)  # where in the worker's chunk the question arrives
+        time.sleep(delay)
+        if tome.compression([doc.id])[0].job.status != "running":
+            break
+        delays.append(round(delay, 2))
+        busy.append(_ttft(tome, doc.id))
+    job = tome.compression([doc.id])[0].job
+    load_busy = [load_busy, _load()]
+    tome.cancel_compression(doc.id)  # enough: the rest of the book would only take time
+    tome.stop_worker()
+    med_idle, med_busy = statistics.median(idle), statistics.median(busy) if busy else None
+    return {"questions": questions, "question": QUESTION, "ttft_idle_s": [round(x, 3) for x in idle],
+            "ttft_stage2_s": [round(x, 3) for x in busy], "arrival_delay_s": delays,
+            "ttft_idle_median_s": round(med_idle, 3), "ttft_stage2_median_s": med_busy and round(med_busy, 3),
+            "ttft_ratio_median": med_busy and round(med_busy / med_idle, 2),
+            "ttft_ratio_worst": busy and round(max(busy) / med_idle, 2),
+            "first_chunk_s": round(marks[0] - t0, 2), "chunk_s": round(chunk_s, 2),
+            "stage2_worker_tok_s": round(stage2_tok_s, 1),
+            "chunk_segments": tome.config.background_chunk_segments,
+            "segments_done_meanwhile": job.segments_done, "segments_total": job.segments_total,
+            "load_1min_idle": load_idle, "load_1min_stage2": load_busy}
+
+
 def stages(a) -> None:
+    import torch
+
     from bench.books import make_book
     from tome import Config, Tome
-    from uio.model import load_model
 
-    lm = load_model(a.model, MODELS_DIR)
-    rows = []
+    lm = load_model(a.model)
+    rows, bg = [], None
     with tempfile.TemporaryDirectory() as tmp:
-        for pages in a.stages:
+        for pages in sorted(set(a.stages) | ({a.background} if a.background else set())):
             pdf = make_book(Path(tmp) / f"book{pages}.pdf", pages)
             tome = Tome(Config(data_dir=Path(tmp) / f"data{pages}", model=a.model, models_dir=MODELS_DIR), lm=lm)
-            r = tome.ingest(pdf, wait=False)  # stage 1 only: the book is askable when this returns
-            assert r.ok, r.error
-            doc = r.document
-            _ttft(tome, doc.id)  # warm-up
-            idle = [_ttft(tome, doc.id) for _ in range(a.questions)]
-            tome.start_worker()
-            while tome.compression([doc.id])[0].job.segments_done < 1:
-                time.sleep(0.1)
-            busy = [_ttft(tome, doc.id) for _ in range(a.questions)
-                    if tome.compression([doc.id])[0].job.status == "running"]
-            while tome.compression([doc.id])[0].job.active:
-                time.sleep(0.5)
-            tome.stop_worker()
-            job = tome.compression([doc.id])[0].job
-            stage2_s = (job.updated_at - job.started_at).total_seconds()
-            chunk_s = stage2_s / max(1, -(-job.segments_total // tome.config.background_chunk_segments))
-            rows.append({"pages": doc.pages, "tokens": doc.tokens, "segments": job.segments_total,
-                         "stage1_s": round(r.seconds, 2), **{k: round(v, 3) for k, v in r.timings.items()},
-                         "stage2_s": round(stage2_s, 1), "stage2_tok_s": round(doc.tokens / stage2_s, 1),
-                         "chunk_segments": tome.config.background_chunk_segments, "chunk_s": round(chunk_s, 2),
-                         "ttft_idle_s": [round(x, 3) for x in idle], "ttft_stage2_s": [round(x, 3) for x in busy],
-                         "job": job.status})
+            tome.embedder.encode(["warm-up"])  # a running server has its embedder loaded
+            row, doc = stage1(tome, pdf)
+            if pages in a.stages:
+                rows.append(row)
+                print(f"stage 1, {pages} pages: {row}", flush=True)
+            if pages == a.background:
+                speed = stage2_speed(tome, doc, a.speed_segments)
+                print(f"stage 2 speed: {speed}", flush=True)
+                bg = {"pages": pages, "tokens": doc.tokens, **speed,
+                      **background(tome, doc, a.questions, random.Random(a.seed))}
+                print(f"background: {bg}", flush=True)
             tome.store.close()
-    print(f"\n{lm.name} on {lm.device}, {a.questions} questions idle / during stage 2\n")
-    print("| pages | tokens | stage 1 s (askable) | stage 2 s | stage 2 tok/s | s per chunk | first token idle s "
-          "| first token during stage 2 s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n{lm.name} on {lm.device} ({str(lm.dtype).removeprefix('torch.')}), {torch.get_num_threads()} threads, "
+          f"embedder bf16 autocast: {tome.embedder.bf16}\n")
+    print("| pages | tokens | passages | extract s | segment s | embed s | store s | stage 1 s (askable) | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['pages']} | {r['tokens']:,} | {r['stage1_s']:.1f} | {r['stage2_s']:.0f} | {r['stage2_tok_s']:.0f} "
-              f"| {r['chunk_s']:.1f} | {min(r['ttft_idle_s']):.2f}-{max(r['ttft_idle_s']):.2f} "
-              f"| {min(r['ttft_stage2_s'] or [0]):.2f}-{max(r['ttft_stage2_s'] or [0]):.2f} |")
-    write_json(a.out or RESULTS_DIR / f"ingest_stages_{a.model}.json", rows)
+        print(f"| {r['pages']} | {r['tokens']:,} | {r['passages']:,} | {r['extract_s']:.1f} | {r['segment_s']:.1f} "
+              f"| {r.get('embed_s', 0):.1f} | {r['store_s']:.2f} | {r['stage1_s']:.1f} | {r['load_1min']} |")
+    if bg:
+        print(f"\nstage 2 ({bg['compressor']} {bg['ratio']}x, one segment per call): "
+              f"{max(bg['compress_tok_s']):.0f} tok/s vs plain forward with logits {max(bg['plain_forward_tok_s']):.0f} "
+              f"tok/s ({bg['compress_vs_plain']:.2f}x); the worker: {bg['stage2_worker_tok_s']:.0f} tok/s "
+              f"({bg['chunk_s']:.1f} s per chunk of {bg['chunk_segments']} segment(s))")
+        print(f"first token, median of {len(bg['ttft_idle_s'])}: idle {bg['ttft_idle_median_s']:.2f} s, during stage 2 "
+              f"{bg['ttft_stage2_median_s']:.2f} s ({bg['ttft_ratio_median']:.2f}x; worst {bg['ttft_ratio_worst']:.2f}x)")
+    write_json(a.out or RESULTS_DIR / f"ingest_stages_{a.model}.json",
+               {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch."),
+                "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "embedder_bf16": tome.embedder.bf16,
+                "stage1": rows, "background": bg})
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ class IngestResult:
     error: str | None = None
     duplicate: bool = False
     seconds: float = 0.0
-    timings: dict = field(default_factory=dict)  # extract_s, segment_s, embed_s, store_s (stage 1); compress_s
+    # stage 1: extract_s (pages), segment_s, embed_s (passages cut and embedded), store_s (rows, full text, ready);
+    # compress_s: stage 2, when waited for
+    timings: dict = field(default_factory=dict)
     job: object = None  # storage.JobInfo of stage 2 (None: compression off); as it ended when waited for
 
     @property
@@ -115,7 +117,7 @@ class Library:
             stage1(0.97, f"{name}: storing")
             job = self.queue.enqueue(doc) if compress else None  # queued before ready: a crash between is resumed
             doc = self.store.finish_document(doc.id)
-            timings["store_s"] = time.perf_counter() - t
+            timings["store_s"] = timings.get("store_s", 0.0) + time.perf_counter() - t
         except IngestError as e:
             log.info("ingest refused: %s", e)
             if doc is None and sha and not self.store.find_by_sha(sha):
@@ -127,6 +129,8 @@ class Library:
             doc = doc or (self.store.find_by_sha(sha) if sha else None)  # rows stored before _store_text failed
             if doc is not None:
                 self.delete(doc.id)
+            elif sha and not self.store.find_by_sha(sha):  # failed before any row: the kept copy goes too
+                self.uploads.drop(sha)
             return IngestResult(name, error=f"{name}: ingestion failed ({type(e).__name__}: {e})",
                                 seconds=time.perf_counter() - t0)
         stage1(1.0, f"{name}: stage 1/2 done, askable")
@@ -149,7 +153,7 @@ class Library:
 
     def _store_text(self, path: Path, name: str, sha: str, existing: DocumentInfo | None, password: str | None,
                     report: Progress, timings: dict):
-        """Pages, segments and embeddings of a file, stored as an ``ingesting`` document (or the resumed one)."""
+        """Pages, segments and passages with their vectors, stored as an ``ingesting`` document (or the resumed one)."""
         t0 = time.perf_counter()
         cfg = self.models.config
         extracted = read_document(path, max_bytes=cfg.max_file_mb << 20, title=name, password=password)
@@ -161,27 +165,26 @@ class Library:
             raise IngestError(f"{name}: contains no text")
         timings["segment_s"] = time.perf_counter() - t
         self.uploads.keep(path, sha, Path(name).suffix or ".pdf")
+        # Questions are matched against passages (and the full text); whole-segment vectors are only the
+        # old baseline of bench/eval_retrieval.py, which Retriever.segment_scores makes on demand.
         embedder = self.retriever.embedder.name
-        embeddings = None
-        if existing is None or existing.embedder != embedder:
+        passages = vectors = None
+        if existing is None or existing.passage_embedder != embedder:  # <= 200 word pieces, one page each
             t = time.perf_counter()
-            embeddings = self.retriever.embed(segments, name, report)
+            passages = self.retriever.passages_of(segments, extracted.pages)
+            vectors = self.retriever.embed_passages(passages, name, report)
             timings["embed_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        report(0.15, f"{name}: storing text and indexes")
         if existing is None:
             doc = self.store.begin_document(
                 sha256=sha, title=extracted.title, filename=name, kind=extracted.kind,
-                pages=len(extracted.pages), segments=segments, extractor=extracted.extractor,
-                embeddings=embeddings, embedder=embedder)
+                pages=len(extracted.pages), segments=segments, extractor=extracted.extractor)
         else:  # resuming an interrupted ingestion (rows were stored before it stopped)
             doc = existing
-            if embeddings is not None:
-                doc = self.store.set_embeddings(doc.id, embedder, embeddings)
-        if doc.passage_embedder != embedder:  # passages: <= 200 word pieces, one page each, with vectors
-            t = time.perf_counter()
-            passages = self.retriever.passages_of(segments, extracted.pages)
-            doc = self.store.set_passages(doc.id, embedder, passages,
-                                          self.retriever.embed_passages(passages, name, report))
-            timings["embed_s"] = timings.get("embed_s", 0.0) + time.perf_counter() - t
+        if passages is not None:
+            doc = self.store.set_passages(doc.id, embedder, passages, vectors)
+        timings["store_s"] = time.perf_counter() - t
         return doc, segments
 
     def recover(self) -> Recovery:

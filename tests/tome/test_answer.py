@@ -83,7 +83,7 @@ def _bare_prompt(tome, mode):
 @pytest.mark.parametrize("mode", ["uncompressed", "compressed"])
 def test_question_about_book_b_cites_b_page_across_three_books(tome_tiny, tmp_path, mode):
     ids = {t: tome_tiny.ingest(p).document.id for t, p in _books(tmp_path).items()}
-    assert all(tome_tiny.document(i).embedder == "all-MiniLM-L6-v2" for i in ids.values())
+    assert all(tome_tiny.document(i).passage_embedder == "all-MiniLM-L6-v2" for i in ids.values())
     tome_tiny.config.context_budget = 300  # uncompressed: three books do not fit, the selector chooses
     if mode == "compressed":  # compressed: shrink the window so the memories do not all fit either
         lm = tome_tiny.lm

@@ -64,11 +64,15 @@ def test_delete_removes_rows_memory_files_and_the_kept_upload(tome_tiny, tmp_pat
     assert list(tome_tiny.config.uploads_path.glob(f"{b.sha256}.*"))
 
 
-def test_failure_in_stage_1_leaves_nothing_behind(tome_tiny, tmp_path, monkeypatch):
-    def broken(*a, **k):  # fault injection: the passages' vectors fail after the rows exist
+@pytest.mark.parametrize("where", ["vectors", "passage rows"])
+def test_failure_in_stage_1_leaves_nothing_behind(tome_tiny, tmp_path, monkeypatch, where):
+    def broken(*a, **k):  # fault injection: before any row is stored, or after the segments' rows exist
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(tome_tiny.retriever, "embed_passages", broken)
+    if where == "vectors":
+        monkeypatch.setattr(tome_tiny.retriever, "embed_passages", broken)
+    else:
+        monkeypatch.setattr(tome_tiny.store, "set_passages", broken)
     r = tome_tiny.ingest(tides_book(tmp_path))
     assert not r.ok and "disk on fire" in r.error
     assert tome_tiny.documents() == [] and tome_tiny.store.count_segments() == 0 and tome_tiny.store.jobs() == []
@@ -175,3 +179,15 @@ def test_an_adapter_for_another_segment_length_is_refused_clearly(tmp_path, toke
     with pytest.raises(ValueError, match="32-token segments, but TOME_SEGMENT_LEN is 64"):
         tome.adapter_for(8)
     tome.store.close()
+
+
+def test_stage_1_stores_passages_with_vectors_and_no_segment_vectors(tome_tiny, tmp_path):
+    r = tome_tiny.ingest(tides_book(tmp_path), wait=False)
+    doc = r.document
+    assert doc.ready and doc.passage_embedder == "all-MiniLM-L6-v2" and doc.embedder is None
+    assert all(v is not None for v in tome_tiny.store.passage_embeddings(doc.id))
+    assert set(tome_tiny.store.embeddings(doc.id)) == {None}  # whole-segment vectors: not made in stage 1
+    # the old baseline (bench/eval_retrieval.py) still gets them, on demand
+    tome_tiny.retriever.segment_scores([doc], "What rose from the wall?")
+    assert tome_tiny.document(doc.id).embedder == "all-MiniLM-L6-v2"
+    assert None not in tome_tiny.store.embeddings(doc.id)
