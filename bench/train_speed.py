@@ -4,11 +4,15 @@
 The GPU-time estimate in docs/TRAINING.md scales from this ratio: a training
 step (``chain_step``: encoder forward + backward, continuation and
 auto-encoding decoder forwards + backwards, recall) over B*T*l tokens against
-the base model's plain forward (with logits) over the same tokens.
+the base model's plain forward (with logits) over the same tokens. The
+distillation recipe (issue 20, ``distill_step`` with a memory-mode adapter:
+frozen ordinary pass, <mem> tokens, teacher and student over the l/4-token
+probe, attention matching, auto-encoding over l/8) is measured on the same
+tokens.
 
     .venv/bin/python bench/train_speed.py [--model smollm2] [--segment-len 128] [--segments 3] [--threads 1]
 
-Prints a table and writes bench/results/train_speed_<model>_<device>.json.
+Prints a table and writes bench/results/train_speed_<model>_<device>_l<l>_t<T>.json.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from bench.common import MODELS_DIR, RESULTS_DIR, ROOT, write_json  # noqa: E402
 from uio.model import load_model  # noqa: E402
 from uio.train.chain import chain_step  # noqa: E402
 from uio.train.loop import TrainConfig, Trainer  # noqa: E402
-from uio.train.data import ChainBatches  # noqa: E402
+from uio.train.data import ChainBatches, DistillBatches  # noqa: E402
+from uio.train.distill import DistillConfig, distill_step  # noqa: E402
 from uio.train.tbptt import ReservoirTBPTT  # noqa: E402
 
 
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     lm = load_model(a.model, MODELS_DIR, a.device, "float32")
-    cfg = TrainConfig(model=a.model, ratio=a.ratio, segment_len=a.segment_len, segments=a.segments,
+    cfg = TrainConfig(model=a.model, recipe="uio", ratio=a.ratio, segment_len=a.segment_len, segments=a.segments,
                       batch_size=a.batch_size, capacity=2, steps=10, warmup=1)
     text = ["The harbour was quiet in winter, and the boats lay on the shingle. " * 400]
     trainer = Trainer(cfg, lm, ChainBatches(text, lm.tokenizer, cfg.segment_len, cfg.segments, cfg.batch_size),
@@ -74,9 +79,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from uio.train.chain import ObjectiveWeights
 
+    dcfg = TrainConfig(**{**cfg.__dict__, "recipe": "distill"})
+    distiller = Trainer(dcfg, lm, DistillBatches(text, lm.tokenizer, cfg.segment_len, cfg.segments, cfg.batch_size,
+                                                 passkey=0.0, planted=0.0), Path("/tmp/tome-train-speed-distill"))
+    dbatch = next(distiller.data)
+    assert dbatch.segments.shape == batch.shape  # as many tokens as the old recipe's step
+
+    def distill(weights: DistillConfig):
+        def run():
+            distiller.opt.zero_grad(set_to_none=True)
+            distill_step(distiller.encoder, dbatch, ReservoirTBPTT(cfg.capacity, rng=random.Random(0)), weights,
+                         rng=random.Random(0), autocast=distiller.autocast)
+        return run
+
     rows = {"plain forward (logits)": timed(plain),
             "train step, continuation only": timed(step(ObjectiveWeights(1.0, 0.0, 0.0))),
-            "train step, all objectives": timed(step(cfg.weights))}
+            "train step, all objectives": timed(step(cfg.weights)),
+            "distill step, KL only": timed(distill(DistillConfig(1.0, 0.0, 0.0, 0.0))),
+            "distill step, all terms": timed(distill(dcfg.distill))}
     base = rows["plain forward (logits)"]
     print(f"{lm.name} on {lm.device}, {a.threads} thread(s), B={a.batch_size} T={a.segments} l={a.segment_len} "
           f"({tokens} tokens), M={a.segment_len // a.ratio}")
@@ -85,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, sec in rows.items():
         print(f"{name:34s} {sec:8.2f} {tokens / sec:8.1f} {sec / base:10.2f}")
         out[name] = {"seconds": sec, "tok_s": tokens / sec, "x_forward": sec / base}
-    res = {"model": lm.name, "device": str(lm.device), "threads": a.threads, "tokens": tokens,
+    speedup = rows["train step, all objectives"] / rows["distill step, all terms"]
+    print(f"distill recipe vs the old one (all terms): {speedup:.2f}x faster per training token")
+    res = {"model": lm.name, "speedup_distill_vs_uio": speedup, "device": str(lm.device), "threads": a.threads, "tokens": tokens,
            "config": {"B": a.batch_size, "T": a.segments, "l": a.segment_len, "M": a.segment_len // a.ratio},
            "rows": out}
-    path = RESULTS_DIR / f"train_speed_{a.model}_{lm.device.type}.json"
+    path = RESULTS_DIR / f"train_speed_{a.model}_{lm.device.type}_l{a.segment_len}_t{a.segments}.json"
     write_json(path, res)
     print(f"wrote {path.relative_to(ROOT)}")
     return 0
