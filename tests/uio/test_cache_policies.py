@@ -154,6 +154,38 @@ def test_evicted_cache_gives_the_logits_of_masked_full_attention(tiny_qwen):
     assert torch.allclose(got, ref, atol=1e-4)
 
 
+def test_per_layer_masks_are_built_one_layer_at_a_time(tiny_qwen):
+    """After an uneven eviction each layer needs its own (heads, q, held + q) mask: only one may be alive
+    at a time (all of them at once ran an 8K prompt out of memory)."""
+    import weakref
+
+    model = tiny_qwen.model
+    ids = _ids(tiny_qwen, 64)
+
+    class Uneven(FullCache):
+        def keep(self, layer, view):
+            return view.valid & (view.positions % (layer + 2) == 0)
+
+    pc = PolicyCache(model, Uneven())
+    made: list = []
+    build = pc._mask
+
+    def counting(layer, q):
+        mask = build(layer, q)
+        made.append(weakref.ref(mask))
+        alive.append(sum(r() is not None for r in made))
+        return mask
+
+    alive: list[int] = []
+    pc._mask = counting
+    with torch.no_grad():
+        pc.forward(ids[:, :32])
+        pc.evict()
+        pc.forward(ids[:, 32:64])
+    assert len(made) == model.config.num_hidden_layers and max(alive) == 1
+    assert pc._current is None and all(r() is None for r in made)
+
+
 def test_bytes_held_drop_with_eviction(tiny_llama):
     ids = _ids(tiny_llama, 128)
     full = sum(_run(tiny_llama, FullCache(), ids).kv_bytes_held())

@@ -150,7 +150,8 @@ class PolicyCache:
         self.next_pos = prefix_len
         self._dtype, self._device = model.dtype, model.device  # model.device walks the parameters: once
         self._uniform = True  # every layer holds the same number of entries and no pads: one causal mask
-        self._masks: list[torch.Tensor] = []
+        self._q = 0  # new tokens of the forward running now, when each layer builds its own mask (else 0)
+        self._current: tuple[int, torch.Tensor] | None = None  # (layer, its mask) of the forward running now
         # Per layer, the additive mask (heads, held) over everything held, while it is known: the last row
         # of the previous forward's mask. Decoding then builds its mask with one cat instead of rebuilding it.
         self._held_masks: list[torch.Tensor | None] = [None] * self.n_layers
@@ -177,31 +178,46 @@ class PolicyCache:
         """Run the model on new tokens (1, q) after everything held; returns the model output."""
         q = input_ids.shape[1]
         pos = torch.arange(self.next_pos, self.next_pos + q, device=input_ids.device)[None]
-        if self._uniform and not self.policy.needs_layer_masks:
+        per_layer = not (self._uniform and not self.policy.needs_layer_masks)
+        if per_layer:
+            # Each layer builds its own mask as it starts (``layer_mask_now``) and drops the previous one:
+            # one (heads, q, held + q) mask alive at a time, not one per layer (a 4,096-token chunk over
+            # 8K held is ~1 GB per layer: all layers at once ran a 0.5B model out of memory).
+            self._q, mask = q, None
+        else:
             # No pads and equal lengths: one plain causal mask serves all layers. None at all for one token,
             # or when nothing is held yet: the model's own causal path (SDPA is_causal) is faster on CPU.
             empty = self.prefix_len == 0 and self.positions[0].shape[1] == 0
             mask = None if q == 1 or empty else self._mask(0, q)[:, :1]
-            self._masks = []
-        else:
-            self._masks = [self._mask(layer, q) for layer in range(self.n_layers)]
-            mask = self._masks[0]
-        out = self.model(input_ids=input_ids, past_key_values=self.cache, position_ids=pos,
-                         attention_mask=mask, use_cache=True, tome_cache=self, **kwargs)
+        try:
+            out = self.model(input_ids=input_ids, past_key_values=self.cache, position_ids=pos,
+                             attention_mask=mask, use_cache=True, tome_cache=self, **kwargs)
+        finally:
+            self._q, self._current = 0, None
         for layer in range(self.n_layers):
             self.positions[layer] = torch.cat([self.positions[layer], pos.expand(self.kv_heads, -1)], 1)
-        # The new tokens are held now: a mask's last query row (it sees every new token) is the held mask.
-        self._held_masks = ([m[0, :, -1].contiguous() for m in self._masks] if self._masks
-                            else [None] * self.n_layers)
+            # The new tokens are held now: the held mask grows by q visible entries (kept when known).
+            held = self._held_masks[layer]
+            self._held_masks[layer] = (torch.cat([held, held.new_zeros(self.heads, q)], 1)
+                                       if per_layer and held is not None else None)
         self.seen += q
         self.next_pos += q
-        self._masks = []
         return out
+
+    def layer_mask_now(self, layer: int) -> torch.Tensor | None:
+        """The additive (1, heads, q, held + q) mask of ``layer`` in the forward running now, built when the
+        layer starts (None: the forward shares one mask)."""
+        if not self._q:
+            return None
+        if self._current is None or self._current[0] != layer:
+            self._current = None  # free the previous layer's mask before building this one
+            self._current = (layer, self._mask(layer, self._q))
+        return self._current[1]
 
     def layer_mask(self, layer: int) -> torch.Tensor:
         """The additive (1, heads, q, held + q) mask of the forward running now (policies with
         ``needs_layer_masks``, from ``after_attention``)."""
-        return self._masks[layer]
+        return self.layer_mask_now(layer)
 
     def _mask(self, layer: int, q: int) -> torch.Tensor:
         """Additive (1, heads, q, held + q) mask: memories, the valid recent entries of each head, causal new."""
@@ -213,6 +229,7 @@ class PolicyCache:
             allowed = torch.cat([torch.ones(self.kv_heads, self.prefix_len, dtype=torch.bool, device=device),
                                  valid], 1).repeat_interleave(self.heads // self.kv_heads, 0)
             held = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, low)
+            self._held_masks[layer] = held
         if q == 1:  # one new token sees everything held and itself
             return torch.cat([held, held.new_zeros(self.heads, 1)], 1)[None, :, None]
         causal = torch.full((q, q), low, dtype=dtype, device=device).triu_(1)[None].expand(self.heads, -1, -1)
@@ -254,9 +271,11 @@ class PolicyCache:
 # ---- hooks ---------------------------------------------------------------------------------------------
 def _layer_pre_hook(module, args, kwargs):
     pc = kwargs.get("tome_cache")
-    if isinstance(pc, PolicyCache) and pc._masks:
-        kwargs["attention_mask"] = pc._masks[module.self_attn.layer_idx]
-        return args, kwargs
+    if isinstance(pc, PolicyCache):
+        mask = pc.layer_mask_now(module.self_attn.layer_idx)
+        if mask is not None:
+            kwargs["attention_mask"] = mask
+            return args, kwargs
     return None
 
 
