@@ -201,18 +201,6 @@ def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, st
 
 
 # -- parts -----------------------------------------------------------------------------------------------
-def neutral_title(path: Path, title: str = "Notes") -> None:
-    """passkey_pdf titles its PDF "Pass key <n> tokens depth <d>"; Tome shows the title to the model (compressed
-    mode names the books in the system prompt, uncompressed labels passages with it), and a first run answered
-    "The pass key is 2048 tokens depth 1.0." from it. Rewrite the title so only the text holds a pass key."""
-    from pypdf import PdfReader, PdfWriter
-
-    w = PdfWriter(clone_from=PdfReader(path))
-    w.add_metadata({"/Title": title})
-    with open(path, "wb") as f:
-        w.write(f)
-
-
 def part_passkey(args) -> None:
     from bench.qa import passkey
 
@@ -229,7 +217,6 @@ def part_passkey(args) -> None:
             seed = length + i
             if not path.is_file():  # written once: pypdf's file ID differs per write, and a rerun must find the doc
                 passkey.passkey_pdf(path.with_suffix(".tmp"), tome.lm.tokenizer, length, depth, seed=seed)
-                neutral_title(path.with_suffix(".tmp"))
                 path.with_suffix(".tmp").replace(path)
             info = {"key": passkey.make_key(seed)}
             doc = ingest_all(tome, [path])[str(path)]
@@ -287,6 +274,70 @@ def part_realdocs(args) -> None:
 
 
 # -- report ----------------------------------------------------------------------------------------------
+def next_segment_nll(tome, doc, method: str, prev: int, target: int) -> list[tuple[float, int]]:
+    """(summed NLL, tokens) of the first ``target`` tokens of each segment after the first, read after the
+    ``prev`` segments before it: raw tokens ("full"), nothing ("none") or their memories ("<compressor>@<ratio>",
+    at the config's ``memory_positions``, or "<compressor>@<ratio>/<positions>"), before the text."""
+    import torch
+
+    from uio.decoder import build_context
+
+    lm = tome.lm
+    method, _, positions = method.partition("/")
+    positions = positions or tome.config.memory_positions
+    segs = tome.memories.stored_segments(doc)
+    mem = None
+    if "@" in method:
+        name, ratio = method.split("@")
+        mem = tome.memory(doc, ratio=int(ratio), compressor=name)
+    out = []
+    for i in range(1, len(segs)):
+        ids = list(segs[i].token_ids[:target])
+        if len(ids) < 2:
+            continue
+        before = segs[max(0, i - prev):i]
+        if method == "full":
+            parts = [[t for s in before for t in s.token_ids]]
+        elif method == "none":
+            parts = []
+        else:
+            parts = [mem.select([s.index for s in before])]
+        cache, m = build_context(lm, parts, positions=positions)
+        pos = torch.arange(m, m + len(ids))[None]
+        with torch.inference_mode():
+            logits = lm.model(input_ids=torch.tensor([ids]), past_key_values=cache, position_ids=pos,
+                              cache_position=pos[0]).logits[0, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum")
+        out.append((float(nll), len(ids) - 1))
+    return out
+
+
+def part_ppl(args) -> None:
+    """Next-segment perplexity given the memories, on the planted books (generated; 4 segments each)."""
+    import math
+
+    from bench.qa import planted
+
+    work = args.work / args.model / f"planted{args.pages}"
+    tome = make_tome(args.model, work, args.threads)
+    data = load_part(args.model, "ppl")
+    qset = planted.make_books(work / "books", seed=0, pages=args.pages)
+    paths = [Path(d["path"]) if "path" in d else work / "books" / d["filename"] for d in qset["documents"]]
+    docs = list(ingest_all(tome, paths).values())
+    for method in ["none", "full"] + args.methods.split(","):
+        key = f"ppl|{args.pages}p|prev{args.ppl_prev}|{method}"
+        if key in data["cells"]:
+            continue
+        t0 = time.perf_counter()
+        rows = [r for d in docs for r in next_segment_nll(tome, d, method, args.ppl_prev, args.ppl_tokens)]
+        nll, n = sum(r[0] for r in rows), sum(r[1] for r in rows)
+        data["cells"][key] = {"method": method, "ppl": round(math.exp(nll / n), 3), "tokens": n,
+                              "segments": len(rows),
+                              "seconds": round(time.perf_counter() - t0, 1)}
+        save_part(args.model, "ppl", data)
+        print(f"== {key}: ppl {data['cells'][key]['ppl']} over {n} tokens", flush=True)
+
+
 def _med(xs):
     xs = [x for x in xs if x is not None]
     return round(statistics.median(xs), 2) if xs else None
@@ -444,7 +495,7 @@ def plot(model: str, pk: dict, lengths: list[int], methods: list[str]) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["passkey", "planted", "realdocs", "report"])
+    ap.add_argument("part", choices=["passkey", "planted", "realdocs", "ppl", "report"])
     ap.add_argument("--model", default="qwen")
     ap.add_argument("--methods", default="kvzip@8,kvzip@32,snapkv@8,keynorm@8,streaming@8,full,retrieval")
     ap.add_argument("--lengths", default="2048,8192,16384")
@@ -452,6 +503,8 @@ def main(argv=None) -> None:
     ap.add_argument("--pages", type=int, default=12, help="planted: pages per book")
     ap.add_argument("--docs", default="r-data,r-faq", help="realdocs: the manuals (ids in realdocs.json)")
     ap.add_argument("--max-new", type=int, default=24)
+    ap.add_argument("--ppl-prev", type=int, default=3, help="ppl: segments of context before each scored one")
+    ap.add_argument("--ppl-tokens", type=int, default=256, help="ppl: tokens scored at the start of each segment")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("TOME_THREADS", "1")))
     ap.add_argument("--speed", action="store_true", help="passkey: time a plain forward over the longest document")
     ap.add_argument("--markdown", type=Path, help="report: also write the tables as Markdown here")
@@ -460,7 +513,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     global TAG
     TAG = f"_{args.tag}" if args.tag else ""
-    {"passkey": part_passkey, "planted": part_planted, "realdocs": part_realdocs, "report": report}[args.part](args)
+    {"passkey": part_passkey, "planted": part_planted, "realdocs": part_realdocs, "ppl": part_ppl,
+     "report": report}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -151,10 +151,12 @@ def grade(answer_text: str, key_or_question) -> bool:
 
 
 def passkey_pdf(path: str | Path, tokenizer, n_tokens: int, depth: float, seed: int = 0,
-                words_per_page: int = 350) -> dict:
+                words_per_page: int = 350, title: str = "Notes") -> dict:
     """Write the pass-key document as a PDF (fpdf2), ``words_per_page`` words a page, the key
     sentence never split across pages. Returns {path, key, depth, n_tokens, pages, key_page, text}.
-    Text read back from the PDF differs in line breaks, so its token count may differ slightly."""
+    Text read back from the PDF differs in line breaks, so its token count may differ slightly.
+    The title says nothing of the key: Tome shows titles to the model (a title "Pass key 2048 tokens
+    depth 1.0" was once answered as the key)."""
     import datetime as _dt
 
     from fpdf import FPDF
@@ -177,7 +179,7 @@ def passkey_pdf(path: str | Path, tokenizer, n_tokens: int, depth: float, seed: 
         pages.append(" ".join(current))
     pdf = FPDF()
     pdf.set_creation_date(_dt.datetime(2024, 1, 1, tzinfo=_dt.timezone.utc))
-    pdf.set_title(f"Pass key {n_tokens} tokens depth {depth}")
+    pdf.set_title(title)
     pdf.set_font("Helvetica", size=11)
     for page in pages:
         pdf.add_page()

@@ -146,10 +146,12 @@ def test_passkey_pdf_key_on_its_page(tmp_path):
     for depth in (0.0, 0.5, 1.0):
         info = passkey.passkey_pdf(tmp_path / f"pk{depth}.pdf", passkey.WhitespaceTokenizer(), 1500, depth,
                                    seed=5, words_per_page=300)
-        pages = read_document(info["path"]).pages
+        doc = read_document(info["path"])
+        pages = doc.pages
         assert len(pages) == info["pages"]
         hits = [p.number for p in pages if contains(p.text, f"The pass key is {info['key']}")]
         assert hits == [info["key_page"]]
+        assert doc.title == "Notes"  # the model sees titles: nothing in it may hint at the key
 
 
 def _smollm2_tokenizer():
