@@ -12,6 +12,12 @@ Two encoder modes (``mode``, saved in the file's metadata and part of the finger
 ``"memory"`` (Activation Beacon's ``only_train_beacon``: ordinary tokens go through the frozen
 model, the encoder LoRA acts on the ``<mem>`` tokens alone; ``uio.encoder`` runs the two
 passes). The trainable parameters are the same in both.
+
+A memory-mode adapter can start from a training-free compressor (``base``, also in the file and the
+fingerprint): slot i of a segment is then the ``base`` method's kept key/value (``"kvzip"``: KVzip's
+selection per layer and KV head; ``"strided"``: the token just before the slot's position c_i) plus the
+transfer head's LoRA alone applied to the <mem> token's hidden state. PEFT starts LoRA B at zero, so an
+untrained adapter makes exactly the base method's memories, and training learns a correction.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from uio.model import LoadedModel
 # several adapters (8x and 32x, say) can live in one base model and be switched per use.
 ENCODER, TRANSFER = "uio_encoder", "uio_transfer"
 MODES = ("full", "memory")  # the encoder LoRA on every token / on the <mem> tokens only
+BASES = ("none", "kvzip", "strided")  # what memory slots start from (memory mode only)
 # Config fields that decide whether weights fit a model; the rest (paths, versions, dtype) do not.
 _STRUCTURAL = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "rope_parameters",
@@ -62,10 +69,12 @@ class UIOAdapter:
     """Encoder LoRA (q_proj, v_proj) + transfer head LoRA (k_proj, v_proj) + <mem> embedding."""
 
     def __init__(self, lm: LoadedModel, config: MemoryConfig | None = None, name: str | None = None,
-                 mode: str = "full"):
+                 mode: str = "full", base: str = "none"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        self.lm, self.config, self.mode = lm, config or MemoryConfig(), mode
+        if base not in BASES or (base != "none" and mode != "memory"):
+            raise ValueError(f"base must be one of {BASES} (other than 'none' only in memory mode), not {base!r}")
+        self.lm, self.config, self.mode, self.base = lm, config or MemoryConfig(), mode, base
         c = self.config
         taken = {n for m in lm.model.modules() if isinstance(m, LoraLayer) for n in m.lora_A}
         name = name or f"{c.ratio}x"
@@ -155,6 +164,8 @@ class UIOAdapter:
             h = hashlib.sha256(self.base_fingerprint.encode() + self.config.to_json().encode())
             if self.mode != "full":  # full-mode fingerprints stay what they were before modes existed
                 h.update(f"mode={self.mode}".encode())
+            if self.base != "none":
+                h.update(f"base={self.base}".encode())
             for n, t in sorted(self.state_dict().items()):
                 h.update(n.encode())
                 h.update(t.to("cpu", torch.bfloat16).float().numpy().tobytes())  # dtype-independent
@@ -196,12 +207,18 @@ class UIOAdapter:
         attn = body(self.lm).layers[layer].self_attn
         return _with_lora(attn.k_proj, self.head_name, hidden), _with_lora(attn.v_proj, self.head_name, hidden)
 
+    def transfer_delta(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transfer head's LoRA alone (no k_proj/v_proj): the correction added to a base method's slots."""
+        attn = body(self.lm).layers[layer].self_attn
+        return _lora_only(attn.k_proj, self.head_name, hidden), _lora_only(attn.v_proj, self.head_name, hidden)
+
     # -- files -------------------------------------------------------------------
     def save(self, path: str | Path, extra: dict[str, str] | None = None, dtype: torch.dtype | None = None) -> None:
         """``dtype`` (e.g. bf16 for shipped files) leaves the fingerprint unchanged: it is taken in bf16."""
         meta = {"format": "tome-uio-adapter-1", "config": self.config.to_json(),
                 "base_fingerprint": self.base_fingerprint, "base_model": self.lm.name,
-                "fingerprint": self.fingerprint, "encoder_mode": self.mode, **(extra or {})}
+                "fingerprint": self.fingerprint, "encoder_mode": self.mode,
+                "memory_base": self.base, **(extra or {})}
         path = Path(path)
         tmp = path.with_name(path.name + ".part")
         save_file({n: t.to(dtype or t.dtype).contiguous() for n, t in self.state_dict().items()}, str(tmp),
@@ -219,9 +236,15 @@ class UIOAdapter:
         if meta["base_fingerprint"] != base:
             raise MemoryMismatch(f"adapter {Path(path).name} was trained for {meta.get('base_model')!r} "
                                  f"({meta['base_fingerprint'][:12]}), not for the loaded {lm.name!r} ({base[:12]})")
-        adapter = cls(lm, MemoryConfig.from_json(meta["config"]), name=name, mode=meta.get("encoder_mode", "full"))
+        adapter = cls(lm, MemoryConfig.from_json(meta["config"]), name=name, mode=meta.get("encoder_mode", "full"),
+                      base=meta.get("memory_base", "none"))
         adapter.load_state_dict(tensors)
         return adapter
+
+
+def _lora_only(layer: LoraLayer, name: str, x: torch.Tensor) -> torch.Tensor:
+    a, b = layer.lora_A[name], layer.lora_B[name]
+    return b(a(layer.lora_dropout[name](x.to(a.weight.dtype)))) * layer.scaling[name]
 
 
 def _with_lora(layer: LoraLayer, name: str, x: torch.Tensor) -> torch.Tensor:

@@ -269,5 +269,42 @@ class Encoder:
         finally:
             for h in hooks:
                 h.remove()
-        keys, values = self._transfer(captured)
-        return keys, values, slots
+        if self.adapter.base == "none":
+            keys, values = self._transfer(captured)
+            return keys, values, slots
+        kv, hd = kv_shape(lm)
+        dk, dv = zip(*(self.adapter.transfer_delta(i, h) for i, h in enumerate(captured)))
+        base_k, base_v = self.base_slots(ordinary, slots)
+        return (base_k + torch.stack(dk).unflatten(-1, (kv, hd)).to(base_k.dtype),
+                base_v + torch.stack(dv).unflatten(-1, (kv, hd)).to(base_v.dtype), slots)
+
+    def base_slots(self, ordinary: Ordinary, slots: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base method's slots (layers, B, M, kv, hd), taken from the ordinary pass without gradient.
+
+        kvzip: KVzip's scores (its repeat pass over the segment's cache), top ``slots`` per layer and KV head
+        (first n_sink tokens forced), in document order; strided: the token just before each slot's c_i.
+        """
+        from uio.compress.base import gather_slots
+
+        lm, m = self.lm, self.config.num_mem
+        layers, _, _, kv, hd = ordinary.keys.shape
+        out_k = ordinary.keys.new_zeros(layers, len(slots), m, kv, hd)
+        out_v = torch.zeros_like(out_k)
+        grad = torch.no_grad() if not torch.is_inference_mode_enabled() else nullcontext()
+        with grad:
+            for b, (n, s) in enumerate(zip(ordinary.lengths, slots)):
+                keys, values = ordinary.keys[:, b, :n], ordinary.values[:, b, :n]
+                if self.adapter.base == "strided":
+                    pos = torch.tensor([c - 1 for c in visible_prefix(n, s)], device=keys.device)
+                    index = pos[None, None].expand(layers, kv, -1)
+                else:
+                    from uio.compress.base import Prefill
+                    from uio.compress.kvzip import KVzipCompressor
+                    from uio.decoder import cache_from
+
+                    comp = KVzipCompressor(ratio=self.config.ratio)
+                    pre = Prefill(ordinary.ids[b, :n], keys, values, cache_from(lm, keys[:, None], values[:, None]))
+                    index = comp.select(comp.score(lm, pre).float(), s)
+                out_k[:, b, :s] = gather_slots(keys, index)
+                out_v[:, b, :s] = gather_slots(values, index)
+        return out_k, out_v

@@ -114,3 +114,36 @@ def test_memory_mode_compresses_batched_as_one_by_one(tokenizer):
     assert together.slots == [4, 4, 3]
     assert torch.allclose(together.keys, torch.cat([m.keys for m in apart], 1), atol=1e-5)
     assert torch.allclose(together.values, torch.cat([m.values for m in apart], 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("base", ["kvzip", "strided"])
+def test_an_untrained_adapter_with_a_base_makes_the_base_methods_memories(tokenizer, base):
+    from uio.compress.kvzip import KVzipCompressor
+
+    lm = _tiny("qwen2", tokenizer)
+    cfg = MemoryConfig(segment_len=32, num_mem=4, enc_rank=4, enc_alpha=8, head_rank=4, head_alpha=8)
+    adapter = UIOAdapter(lm, cfg, mode="memory", base=base)
+    seg = list(range(200, 232))
+    with torch.no_grad():
+        keys, values, slots = Encoder(adapter).forward([seg])
+    assert slots == [4]
+    if base == "kvzip":
+        ref_k, ref_v = KVzipCompressor(ratio=8).compress_one(lm, seg)[:2]
+    else:
+        ordinary = Encoder(adapter).ordinary([seg])
+        at = [7, 15, 23, 31]  # the token before each slot's position c_i = 8, 16, 24, 32
+        ref_k, ref_v = ordinary.keys[:, 0, at], ordinary.values[:, 0, at]
+    assert torch.allclose(keys, ref_k, atol=1e-5) and torch.allclose(values, ref_v, atol=1e-5)
+    # the correction trains: every group gets gradient once the head's LoRA B is non-zero
+    adapter.randomize_(std=0.2)
+    for p in adapter.parameters():
+        p.requires_grad_(True)
+    k, v, _ = Encoder(adapter).forward(torch.tensor([seg]))
+    (k.square().sum() + v.square().sum()).backward()
+    last = f"layers.{lm.model.config.num_hidden_layers - 1}."
+    for n, p in adapter.named_parameters().items():
+        if last in n and "uio_encoder" in n:
+            continue
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+    with pytest.raises(ValueError):
+        UIOAdapter(lm, cfg, mode="full", base=base)

@@ -17,9 +17,10 @@ Losses (weights in ``DistillConfig``):
 - ``kl``: KL(teacher || student) of the next-token distributions on the probe (on a QA probe: on the
   answer tokens);
 - ``attention``: per layer, the teacher's queries attend to the student's memories (+ the probe's own
-  keys) and the output is compared with the teacher's attention output (relative squared error). Local:
-  its gradient reaches each layer's memory directly, without a backward through the model;
-- ``autoencode``: KL on a random span of ``autoencode_len`` tokens of the segment, re-read after its own
+  keys) and the output is compared with the teacher's attention output (relative squared error), for
+  ``attention_queries`` evenly spaced probe positions. Local: its gradient reaches each layer's memory
+  directly, without a backward through the model;
+- ``autoencode``: KL on a random span of ``autoencode_len`` tokens (l/16) of the segment, re-read after its own
   memory (teacher: after the segment's own keys and values);
 - ``answer_ce``: cross-entropy on QA answers (the teacher can be wrong; the text is not).
 
@@ -54,7 +55,8 @@ class DistillConfig:
     attention: float = 1.0  # per-layer attention-output matching for the probe's queries
     autoencode: float = 0.5  # KL on a span of the segment re-read from its own memory
     answer_ce: float = 0.2  # cross-entropy on the answer tokens of QA probes
-    autoencode_len: int = 0  # tokens of that span; 0: l / 8
+    autoencode_len: int = 0  # tokens of that span; 0: l / 16
+    attention_queries: int = 64  # probe queries attention matching uses (evenly spaced; 0: all)
 
 
 @dataclass
@@ -123,7 +125,7 @@ def read_after(lm: LoadedModel, keys: torch.Tensor, values: torch.Tensor, ids: t
                capture: list | None = None) -> torch.Tensor:
     """Logits (B, c, V) of ``ids`` read after keys/values (layers, B, m, kv, hd), keys pre-RoPE, at 0..m-1."""
     m, c = keys.shape[2], ids.shape[1]
-    cache = cache_from(lm, keys, values)
+    cache = cache_from(lm, keys, values) if m else None
     pos = torch.arange(m, m + c, device=ids.device)
     kwargs = {}
     previous = lm.model.config._attn_implementation
@@ -132,7 +134,7 @@ def read_after(lm: LoadedModel, keys: torch.Tensor, values: torch.Tensor, ids: t
         kwargs["uio_capture"] = capture
     try:
         out = lm.model(input_ids=ids, past_key_values=cache, position_ids=pos[None].expand(ids.shape[0], -1),
-                       cache_position=pos, use_cache=True, **kwargs)
+                       cache_position=pos, use_cache=cache is not None, **kwargs)
     finally:
         lm.model.config._attn_implementation = previous
     return out.logits
@@ -151,27 +153,33 @@ def kl_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: to
 
 
 def attention_loss(lm: LoadedModel, captured: list[Captured], mem_keys: torch.Tensor, mem_values: torch.Tensor,
-                   teacher_context: int, mask: torch.Tensor) -> torch.Tensor:
+                   teacher_context: int, mask: torch.Tensor, queries: int = 0) -> torch.Tensor:
     """Mean over layers of the relative squared error between the teacher's attention output and the same
     queries' attention over [student memories | probe], at the masked probe positions.
 
     mem_keys/values (layers, B, m, kv, hd) pre-RoPE. The teacher's queries sit at teacher_context + j; the
     memories are rotated to positions shifted by teacher_context - m, so every query-key distance is the
-    one the student's own forward has (memories at 0..m-1, the probe from m).
+    one the student's own forward has (memories at 0..m-1, the probe from m). ``queries`` > 0: only that
+    many evenly spaced probe positions (the attention backward dominates this term's cost on a CPU).
     """
     m = mem_keys.shape[2]
-    keys = rotate_keys(lm, mem_keys, start=teacher_context - m)  # (layers, B, kv, m, hd)
+    c = mask.shape[1]
+    rows = torch.arange(c, device=mask.device)
+    if 0 < queries < c:
+        rows = torch.linspace(c - 1, 0, queries, device=mask.device).round().long().flip(0).unique()
+    mask = mask[:, rows]
     values = mem_values.transpose(-3, -2)
+    keys = rotate_keys(lm, mem_keys, start=teacher_context - m) if m else values  # (layers, B, kv, m, hd)
     per_layer = []
     for layer, cap in enumerate(captured):
         k = torch.cat([keys[layer].to(cap.keys.dtype), cap.keys], 2)
         v = torch.cat([values[layer].to(cap.values.dtype), cap.values], 2)
-        c = cap.query.shape[2]
-        attn_mask = causal_offset_mask(c, k.shape[2], k.device, cap.query.dtype)
-        out = F.scaled_dot_product_attention(cap.query, k, v, attn_mask=attn_mask, scale=cap.scaling,
+        attn_mask = causal_offset_mask(c, k.shape[2], k.device, cap.query.dtype)[rows]
+        out = F.scaled_dot_product_attention(cap.query[:, :, rows], k, v, attn_mask=attn_mask, scale=cap.scaling,
                                              enable_gqa=cap.query.shape[1] != k.shape[1])
-        err = (out.float() - cap.output.float()).square().sum(-1).mean(1)  # (B, c): mean over heads
-        ref = cap.output.float().square().sum(-1).mean(1)
+        target = cap.output[:, :, rows].float()
+        err = (out.float() - target).square().sum(-1).mean(1)  # (B, queries): mean over heads
+        ref = target.square().sum(-1).mean(1)
         per_layer.append(_masked_mean(err, mask) / _masked_mean(ref, mask).clamp_min(1e-8))
     return torch.stack(per_layer).mean()
 
@@ -201,7 +209,7 @@ def distill_step(encoder: Encoder, batch: DistillBatch, engine: ReservoirTBPTT,
     segments = batch.segments.to(dev)
     b, t_max, l = segments.shape
     memorize = memorize or (lambda o: encoder.memories(o)[:2])
-    ae_len = min(l, cfg.autoencode_len or max(1, l // 8))
+    ae_len = min(l, cfg.autoencode_len or max(1, l // 16))
     amp = torch.autocast(dev.type, dtype=autocast) if autocast else torch.autocast(dev.type, enabled=False)
     mem_k: list[torch.Tensor] = []
     mem_v: list[torch.Tensor] = []
@@ -236,7 +244,7 @@ def distill_step(encoder: Encoder, batch: DistillBatch, engine: ReservoirTBPTT,
                     losses["answer_ce"] = ce
             if cfg.attention:
                 losses["attention"] = attention_loss(lm, captured, student_k, student_v, teacher_k.shape[2],
-                                                     probe.valid)
+                                                     probe.valid, cfg.attention_queries)
             del captured
             if cfg.autoencode:
                 start = rng.randrange(l - ae_len + 1)
@@ -272,11 +280,15 @@ class _Frozen:
 
 
 @torch.no_grad()
-def evaluate(encoder: Encoder, batches, cfg: DistillConfig = DistillConfig(), seed: int = 0) -> dict[str, float]:
-    """Mean distillation terms over ``batches`` (held-out), without gradients; the training RNGs are untouched."""
+def evaluate(encoder: Encoder, batches, cfg: DistillConfig = DistillConfig(), seed: int = 0,
+             memorize: Memorize | None = None) -> dict[str, float]:
+    """Mean distillation terms over ``batches`` (held-out), without gradients; the training RNGs are untouched.
+
+    ``memorize`` evaluates other memories (a training-free compressor's, none) on the same probes.
+    """
     rng = random.Random(seed)
     sums: dict[str, list[float]] = {}
     for batch in batches:
-        for name, value in distill_step(encoder, batch, _Frozen(), cfg, rng=rng).items():
+        for name, value in distill_step(encoder, batch, _Frozen(), cfg, rng=rng, memorize=memorize).items():
             sums.setdefault(name, []).append(value)
     return {name: sum(v) / len(v) for name, v in sums.items()}

@@ -66,7 +66,9 @@ class TrainConfig:
     kl: float = 1.0  # KL(teacher || student) on the probe
     attention: float = 1.0  # per-layer attention-output matching
     answer_ce: float = 0.2  # cross-entropy on QA answers
-    autoencode_len: int = 0  # auto-encoding span (0: l / 8)
+    autoencode_len: int = 0  # auto-encoding span (0: l / 16)
+    attention_queries: int = 64  # probe positions used by attention matching (0: all)
+    init: str = "none"  # memory slots start from a training-free compressor: "kvzip", "strided" or "none"
     continuation_len: int = 0  # probe tokens after each segment (0: l / 4)
     passkey: float = 0.1  # share of segments replaced by a pass-key document
     planted: float = 0.2  # share of segments given a planted fact
@@ -85,7 +87,8 @@ class TrainConfig:
     @property
     def distill(self) -> DistillConfig:
         return DistillConfig(kl=self.kl, attention=self.attention, autoencode=self.autoencode,
-                             answer_ce=self.answer_ce, autoencode_len=self.autoencode_len)
+                             answer_ce=self.answer_ce, autoencode_len=self.autoencode_len,
+                             attention_queries=self.attention_queries)
 
     @property
     def short_steps(self) -> int:
@@ -141,7 +144,8 @@ class Trainer:
             autocast = torch.bfloat16
         self.autocast = autocast
         torch.manual_seed(cfg.seed)
-        self.adapter = UIOAdapter(lm, cfg.memory, mode="memory" if cfg.recipe == "distill" else "full")
+        self.adapter = UIOAdapter(lm, cfg.memory, mode="memory" if cfg.recipe == "distill" else "full",
+                                  base=cfg.init)
         self.params = self.adapter.parameters()
         for p in self.params:
             if p.dtype != torch.float32:  # master weights in float32; bf16 only inside autocast
