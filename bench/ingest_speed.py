@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import MODELS_DIR, RESULTS_DIR, load_model, write_json
+from bench.common import MODELS_DIR, RESULTS_DIR, ROOT, load_model, write_json
 
 
 def main() -> None:
@@ -46,7 +46,12 @@ def main() -> None:
     ap.add_argument("--speed-segments", type=int, default=3,
                     help="--background: segments timed through the compressor and the plain forward")
     ap.add_argument("--seed", type=int, default=0, help="--background: seed of the questions' arrival times")
+    ap.add_argument("--embed-check", type=Path, metavar="DATA_DIR", nargs="?", const=ROOT / ".cache" / "eval_retrieval",
+                    help="passage vectors under bf16 autocast vs the float32 ones stored in bench/eval_retrieval.py's "
+                         "library (default .cache/eval_retrieval): cosine, and the gold page's rank by vectors")
     a = ap.parse_args()
+    if a.embed_check:
+        return embed_check(a)
     if a.stages:
         return stages(a)
 
@@ -113,11 +118,14 @@ def _ttft(tome, doc_id: int) -> float:
 def stage1(tome, pdf: Path) -> tuple[dict, object]:
     """Stage 1 of ``pdf`` (the book askable), timed per phase."""
     load = _load()
+    cpu = time.process_time()
     r = tome.ingest(pdf, wait=False)  # stage 1 only: the book is askable when this returns
+    cpu = time.process_time() - cpu  # all threads: on a host to itself, wall >= cpu / threads
     assert r.ok and r.document.ready, r.error
     doc = r.document
     return {"pages": doc.pages, "tokens": doc.tokens, "segments": r.job.segments_total if r.job else None,
             "passages": len(tome.store.passages(doc.id)), "stage1_s": round(r.seconds, 2),
+            "stage1_cpu_s": round(cpu, 2),
             **{k: round(v, 3) for k, v in r.timings.items()}, "load_1min": load}, doc
 
 
@@ -216,11 +224,12 @@ def stages(a) -> None:
             tome.store.close()
     print(f"\n{lm.name} on {lm.device} ({str(lm.dtype).removeprefix('torch.')}), {torch.get_num_threads()} threads, "
           f"embedder bf16 autocast: {tome.embedder.bf16}\n")
-    print("| pages | tokens | passages | extract s | segment s | embed s | store s | stage 1 s (askable) | load |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| pages | tokens | passages | extract s | segment s | embed s | store s | stage 1 s (askable) | CPU s | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['pages']} | {r['tokens']:,} | {r['passages']:,} | {r['extract_s']:.1f} | {r['segment_s']:.1f} "
-              f"| {r.get('embed_s', 0):.1f} | {r['store_s']:.2f} | {r['stage1_s']:.1f} | {r['load_1min']} |")
+              f"| {r.get('embed_s', 0):.1f} | {r['store_s']:.2f} | {r['stage1_s']:.1f} | {r['stage1_cpu_s']:.1f} "
+              f"| {r['load_1min']} |")
     if bg:
         print(f"\nstage 2 ({bg['compressor']} {bg['ratio']}x, one segment per call): "
               f"{max(bg['compress_tok_s']):.0f} tok/s vs plain forward with logits {max(bg['plain_forward_tok_s']):.0f} "
@@ -232,6 +241,47 @@ def stages(a) -> None:
                {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch."),
                 "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "embedder_bf16": tome.embedder.bf16,
                 "stage1": rows, "background": bg})
+
+
+
+def embed_check(a) -> None:
+    """bf16-autocast passage and question vectors against the float32 ones the library stored (made before
+    autocast): cosine per passage, and the gold page's first rank by vector search, single-book questions."""
+    import numpy as np
+
+    from bench.qa import realdocs
+    from retrieval.embed import from_bytes, load_embedder
+    from storage import Store
+
+    data = realdocs.load()
+    store = Store(f"sqlite:///{a.embed_check / 'tome.sqlite'}")
+    by_file = {d.filename: d for d in store.list_documents()}
+    docs = {d["id"]: by_file[Path(d["path"]).name] for d in data["documents"]}
+    fp32, bf16 = load_embedder(bf16=False), load_embedder(bf16=True)
+    recs, old, new = {}, {}, {}
+    t = time.perf_counter()
+    for key, d in docs.items():
+        recs[key] = store.passages(d.id)
+        old[key] = np.stack([from_bytes(b) for b in store.passage_embeddings(d.id)])
+        new[key] = bf16.encode([p.text for p in recs[key]])
+    bf16_s = time.perf_counter() - t
+    cos = np.concatenate([(old[k] * new[k]).sum(1) for k in docs])
+    ranks = {"float32": [], "bf16": []}
+    for q in data["questions"]:
+        if q["kind"] != "single":
+            continue
+        key, gold = q["docs"][0], q["gold"][0]["page"]
+        for name, emb, mat in (("float32", fp32, old[key]), ("bf16", bf16, new[key])):
+            order = np.argsort(-(mat @ emb.encode_one(q["question"])), kind="stable")
+            pages = list(dict.fromkeys(recs[key][i].page for i in order))  # cited pages, best first
+            ranks[name].append(pages.index(gold) if gold in pages else None)
+    at = {name: {f"r@{k}": round(sum(r is not None and r < k for r in rs) / len(rs), 3) for k in (1, 3, 5, 10)}
+          for name, rs in ranks.items()}
+    out = {"passages": int(cos.size), "cosine_min": round(float(cos.min()), 5), "cosine_mean": round(float(cos.mean()), 6),
+           "bf16_embed_s": round(bf16_s, 1), "load_1min": _load(), "questions": len(ranks["bf16"]),
+           "same_rank": sum(x == y for x, y in zip(ranks["float32"], ranks["bf16"])), "recall_by_vectors": at}
+    print(out)
+    write_json(a.out or RESULTS_DIR / "ingest_embed_bf16.json", out)
 
 
 if __name__ == "__main__":
