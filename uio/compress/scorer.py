@@ -117,6 +117,7 @@ class KVScorer(nn.Module):
         meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
         tmp = path.with_suffix(".tmp")
         save_file(tensors, str(tmp), metadata=meta)
+        tmp.chmod(0o644)  # shipped with the package: readable by the service's user
         tmp.replace(path)
         return path
 

@@ -157,6 +157,45 @@ def feature_stats(scorer: KVScorer, files: list[Path]) -> None:
         mod.inv_std.copy_(var[layer].rsqrt())
 
 
+# -- cost ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def measure_speed(lm, segments: list[list[int]], rounds: int = 2) -> dict:
+    """Tokens per CPU second (one thread) of a plain forward (body only, and with logits), kvzip-fast and kvzip.
+
+    Interleaved per segment and round so a busy machine slows every method alike; CPU time, not wall time,
+    because the machine is shared.
+    """
+    from uio.compress import make_compressor
+
+    fast, kv = make_compressor("kvzip-fast", 8), make_compressor("kvzip", 8)
+    runs = {
+        "plain_forward": lambda ids: lm.model.model(input_ids=torch.tensor([ids]), use_cache=True),
+        "plain_forward_logits": lambda ids: lm.model(input_ids=torch.tensor([ids]), use_cache=True),
+        "kvzip-fast": lambda ids: fast.compress(lm, [ids]),
+        "kvzip": lambda ids: kv.compress(lm, [ids]),
+    }
+    for f in runs.values():  # warm-up (and the scorer's load)
+        f(segments[0][:64])
+    cpu = {k: 0.0 for k in runs}
+    wall = {k: 0.0 for k in runs}
+    tokens = 0
+    for _ in range(rounds):
+        for ids in segments:
+            tokens += len(ids)
+            for k, f in runs.items():
+                c, w = time.process_time(), time.perf_counter()
+                f(ids)
+                cpu[k] += time.process_time() - c
+                wall[k] += time.perf_counter() - w
+    out = {k: {"tok_per_cpu_s": round(tokens / cpu[k], 1), "tok_per_wall_s": round(tokens / wall[k], 1)}
+           for k in runs}
+    for k in ("kvzip-fast", "kvzip"):
+        for ref in ("plain_forward", "plain_forward_logits"):
+            out[k][f"vs_{ref}"] = round(cpu[ref] / cpu[k], 3)
+    return {"tokens": tokens, "segments": len(segments), "rounds": rounds, "threads": torch.get_num_threads(),
+            "dtype": str(lm.dtype), "methods": out}
+
+
 # -- the command ---------------------------------------------------------------------------------------
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m uio.train.scorer", description=__doc__.split("\n")[0])
@@ -183,6 +222,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--log", type=Path, default=None, help="default bench/results/scorer_train_<model>.jsonl")
     ap.add_argument("--resume", action="store_true", help="continue from the run dir's checkpoint")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--speed", type=int, default=0, help="only measure: tokens/s of kvzip-fast, kvzip and a plain "
+                    "forward over this many held-out segments (bench/results/scorer_speed_<model>.json)")
     return ap.parse_args(argv)
 
 
@@ -218,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": str(args.corpus), "seed": args.seed, "segment_len": args.segment_len,
         "train_sha256": hashlib.sha256(json.dumps(train_segs).encode()).hexdigest(),
         "heldout_sha256": hashlib.sha256(json.dumps(held_segs).encode()).hexdigest()}) + "\n")
+    if args.speed:
+        res = {"model": key, **measure_speed(lm, held_segs[:args.speed])}
+        path = ROOT / "bench" / "results" / f"scorer_speed_{key}.json"
+        path.write_text(json.dumps(res, indent=1) + "\n")
+        print(json.dumps(res, indent=1))
+        return 0
     build_targets(lm, held_segs, held_dir, None, log, "heldout")
     build_targets(lm, train_segs, train_dir, args.keep_tokens, log, "train")
     train_files = sorted(train_dir.glob("*.pt"))[:len(train_segs)]

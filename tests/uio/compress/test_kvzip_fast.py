@@ -143,7 +143,8 @@ def heldout_document(tokenizer, n: int) -> list[int]:
 def test_smollm2_scorer_agrees_with_kvzip_on_a_heldout_document(smollm2):
     """KVzip's kept set that the shipped scorer keeps too, 2 held-out segments, layers and heads averaged.
 
-    Measured 0.XX at 8x and 0.XX at 32x (random choice: 0.12 and 0.03); asserted with margin.
+    Measured 0.513 at 8x and 0.360 at 32x on these two segments (SnapKV's choice: 0.30 and 0.20, key norms:
+    0.19 and 0.11, a random one: 0.12 and 0.03); asserted with a margin of about 0.06.
     """
     torch.set_num_threads(1)
     ids = heldout_document(smollm2.tokenizer, 2048)
@@ -158,7 +159,7 @@ def test_smollm2_scorer_agrees_with_kvzip_on_a_heldout_document(smollm2):
     assert a8 >= AGREE_8 and a32 >= AGREE_32, (a8, a32)
 
 
-AGREE_8, AGREE_32 = 0.0, 0.0  # set from the measurement (see the docstring above)
+AGREE_8, AGREE_32 = 0.45, 0.30  # measured 0.513, 0.360 (see the docstring above)
 
 
 @pytest.mark.slow
