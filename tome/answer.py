@@ -88,9 +88,10 @@ class UncompressedContext:
 class CompressedContext:
     """The books' stored memories in the cache, within the memory budget.
 
-    Layout "inline" (default): the uncompressed mode's system prompt, each book's memories after its title,
-    the chat template's text around them read by the model; "before": the memories first, then the chat
-    prompt naming the books. Positions "spaced" keep each slot's distance to the others as in its segment.
+    Layout (``Config.memory_layout``) "before" (default): the memories first, then the chat prompt naming
+    the books; "inline": the uncompressed mode's system prompt with each book's memories after its title,
+    the chat template's text around them read by the model. Positions "consecutive" (default) or "spaced"
+    (each slot's distance to the others as in its segment).
     """
 
     MARK = "<<tome:memories>>"  # where a book's memories go in the system message (never shown to the model)

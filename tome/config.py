@@ -61,13 +61,15 @@ class Config:
                                   "0: all that fit the window; -1 (auto): all on a GPU, on a CPU as many as keep "
                                   "the first token near a 1-page question's (uio.model.flat_ttft_slots)",
                               "TOME_MEMORY_BUDGET", int)
-    memory_layout: str = _opt("inline", 'where a compressed answer reads its memories: "inline" (inside the '
-                                        "system message, each book's memories after its title, as the text "
-                                        'would be in uncompressed mode) or "before" (before the chat prompt)',
+    # Both by measurement (docs/COMPRESSION.md, "Layout and positions"): on Qwen's planted facts the four
+    # combinations answered alike (9-10 of 42), next-segment perplexity was lower with consecutive slots.
+    memory_layout: str = _opt("before", 'where a compressed answer reads its memories: "before" (before the chat '
+                                        'prompt, which names the books) or "inline" (inside the system message, '
+                                        "each book's memories after its title, where uncompressed mode puts text)",
                               "TOME_MEMORY_LAYOUT")
-    memory_positions: str = _opt("spaced", 'positions of memory slots: "spaced" (each slot where its source token '
-                                           'sat in the segment, scaled into the window where needed) or '
-                                           '"consecutive" (slots side by side)', "TOME_MEMORY_POSITIONS")
+    memory_positions: str = _opt("consecutive", 'positions of memory slots: "consecutive" (side by side) or '
+                                                '"spaced" (each slot where its source token sat in the segment, '
+                                                'scaled into the window where needed)', "TOME_MEMORY_POSITIONS")
     memory_cache_mb: int = _opt(1024, "MB of documents' memories kept between questions (RAM, or GPU if used)",
                                 "TOME_MEMORY_CACHE_MB", int)
     int8_ingest: bool = _opt(False, "CPU ingestion through an int8 copy of the model (faster; uio/quant.py)",

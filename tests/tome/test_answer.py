@@ -130,3 +130,26 @@ def test_citations_name_the_matching_passage_page(tome_tiny, tmp_path):
     assert "Ossian" in top.snippet and "falcon" in top.terms
     stored = tome_tiny.store.messages(final.conversation_id)[1].stats["sources"][0]
     assert stored["page_start"] == stored["page_end"] == 2 and "falcon" in stored["terms"]
+
+
+@pytest.mark.parametrize("layout,positions", [("inline", "consecutive"), ("inline", "spaced"),
+                                              ("before", "spaced")])
+def test_memory_layouts_read_the_same_memories(tome_tiny, tmp_path, layout, positions):
+    """Inline memories sit in the system message after the book's title: the cache then also holds the chat
+    template's head (prefix > memory slots) and the prompt is only what follows; the slots read are the same."""
+    from dataclasses import replace
+
+    doc = tome_tiny.ingest(make_pdf(tmp_path / "b.pdf", PAGES)).document
+    base = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed", max_new_tokens=4))[-1]
+    tome_tiny.config = replace(tome_tiny.config, memory_layout=layout, memory_positions=positions)
+    got = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed", max_new_tokens=4))[-1]
+    assert (base.stats["memory_layout"], base.stats["memory_positions"]) == ("before", "consecutive")
+    assert (got.stats["memory_layout"], got.stats["memory_positions"]) == (layout, positions)
+    assert got.stats["memory_slots"] == base.stats["memory_slots"] > 0
+    assert base.stats["prefix_len"] == base.stats["memory_slots"]
+    if layout == "inline":
+        assert got.stats["prefix_len"] > got.stats["memory_slots"]
+        assert got.stats["prompt_tokens"] < base.stats["prompt_tokens"]
+    tome_tiny.config = replace(tome_tiny.config, memory_layout="sideways")
+    with pytest.raises(ValueError, match="memory_layout"):
+        list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed", max_new_tokens=4))
