@@ -338,6 +338,23 @@ def part_ppl(args) -> None:
         print(f"== {key}: ppl {data['cells'][key]['ppl']} over {n} tokens", flush=True)
 
 
+def ppl_rows(model: str) -> list[dict]:
+    """The perplexity cells as rows: ppl, and the share of the log-perplexity gap between no context and
+    the raw context that a method closes (1 = as good as the raw text)."""
+    import math
+
+    cells = load_part(model, "ppl")["cells"]
+    ref = {c["method"]: c["ppl"] for c in cells.values() if c["method"] in ("none", "full")}
+    rows = []
+    for c in cells.values():
+        row = {"context": c["method"], "ppl": c["ppl"], "tokens": c["tokens"]}
+        if len(ref) == 2:
+            gap = math.log(ref["none"]) - math.log(ref["full"])
+            row["gap_closed"] = round((math.log(ref["none"]) - math.log(c["ppl"])) / gap, 2)
+        rows.append(row)
+    return rows
+
+
 def _med(xs):
     xs = [x for x in xs if x is not None]
     return round(statistics.median(xs), 2) if xs else None
@@ -449,10 +466,13 @@ def report(args) -> None:
     print(table(rows))
     out["speed_table"] = rows
     out["plain_forward_tok_s"] = plain
+    out["ppl_table"] = ppl_rows(model)
+    print("\nNext-segment perplexity given the context (gap_closed: 1 = the raw text's, 0 = none)")
+    print(table(out["ppl_table"]))
     write_json(RESULTS_DIR / f"eval_compress_{model}.json", out)
     if args.markdown:
         args.markdown.write_text("\n\n".join(md(out[k]) for k in ("passkey_table", "ttft_table", "qa_table",
-                                                                     "speed_table")) + "\n")
+                                                                     "speed_table", "ppl_table")) + "\n")
         print(f"wrote {args.markdown}")
     plot(model, pk, lengths, methods)
 
