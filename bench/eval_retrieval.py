@@ -17,14 +17,34 @@ Measured, per question (over the question's own books, as a user picks them):
   (passages of one page merged), so the segment rows get ~3 pages per slot;
 - context: the gold page (two-book: both gold pages) is inside the segments
   ``retrieval.select.select_segments`` puts in a 3,072-token context (the
-  answer path's rule and default budget), segments ranked the way each row says;
+  answer path's rule and default budget), segments ranked the way each row says,
+  under each rule of ``CONTEXTS``: neighbours (each way, at the edge, none), one
+  global ranking or each book its share, page units instead of segments, and
+  compressed mode (8x memories, 128 slots a segment, within 2,080 slots);
 - latency: time to rank one question over the whole 1,035-page library, warm.
 
-``--answers MODEL`` then asks every question through ``Tome.ask`` (uncompressed,
-greedy, --max-new tokens) with today's retrieval, the hybrid one, the hybrid one
-without page labels in the prompt, and the ceiling (the gold page(s) alone as
-the context), grading with bench.qa.realdocs.grade; partial results are written
-after every question.
+``--answers`` then asks every question through ``Tome.ask`` (uncompressed,
+greedy, --max-new tokens) once per --variants entry, grading with
+bench.qa.realdocs.grade; partial results are written after every question:
+
+- ``hybrid``: the shipped answer path; ``global``: its selection with one global
+  ranking (before each book had its share); ``today``: whole-segment vectors;
+  ``hybrid-nolabels``: no page labels in the prompt;
+- ``-n0`` suffix: no neighbours (``TOME_NEIGHBOURS=0``); ``-abstain`` suffix:
+  ``ABSTAIN_PROMPT`` instead of retrieval.prompt's PAGED_PROMPT (a prompt
+  measured here before it is changed there);
+- ``pages``: the context in page units (a segment's part on one page, scored by
+  its best passage), each book its share, no neighbours;
+- ``ceiling``: the gold page(s) alone as the context.
+
+A variant whose prompt (instruction and passages) is one an earlier variant of
+the same question already asked takes that answer (greedy decoding), marked
+``same_as``; ``--reuse FILE --reuse-map NEW=OLD`` takes rows of an earlier run
+(marked ``reused``) while still building their prompts for that comparison.
+
+    TOME_THREADS=1 nohup python bench/eval_retrieval.py --answers --model qwen --max-new 32 --first two-book \
+        --variants global,ceiling,hybrid,hybrid-n0,pages,hybrid-abstain --out bench/results/eval_retrieval_share.json \
+        --reuse bench/results/eval_retrieval_answers_qwen.json --reuse-map global=hybrid,ceiling=ceiling &
 """
 from __future__ import annotations
 
@@ -135,8 +155,9 @@ def _pages(ranking):
 
 
 def in_context(tome, docs, scores, golds, budget=3072, neighbours=1, every_book=False, ranking=None,
-               per_book=True, pages=False) -> bool:
-    """Whether every gold (doc id, page) is inside what ``select_segments`` chooses (``pages``: page units)."""
+               per_book=True, pages=False, slots=0) -> bool:
+    """Whether every gold (doc id, page) is inside what ``select_segments`` chooses (``pages``: page units;
+    ``slots``: compressed mode, a segment's size its memory slots, at most ``slots``)."""
     from retrieval.select import select_segments
 
     if pages:
@@ -144,6 +165,11 @@ def in_context(tome, docs, scores, golds, budget=3072, neighbours=1, every_book=
         sel = select_segments(books, unit_scores, budget, neighbours, every_book, reach, per_book=per_book)
     else:
         books = [(d.title, tome.store.segments(d.id)) for d in docs]
+        if slots:
+            from uio.memory import slots_for
+
+            books = [(t, [SlotSeg(s.text, s.page_start, s.page_end, s.index, slots_for(s.n_tokens, slots))
+                          for s in segs]) for t, segs in books]
         reach = None
         if ranking is not None:  # neighbours only where the best passage touches its segment's edge
             reach = [ranking.reach(d.id, [s.text for s in segs], neighbours) for d, (_, segs) in zip(docs, books)]
@@ -202,6 +228,19 @@ def _page_unit(cls):
 
 
 @_page_unit
+class SlotSeg:
+    text: str
+    page_start: int
+    page_end: int
+    index: int
+    slots: int
+
+    @property
+    def n_tokens(self):
+        return self.slots
+
+
+@_page_unit
 class PageUnit:
     text: str
     page_start: int
@@ -229,12 +268,18 @@ CONTEXTS = {
     "context_pages_2048": dict(ranking=True, pages=True, neighbours=0, budget=2048),
     "context_pages_1536": dict(ranking=True, pages=True, neighbours=0, budget=1536),
     "context_pages_edge": dict(ranking=True, pages=True),
+    # compressed mode: 8x memories (128 slots a segment) within Qwen's CPU cap of 2,080 slots (Answerer.memory_budget)
+    "context_mem_global": dict(per_book=False, ranking=True, slots=128, budget=2080),
+    "context_mem_share": dict(ranking=True, slots=128, budget=2080),
+    "context_mem_share_n0": dict(ranking=True, slots=128, budget=2080, neighbours=0),
 }
 CONTEXT_NAMES = {"context": "neighbour each way, global", "context_n0": "no neighbours, global",
                  "context_edge": "edge neighbours, global", "context_share": "edge neighbours, per book",
                  "context_share_n0": "no neighbours, per book", "context_share_all": "neighbour each way, per book",
                  "context_pages": "pages 3072, per book", "context_pages_2048": "pages 2048, per book",
-                 "context_pages_1536": "pages 1536, per book", "context_pages_edge": "pages+edge 3072, per book"}
+                 "context_pages_1536": "pages 1536, per book", "context_pages_edge": "pages+edge 3072, per book",
+                 "context_mem_global": "compressed 8x, edge, global", "context_mem_share": "compressed 8x, edge, per book",
+                 "context_mem_share_n0": "compressed 8x, no neighbours, per book"}
 
 METHODS = ("segments", "vector", "lexical", "hybrid", "rrf:60:1:1", "rrf:60:1:2", "rrf:60:1:4", "rrf:10:1:2",
            "rrf:5:1:2", "rrf:1:1:2", "rrf:2:1:1", "rrf:2:1:3")
@@ -534,6 +579,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse-map", default="", help="answers: NEW=OLD,... variants taken from --reuse "
                     "(e.g. global=hybrid,ceiling=ceiling: the earlier run's global-ranking answers and ceiling)")
     ap.add_argument("--first", default=None, help="answers: ask this kind of question first (two-book)")
+    ap.add_argument("--fp32-embedder", action="store_true",
+                    help="question vectors in float32 even where the CPU has native bf16 (as runs before 7f097c5)")
     args = ap.parse_args(argv)
     import logging
 
@@ -543,6 +590,10 @@ def main(argv=None) -> int:
         return 0
     data = realdocs.load()
     tome, docs = build(args.data, args.model)
+    if args.fp32_embedder:
+        from retrieval.embed import load_embedder
+
+        tome.retriever._embedder = load_embedder(tome.retriever.embedder_name, bf16=False)
     if args.answers:
         out = args.out.with_name(args.out.stem + f"_answers_{args.model}.json")
         reuse = {}
