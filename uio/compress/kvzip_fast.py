@@ -64,11 +64,12 @@ class KVzipFastCompressor(ScoringCompressor):
     def prefill(self, lm: LoadedModel, tokens: Sequence[int]) -> Prefill:
         """The plain prefill, with each layer's scores computed from its attention input on the way."""
         scorer = scorer_for(lm, self.weights or None)
+        feats = scorer.features(len(tokens), torch.as_tensor(list(tokens)))  # once per segment, every layer
         scores: dict[int, torch.Tensor] = {}
 
         def hook(module, args, kwargs):
             hidden = kwargs.get("hidden_states", args[0] if args else None)
-            scores[module.layer_idx] = scorer(module.layer_idx, hidden)
+            scores[module.layer_idx] = scorer(module.layer_idx, hidden, feats=feats)
 
         from uio.adapter import body
 

@@ -8,12 +8,15 @@ that KV pair. The pre-RoPE keys and values are linear maps of that same
 hidden state (Llama, Qwen2), so reading them too would add nothing a linear
 first layer cannot learn.
 
-    score[l, h, t] = w2[l, h] · gelu(W1[l] · norm_l(x[l, t]) + P[l] · pos(t) + b1[l])[h] + b2[l, h]
+    score[l, h, t] = w2[l, h] · gelu(W1[l] · norm_l(x[l, t]) + P[l] · tok(t) + b1[l])[h] + b2[l, h]
 
 ``norm_l`` standardises each feature with the training data's mean and std (a
 few dimensions of a residual stream are orders of magnitude larger than the
-rest). ``pos(t)`` = (t / 1024, log(1 + t) / 7): KVzip's scores depend on where
-a token sits in its segment.
+rest). ``tok(t)``: where the token sits (t / 1024, log(1 + t) / 7), and, with
+``repeats``, how often its token id and its bigram (previous id, id) occur in
+the whole segment (log counts): the reconstruction queries spread their
+attention over the copies of repeated text and concentrate it on what occurs
+once (a pass key in filler), which a token's own hidden state cannot see.
 
 The weights file (safetensors) names the base model (its key and
 ``uio.adapter.base_fingerprint``); ``KVScorer.load(path, lm)`` refuses weights
@@ -32,7 +35,6 @@ import torch.nn.functional as F
 from torch import nn
 
 FORMAT = "tome-kv-scorer"
-POS_FEATURES = 2
 
 
 @dataclass
@@ -43,6 +45,11 @@ class ScorerConfig:
     rank: int = 32  # hidden units per KV head
     base_model: str = ""  # the embedded key ("smollm2", "qwen") or the model's name
     fingerprint: str = ""  # uio.adapter.base_fingerprint of the base model
+    repeats: bool = False  # token features include the segment's token and bigram counts
+
+    @property
+    def token_features(self) -> int:
+        return 4 if self.repeats else 2
 
     @classmethod
     def for_model(cls, lm, **kw) -> "ScorerConfig":
@@ -61,6 +68,31 @@ def positions(t: torch.Tensor) -> torch.Tensor:
     return torch.stack([t / 1024.0, torch.log1p(t) / 7.0], -1)
 
 
+def repeat_counts(ids: torch.Tensor) -> torch.Tensor:
+    """(n, 2): log counts, in the whole segment ``ids`` (n,), of each token's id and of its bigram."""
+    ids = ids.long()
+    prev = torch.cat([ids.new_full((1,), -1), ids[:-1]])
+    bigram = (prev + 1) * (int(ids.max()) + 2) + ids
+    feats = []
+    for key in (ids, bigram):
+        _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+        feats.append(torch.log(counts[inverse].float()) / math.log(1024))
+    return torch.stack(feats, -1)
+
+
+def token_features(cfg: ScorerConfig, n: int, ids: torch.Tensor | None = None,
+                   index: torch.Tensor | None = None) -> torch.Tensor:
+    """(m, F) features of the tokens at ``index`` (default all n) of a segment whose ids are ``ids``."""
+    if index is None:
+        index = torch.arange(n)
+    feats = positions(index)
+    if cfg.repeats:
+        if ids is None:
+            raise ValueError("this scorer reads the segment's token ids (repeats=True): pass ids")
+        feats = torch.cat([feats, repeat_counts(ids.cpu())[index.cpu()]], -1)
+    return feats
+
+
 class LayerScorer(nn.Module):
     """One layer's MLP: hidden (.., n, D) -> scores (.., kv_heads, n)."""
 
@@ -70,16 +102,14 @@ class LayerScorer(nn.Module):
         self.register_buffer("mean", torch.zeros(cfg.hidden_size))
         self.register_buffer("inv_std", torch.ones(cfg.hidden_size))
         self.inp = nn.Linear(cfg.hidden_size, cfg.kv_heads * cfg.rank)
-        self.pos = nn.Linear(POS_FEATURES, cfg.kv_heads * cfg.rank, bias=False)
+        self.pos = nn.Linear(cfg.token_features, cfg.kv_heads * cfg.rank, bias=False)
         self.out = nn.Parameter(torch.randn(cfg.kv_heads, cfg.rank) * cfg.rank ** -0.5)
         self.out_bias = nn.Parameter(torch.zeros(cfg.kv_heads))
 
-    def forward(self, hidden: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """``index`` (n,): the tokens' positions in their segment (default 0..n-1; training reads a subset)."""
-        if index is None:
-            index = torch.arange(hidden.shape[-2], device=hidden.device)
+    def forward(self, hidden: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """``feats`` (n, F): ``token_features`` of the same tokens."""
         x = (hidden.float() - self.mean) * self.inv_std
-        h = F.gelu(self.inp(x) + self.pos(positions(index)))  # (.., n, kv * rank)
+        h = F.gelu(self.inp(x) + self.pos(feats.to(x.device)))  # (.., n, kv * rank)
         h = h.unflatten(-1, (self.kv, self.rank))
         return ((h * self.out).sum(-1) + self.out_bias).transpose(-1, -2)  # (.., kv, n)
 
@@ -92,9 +122,17 @@ class KVScorer(nn.Module):
         self.config = cfg
         self.layers = nn.ModuleList(LayerScorer(cfg) for _ in range(cfg.num_layers))
 
-    def forward(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Scores (kv_heads, n) of layer ``layer`` for its attention input ``hidden`` (1, n, D) or (n, D)."""
-        s = self.layers[layer](hidden)
+    def features(self, n: int, ids: torch.Tensor | None = None, index: torch.Tensor | None = None) -> torch.Tensor:
+        """``token_features`` for this scorer: compute once per segment, pass to every layer."""
+        return token_features(self.config, n, ids, index)
+
+    def forward(self, layer: int, hidden: torch.Tensor, ids: torch.Tensor | None = None,
+                feats: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (kv_heads, n) of layer ``layer`` for its attention input ``hidden`` (1, n, D) or (n, D) of the
+        segment ``ids`` (n,) (or its ``features``, given once for all layers)."""
+        if feats is None:
+            feats = self.features(hidden.shape[-2], ids)
+        s = self.layers[layer](hidden, feats)
         return s[0] if s.dim() == 3 else s
 
     def digest(self) -> str:

@@ -115,10 +115,11 @@ def build_targets(lm, segments: list[list[int]], folder: Path, keep_tokens: int 
 def segment_loss(scorer: KVScorer, rec: dict, listwise: float, temperature: float) -> tuple[torch.Tensor, dict]:
     """Mean over layers of BCE(8x) + BCE(32x) + ``listwise`` * CE(softmax(target / T), softmax(pred))."""
     idx = rec["index"]
+    feats = scorer.features(rec["ids"].shape[0], rec["ids"], idx)
     sink = idx >= 4  # sinks are forced in at inference: nothing to learn there
     parts = {"bce8": [], "bce32": [], "list": []}
     for layer, mod in enumerate(scorer.layers):
-        pred = mod(rec["hidden"][layer], idx)[:, sink]  # (kv, m), the stored tokens at their true positions
+        pred = mod(rec["hidden"][layer], feats)[:, sink]  # (kv, m), the stored tokens at their true positions
         for r in RATIOS:
             y = rec["labels"][r][layer][:, sink].float()
             pos_w = (y.numel() - y.sum()) / y.sum().clamp_min(1)  # balance: the kept set is 1/r of the tokens
@@ -137,7 +138,8 @@ def heldout_agreement(scorer: KVScorer, files: list[Path]) -> dict:
     out = {r: [] for r in RATIOS}
     for f in files:
         rec = torch.load(f, weights_only=False)
-        pred = torch.stack([scorer(layer, rec["hidden"][layer]) for layer in range(len(scorer.layers))])
+        feats = scorer.features(rec["ids"].shape[0], rec["ids"])
+        pred = torch.stack([scorer(layer, rec["hidden"][layer], feats=feats) for layer in range(len(scorer.layers))])
         for r in RATIOS:
             out[r].append(topk_agreement(pred, rec["full_log_scores"].float(), r))
     return {f"agree{r}": round(sum(v) / max(len(v), 1), 4) for r, v in out.items()}
@@ -207,6 +209,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--segment-len", type=int, default=1024)
     ap.add_argument("--keep-tokens", type=int, default=512, help="tokens of a training segment kept on disk")
     ap.add_argument("--rank", type=int, default=32, help="hidden units per KV head")
+    ap.add_argument("--no-repeats", dest="repeats", action="store_false",
+                    help="leave out the token and bigram count features (uio.compress.scorer.repeat_counts)")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=1e-4)
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     log({"phase": "targets-done", "train": len(train_files), "heldout": len(held_files),
          "cpu_s": round(time.process_time() - c0, 1)})
 
-    scorer = KVScorer(ScorerConfig.for_model(lm, rank=args.rank))
+    scorer = KVScorer(ScorerConfig.for_model(lm, rank=args.rank, repeats=args.repeats))
     torch.manual_seed(args.seed)
     scorer = KVScorer(scorer.config)  # seeded init
     opt = torch.optim.AdamW(scorer.parameters(), lr=args.lr, weight_decay=args.weight_decay)

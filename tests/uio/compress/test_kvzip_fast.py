@@ -1,5 +1,6 @@
 """kvzip-fast: the learned scorer's mechanics on tiny random models, and with the shipped SmolLM2 weights
 its agreement with KVzip's keep decisions and a pass key answered from its memories."""
+import math
 import re
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from uio.compress import COMPRESSORS, make_compressor, storage_dtype
 from uio.compress.kvzip_fast import KVzipFastCompressor
-from uio.compress.scorer import KVScorer, ScorerConfig, scorer_path, topk_agreement
+from uio.compress.scorer import KVScorer, ScorerConfig, repeat_counts, scorer_path, topk_agreement
 from uio.gate import attention_inputs
 
 
@@ -18,7 +19,7 @@ def tokens(n: int, seed: int = 0) -> list[int]:
 
 def random_scorer(lm, path, seed: int = 0) -> KVScorer:
     torch.manual_seed(seed)
-    scorer = KVScorer(ScorerConfig.for_model(lm, rank=8))
+    scorer = KVScorer(ScorerConfig.for_model(lm, rank=8, repeats=True))
     for mod in scorer.layers:  # a visible spread of scores, so the top-k is not decided by noise
         torch.nn.init.normal_(mod.inp.weight, std=0.5)
     scorer.save(path)
@@ -54,7 +55,7 @@ def test_keeps_the_scorers_top_k_from_the_one_prefill(tiny_llama, llama_weights)
     scorer = KVScorer.load(llama_weights, tiny_llama)
     with attention_inputs(tiny_llama.model) as seen, torch.inference_mode():
         tiny_llama.model(torch.tensor([seg]))
-    want_scores = torch.stack([scorer(layer, seen[layer]) for layer in range(2)])
+    want_scores = torch.stack([scorer(layer, seen[layer], torch.tensor(seg)) for layer in range(2)])
     pre = comp.prefill(tiny_llama, seg)
     torch.testing.assert_close(comp.score(tiny_llama, pre), want_scores)
     mem = comp.compress(tiny_llama, [seg])
@@ -81,7 +82,7 @@ def test_deterministic_and_identity_follows_the_weights(tiny_llama, llama_weight
 
 def test_save_load_round_trip(tiny_llama, tmp_path):
     torch.manual_seed(3)
-    scorer = KVScorer(ScorerConfig.for_model(tiny_llama, rank=8))
+    scorer = KVScorer(ScorerConfig.for_model(tiny_llama, rank=8, repeats=True))
     path = scorer.save(tmp_path / "s.safetensors", extra={"trained": {"steps": 1}})
     loaded = KVScorer.load(path, tiny_llama)
     assert loaded.config == scorer.config and loaded.config.base_model == "tiny-llama"
@@ -89,8 +90,8 @@ def test_save_load_round_trip(tiny_llama, tmp_path):
         assert k == k2
         want = v if k.endswith(("mean", "inv_std")) else v.to(torch.float16).float()  # weights ship in fp16
         assert torch.equal(v2, want), k
-    h = torch.randn(1, 30, 64)
-    torch.testing.assert_close(loaded(1, h), scorer(1, h), atol=2e-2, rtol=2e-2)
+    h, ids = torch.randn(1, 30, 64), torch.tensor(tokens(30))
+    torch.testing.assert_close(loaded(1, h, ids), scorer(1, h, ids), atol=2e-2, rtol=2e-2)
     assert loaded.digest() == KVScorer.load(path).digest()
 
 
@@ -107,6 +108,13 @@ def test_refuses_a_model_without_a_scorer_and_missing_files(tiny_llama, tmp_path
     with pytest.raises(FileNotFoundError, match="python -m uio.train.scorer"):
         make_compressor("kvzip-fast", 8, weights=str(tmp_path / "none.safetensors")).compress(tiny_llama,
                                                                                              [tokens(40)])
+
+
+def test_repeat_counts_see_the_whole_segment():
+    ids = torch.tensor([5, 6, 5, 6, 7, 5])
+    got = repeat_counts(ids) * math.log(1024)
+    torch.testing.assert_close(got[:, 0].exp(), torch.tensor([3.0, 2, 3, 2, 1, 3]))  # token 5 three times
+    torch.testing.assert_close(got[:, 1].exp(), torch.tensor([1.0, 2, 1, 2, 1, 1]))  # (5, 6) twice
 
 
 def test_topk_agreement_counts_the_shared_kept_set():
