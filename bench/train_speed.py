@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--segments", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--ratio", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
@@ -56,15 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     tokens = batch.numel()
     sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
 
-    def timed(fn) -> float:
-        best = float("inf")
-        for _ in range(a.repeats):
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            best = min(best, time.perf_counter() - t)
-        return best
+    def timed_once(fn) -> float:
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t
 
     def plain():
         with torch.inference_mode():
@@ -85,26 +82,37 @@ def main(argv: list[str] | None = None) -> int:
     dbatch = next(distiller.data)
     assert dbatch.segments.shape == batch.shape  # as many tokens as the old recipe's step
 
-    def distill(weights: DistillConfig):
+    kvzip = Trainer(TrainConfig(**{**dcfg.__dict__, "init": "kvzip"}), lm, distiller.data,
+                    Path("/tmp/tome-train-speed-kvzip"))
+
+    def distill(weights: DistillConfig, who: Trainer = distiller):
         def run():
-            distiller.opt.zero_grad(set_to_none=True)
-            distill_step(distiller.encoder, dbatch, ReservoirTBPTT(cfg.capacity, rng=random.Random(0)), weights,
-                         rng=random.Random(0), autocast=distiller.autocast)
+            who.opt.zero_grad(set_to_none=True)
+            distill_step(who.encoder, dbatch, ReservoirTBPTT(cfg.capacity, rng=random.Random(0)), weights,
+                         rng=random.Random(0), autocast=who.autocast)
         return run
 
-    rows = {"plain forward (logits)": timed(plain),
-            "train step, continuation only": timed(step(ObjectiveWeights(1.0, 0.0, 0.0))),
-            "train step, all objectives": timed(step(cfg.weights)),
-            "distill step, KL only": timed(distill(DistillConfig(1.0, 0.0, 0.0, 0.0))),
-            "distill step, all terms": timed(distill(dcfg.distill))}
+    fns = {"plain forward (logits)": plain,
+           "train step, continuation only": step(ObjectiveWeights(1.0, 0.0, 0.0)),
+           "train step, all objectives": step(cfg.weights),
+           "distill step, KL only": distill(DistillConfig(1.0, 0.0, 0.0, 0.0)),
+           "distill step, all terms": distill(dcfg.distill),
+           "distill step, all terms, --init kvzip": distill(dcfg.distill, kvzip)}
+    # Rounds of every row in turn, best of the rounds per row: a load spike on a shared host then hits one
+    # round of every row instead of all repeats of one.
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(a.repeats):
+        for name, fn in fns.items():
+            times[name].append(timed_once(fn))
+    rows = {name: min(t) for name, t in times.items()}
     base = rows["plain forward (logits)"]
     print(f"{lm.name} on {lm.device}, {a.threads} thread(s), B={a.batch_size} T={a.segments} l={a.segment_len} "
           f"({tokens} tokens), M={a.segment_len // a.ratio}")
-    print(f"{'':34s} {'seconds':>8s} {'tok/s':>8s} {'x forward':>10s}")
+    print(f"{'':38s} {'seconds':>8s} {'tok/s':>8s} {'x forward':>10s}")
     out = {}
     for name, sec in rows.items():
-        print(f"{name:34s} {sec:8.2f} {tokens / sec:8.1f} {sec / base:10.2f}")
-        out[name] = {"seconds": sec, "tok_s": tokens / sec, "x_forward": sec / base}
+        print(f"{name:38s} {sec:8.2f} {tokens / sec:8.1f} {sec / base:10.2f}")
+        out[name] = {"seconds": sec, "tok_s": tokens / sec, "x_forward": sec / base, "all_seconds": times[name]}
     speedup = rows["train step, all objectives"] / rows["distill step, all terms"]
     print(f"distill recipe vs the old one (all terms): {speedup:.2f}x faster per training token")
     res = {"model": lm.name, "speedup_distill_vs_uio": speedup, "device": str(lm.device), "threads": a.threads, "tokens": tokens,
