@@ -27,12 +27,13 @@ class Compressor:
     """Actor body: a model + adapter that compresses the batches it is sent."""
 
     def __init__(self, model: LoadedModel | str, models_dir: str | None, dtype: str, adapter_config: str,
-                 adapter_state: dict, fingerprint: str, int8: bool, batch_size: int):
+                 adapter_state: dict, fingerprint: str, int8: bool, batch_size: int, mode: str = "full",
+                 base: str = "none"):
         from uio.encoder import Encoder
         from uio.model import load_model
 
         lm = model if isinstance(model, LoadedModel) else load_model(model, Path(models_dir), "auto", dtype)
-        adapter = UIOAdapter(lm, MemoryConfig.from_json(adapter_config))
+        adapter = UIOAdapter(lm, MemoryConfig.from_json(adapter_config), mode=mode, base=base)
         adapter.load_state_dict(adapter_state)
         if adapter.fingerprint != fingerprint:
             raise MemoryMismatch(f"the actor's adapter ({adapter.fingerprint[:12]}) differs from the driver's "
@@ -92,7 +93,8 @@ class RayPool:
         actor = ray.remote(**options)(Compressor)
         shared = [ray.put(x) for x in (model, adapter.state_dict())]
         handles = [actor.remote(shared[0], str(models_dir) if models_dir else None, dtype,
-                                adapter.config.to_json(), shared[1], adapter.fingerprint, int8, batch_size)
+                                adapter.config.to_json(), shared[1], adapter.fingerprint, int8, batch_size,
+                                adapter.mode, adapter.base)
                    for _ in range(max(1, actors))]
         log.info("Ray: %d compression actors (%s each)", len(handles), options)
         return cls(handles, batch_size, adapter.fingerprint)

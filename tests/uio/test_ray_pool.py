@@ -65,3 +65,21 @@ def test_service_ingests_through_ray_and_answers_from_those_memories(local_ray, 
         assert list(t.ask([r.document.id], "When does the ferry leave?", mode="compressed"))[-1].done
     finally:
         t.store.close()
+
+
+def test_an_actor_rebuilds_a_memory_mode_adapter_with_its_mode_and_base(tokenizer):
+    """The actor body (no Ray needed) gets the adapter's mode and base: without them a memory-mode adapter's
+    fingerprint differs and the actor refuses it."""
+    from uio.ray_pool import Compressor
+
+    lm = _tiny("llama", tokenizer)
+    adapter = UIOAdapter(lm, MemoryConfig(segment_len=64, num_mem=8), mode="memory", base="kvzip").randomize_(seed=3)
+    args = (lm, None, "auto", adapter.config.to_json(), adapter.state_dict(), adapter.fingerprint, False, 2)
+    actor = Compressor(*args, adapter.mode, adapter.base)
+    got = actor.compress(SEGMENTS[:2], [0, 1], [(0, 64), (64, 128)])
+    ref = Encoder(adapter, batch_size=2).compress(SEGMENTS[:2], [0, 1], [(0, 64), (64, 128)])
+    assert got.fingerprint == adapter.fingerprint and torch.allclose(got.keys, ref.keys, atol=1e-5)
+    from uio.memory import MemoryMismatch
+
+    with pytest.raises(MemoryMismatch):
+        Compressor(*args)  # as before: rebuilt in full mode, another fingerprint
