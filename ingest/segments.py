@@ -57,6 +57,10 @@ def split_segments(pages: Sequence[Page], tokenizer, max_tokens: int = 1024) -> 
     segments, start = [], 0
     while start < n:
         end = min(start + max_tokens, n)
+        if end < n and n - end < max_tokens // 4:
+            # A short tail would follow: share what is left between the last two segments instead. A tail of
+            # 46 tokens keeps 6 memory slots at 8x, too few for a sentence (a pass key at the end was lost).
+            end = start + (n - start + 1) // 2
         if end < n:
             end = _best_cut(full, offsets, start, end)
         c0, c1 = offsets[start][0], offsets[end - 1][1]

@@ -129,3 +129,19 @@ def test_no_text_gives_no_segments(tokenizer):
 def test_tiny_budget_is_refused(tokenizer, max_tokens):
     with pytest.raises(ValueError, match="at least 8"):
         split_segments([Page(1, "Some text.")], tokenizer, max_tokens=max_tokens)
+
+
+@pytest.mark.parametrize("max_tokens", [64, 100, 256])
+def test_no_short_tail_the_last_two_segments_share_what_is_left(tokenizer, max_tokens):
+    """A document just over a whole number of segments ends in two halves, not in a stub of a few tokens
+    (a 46-token last segment keeps 6 memory slots at 8x: a pass key there was lost)."""
+    text = " ".join(f"Sentence number {i} walks on." for i in range(400))
+    ids = _ids(tokenizer, [Page(1, text)])
+    for n in (max_tokens * 2 + 5, max_tokens * 3 + max_tokens // 8, len(ids)):
+        cut = tokenizer.decode(ids[:n])
+        pages = [Page(1, cut)]
+        total = len(_ids(tokenizer, pages))
+        segs = split_segments(pages, tokenizer, max_tokens=max_tokens)
+        assert segs[-1].token_end == total and all(s.n_tokens <= max_tokens for s in segs)
+        if len(segs) > 1:
+            assert segs[-1].n_tokens >= max_tokens // 8, [s.n_tokens for s in segs]
