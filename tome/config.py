@@ -82,7 +82,8 @@ class Config:
                                "TOME_CONTEXT_BUDGET", int)
     embedder: str = _opt("minilm", 'segment embedder: "minilm" (all-MiniLM-L6-v2, shipped in a wheel), a hub id '
                                    "or a path", "TOME_EMBEDDER")
-    neighbours: int = _opt(1, "segments on each side of a retrieved one that come with it, when they fit",
+    neighbours: int = _opt(0, "segments on each side of a retrieved one that come with it (where its best "
+                              "passage touches that side), when they fit; 0: none (measured best, docs/RESULTS.md)",
                            "TOME_NEIGHBOURS", int)
     vector_index_min: int = _opt(100_000, "above this many segments (SQLite), search through the sqlite-vec index",
                                  "TOME_VECTOR_INDEX_MIN", int)
