@@ -277,19 +277,28 @@ def part_realdocs(args) -> None:
 def next_segment_nll(tome, doc, method: str, prev: int, target: int) -> list[tuple[float, int]]:
     """(summed NLL, tokens) of the first ``target`` tokens of each segment after the first, read after the
     ``prev`` segments before it: raw tokens ("full"), nothing ("none") or their memories ("<compressor>@<ratio>",
-    at the config's ``memory_positions``, or "<compressor>@<ratio>/<positions>"), before the text."""
+    at the config's ``memory_positions``, or "<compressor>@<ratio>/<positions>", or ".../int8": stored in int8),
+    before the text."""
     import torch
 
     from uio.decoder import build_context
 
     lm = tome.lm
     method, _, positions = method.partition("/")
-    positions = positions or tome.config.memory_positions
+    int8 = positions == "int8"  # the memories stored as KIVI-style int8 (uio.compress.quant), read back
+    positions = tome.config.memory_positions if int8 or not positions else positions
     segs = tome.memories.stored_segments(doc)
     mem = None
     if "@" in method:
         name, ratio = method.split("@")
         mem = tome.memory(doc, ratio=int(ratio), compressor=name)
+        if int8:
+            from dataclasses import replace as _replace
+
+            from uio.compress.quant import dequantize_kv, quantize_kv
+
+            keys, values = dequantize_kv(*quantize_kv(mem.keys, mem.values), dtype=mem.keys.dtype)
+            mem = _replace(mem, keys=keys, values=values)
     out = []
     for i in range(1, len(segs)):
         ids = list(segs[i].token_ids[:target])
