@@ -166,6 +166,7 @@ def in_context(tome, docs, scores, golds, budget=3072, neighbours=1, every_book=
     else:
         books = [(d.title, tome.store.segments(d.id)) for d in docs]
         if slots:
+            from tome.answer import _SlotSegment as SlotSeg  # a segment seen through its memory slots
             from uio.memory import slots_for
 
             books = [(t, [SlotSeg(s.text, s.page_start, s.page_end, s.index, slots_for(s.n_tokens, slots))
@@ -225,19 +226,6 @@ def _page_unit(cls):
     from dataclasses import dataclass
 
     return dataclass(frozen=True)(cls)
-
-
-@_page_unit
-class SlotSeg:
-    text: str
-    page_start: int
-    page_end: int
-    index: int
-    slots: int
-
-    @property
-    def n_tokens(self):
-        return self.slots
 
 
 @_page_unit
