@@ -1,9 +1,11 @@
 """Memories + recent tokens -> the frozen base model's cache, logits and streamed answers.
 
 The key sequence is [memories of the chosen segments, in the order given |
-recent raw tokens | new tokens]. Memories are stored before RoPE; every
-assembly rotates them to positions 0..m-1, so any subset of memories from any
-documents can be combined. A loaded ``Memory`` is never modified: the cache
+recent raw tokens | new tokens]. Memories are stored before RoPE; ``build_cache``
+rotates them to positions 0..m-1, so any subset of memories from any documents
+can be combined; ``build_context`` also reads text between them (the chat
+template around inline memories) and can space slots as their source tokens
+were (``Memory.positions``). A loaded ``Memory`` is never modified: the cache
 holds rotated copies of its keys and views of its values, and generation and
 cache policies only ever replace those tensors (append, gather), never write
 into them.
