@@ -28,6 +28,21 @@ def read_jsonl(path: str | Path, sources: Sequence[str] = ()) -> list[str]:
     return out
 
 
+def shuffled_documents(texts: Sequence[str], tokenizer, seed) -> Iterator[tuple[int, list[int]]]:
+    """(epoch, token ids + eos) of every text, in a fresh order per epoch (seeded: replayable), forever."""
+    if not texts:
+        raise ValueError("no texts to read")
+    eos = tokenizer.eos_token_id
+    epoch = 0
+    while True:
+        order = list(range(len(texts)))
+        random.Random(f"{seed}/{epoch}").shuffle(order)
+        for i in order:
+            ids = tokenizer(texts[i], add_special_tokens=False, verbose=False)["input_ids"]
+            yield epoch, ids + ([eos] if eos is not None else [])
+        epoch += 1
+
+
 class ChainBatches:
     """An endless, replayable stream of (B, T, l) token batches."""
 
@@ -44,25 +59,18 @@ class ChainBatches:
 
     def _chains(self) -> Iterator[list[int]]:
         size = self.l * self.t
-        eos = self.tokenizer.eos_token_id
-        epoch = 0
-        while True:
-            self.epoch = epoch
-            order = list(range(len(self.texts)))
-            random.Random(f"{self.seed}/{epoch}").shuffle(order)
-            buf: list[int] = []
-            yielded = False
-            for i in order:
-                buf.extend(self.tokenizer(self.texts[i], add_special_tokens=False, verbose=False)["input_ids"])
-                if eos is not None:
-                    buf.append(eos)
-                while len(buf) >= size:
-                    yield buf[:size]
-                    yielded = True
-                    buf = buf[size:]
-            if not yielded:
-                raise ValueError(f"the texts hold fewer than one chain of {size} tokens")
-            epoch += 1
+        epoch, buf, yielded = -1, [], True
+        for e, ids in shuffled_documents(self.texts, self.tokenizer, self.seed):
+            if e != epoch:  # a new epoch starts with an empty buffer
+                if not yielded:
+                    raise ValueError(f"the texts hold fewer than one chain of {size} tokens")
+                epoch, buf, yielded = e, [], False
+                self.epoch = e
+            buf.extend(ids)
+            while len(buf) >= size:
+                yield buf[:size]
+                yielded = True
+                buf = buf[size:]
 
     def _batches(self) -> Iterator[torch.Tensor]:
         rng = random.Random(f"{self.seed}/mix")
@@ -174,16 +182,9 @@ class DistillBatches:
         return self.b, self.l, self.continuation_len
 
     def _stream(self) -> Iterator[list[int]]:
-        eos = self.tokenizer.eos_token_id
-        epoch = 0
-        while True:
+        for epoch, ids in shuffled_documents(self.texts, self.tokenizer, self.seed):
             self.epoch = epoch
-            order = list(range(len(self.texts)))
-            random.Random(f"{self.seed}/{epoch}").shuffle(order)
-            for i in order:
-                ids = self.tokenizer(self.texts[i], add_special_tokens=False, verbose=False)["input_ids"]
-                yield ids + ([eos] if eos is not None else [])
-            epoch += 1
+            yield ids
 
     def _take(self, n: int) -> list[int]:
         while len(self._buf) < n:
