@@ -205,3 +205,13 @@ def files_of(tome):
     root = tome.config.memories_path
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
+
+def planted_code_document(tok) -> tuple[list[int], list[int]]:
+    """~2K tokens of repeated filler with a 5-digit code in the second segment; the code's digit positions there."""
+    filler = tok("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ",
+                 add_special_tokens=False)["input_ids"]
+    needle = tok(" The pass key is 71432. Remember it. 71432 is the pass key. ", add_special_tokens=False)["input_ids"]
+    body = (filler * 200)[:2048 - len(needle)]
+    doc = body[:1300] + needle + body[1300:]
+    digits = [1300 - 1024 + i for i, t in enumerate(needle) if any(c.isdigit() for c in tok.decode([t]))]
+    return doc, digits

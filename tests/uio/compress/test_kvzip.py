@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from uio.compress import make_compressor, storage_dtype
+from tests.conftest import planted_code_document
 from uio.compress.kvzip import chat_suffix, repeat_requests
 
 
@@ -95,20 +96,18 @@ def test_kept_slots_are_the_top_scores_per_head_in_document_order(tiny_qwen):
 
 
 @pytest.mark.slow
-def test_smollm2_answers_a_planted_code_from_8x_kvzip_memories(smollm2):
+@pytest.mark.parametrize("name", ["kvzip", pytest.param("kvzip-fast", marks=pytest.mark.xfail(
+    strict=True, reason="measured: kvzip-fast 8x keeps too few of the code's digits (0.23 of the heads vs "
+    "KVzip's 0.36) and SmolLM2 answers without the code; KVzip's memories answer it"))])
+def test_smollm2_answers_a_planted_code_from_8x_memories(smollm2, name):
     """A 5-digit code in ~2K tokens of filler (two 1,024-token segments) comes back from 256 memory slots."""
     from uio.decoder import stream_over_memories
 
     torch.set_num_threads(1)
-    tok = smollm2.tokenizer
-    filler = tok("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ",
-                 add_special_tokens=False)["input_ids"]
-    needle = tok(" The pass key is 71432. Remember it. 71432 is the pass key. ", add_special_tokens=False)["input_ids"]
-    body = (filler * 200)[:2048 - len(needle)]
-    doc = body[:1300] + needle + body[1300:]  # in the second segment
-    segs = [doc[:1024], doc[1024:]]
-    comp = make_compressor("kvzip", 8)
-    mem = comp.compress(smollm2, segs, segment_ids=[0, 1], token_spans=[(0, 1024), (1024, 2048)])
+    doc, _ = planted_code_document(smollm2.tokenizer)  # the code in the second segment
+    comp = make_compressor(name, 8)
+    mem = comp.compress(smollm2, [doc[:1024], doc[1024:]], segment_ids=[0, 1],
+                        token_spans=[(0, 1024), (1024, 2048)])
     assert mem.slots == [128, 128] and mem.keys.dtype == storage_dtype(smollm2) and mem.keys.shape[0] == 30
     gen = stream_over_memories(smollm2, [mem], [{"role": "user", "content":
                                                  "What is the pass key? Answer with the number only."}],

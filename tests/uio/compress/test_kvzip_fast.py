@@ -1,8 +1,7 @@
 """kvzip-fast: the learned scorer's mechanics on tiny random models, and with the shipped SmolLM2 weights
 its agreement with KVzip's keep decisions on a held-out document and what it keeps of a planted code (the
-answer from its 8x memories is a strict xfail: measured missed)."""
+answer from its 8x memories is tests/uio/compress/test_kvzip.py's, a strict xfail: measured missed)."""
 import math
-import re
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch
 from uio.compress import COMPRESSORS, make_compressor, storage_dtype
 from uio.compress.kvzip_fast import KVzipFastCompressor
 from uio.compress.scorer import KVScorer, ScorerConfig, repeat_counts, scorer_path, topk_agreement
+from tests.conftest import planted_code_document
 from uio.gate import attention_inputs
 
 
@@ -171,17 +171,6 @@ def test_smollm2_scorer_agrees_with_kvzip_on_a_heldout_document(smollm2):
     assert a8 >= AGREE_8 and a32 >= AGREE_32, (a8, a32)
 
 
-def planted_code_document(tok) -> tuple[list[int], list[int]]:
-    """~2K tokens of repeated filler with a 5-digit code in the second segment; the code's digit positions there."""
-    filler = tok("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ",
-                 add_special_tokens=False)["input_ids"]
-    needle = tok(" The pass key is 71432. Remember it. 71432 is the pass key. ", add_special_tokens=False)["input_ids"]
-    body = (filler * 200)[:2048 - len(needle)]
-    doc = body[:1300] + needle + body[1300:]
-    digits = [1300 - 1024 + i for i, t in enumerate(needle) if any(c.isdigit() for c in tok.decode([t]))]
-    return doc, digits
-
-
 @pytest.mark.slow
 def test_smollm2_scorer_keeps_a_planted_code_more_than_chance(smollm2):
     """Share of (layer, KV head) slots sets at 8x holding each digit of the code: measured 0.234 for kvzip-fast,
@@ -194,24 +183,3 @@ def test_smollm2_scorer_keeps_a_planted_code_more_than_chance(smollm2):
     kept = torch.zeros(*index.shape[:2], pre.n, dtype=torch.bool).scatter_(-1, index, True)
     assert len(digits) == 10
     assert kept[..., digits].float().mean() >= 0.18
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured: kvzip-fast 8x keeps too few of the code's digits (0.23 of the "
-                   "heads vs KVzip's 0.36) and SmolLM2 answers without the code; KVzip's memories answer it")
-def test_smollm2_answers_a_planted_code_from_8x_kvzip_fast_memories(smollm2):
-    """A 5-digit code in ~2K tokens of filler (two 1,024-token segments) comes back from 256 memory slots."""
-    from uio.decoder import stream_over_memories
-
-    torch.set_num_threads(1)
-    doc, _ = planted_code_document(smollm2.tokenizer)
-    comp = make_compressor("kvzip-fast", 8)
-    mem = comp.compress(smollm2, [doc[:1024], doc[1024:]], segment_ids=[0, 1],
-                        token_spans=[(0, 1024), (1024, 2048)])
-    assert mem.slots == [128, 128]
-    gen = stream_over_memories(smollm2, [mem], [{"role": "user", "content":
-                                                 "What is the pass key? Answer with the number only."}],
-                               max_new_tokens=12, fingerprint=mem.fingerprint)
-    text = "".join(gen)
-    assert gen.stats.prefix_len == 256
-    assert "71432" in re.sub(r"\D", "", text), text
