@@ -178,9 +178,9 @@ class PolicyCache:
         """Run the model on new tokens (1, q) after everything held; returns the model output."""
         q = input_ids.shape[1]
         pos = torch.arange(self.next_pos, self.next_pos + q, device=input_ids.device)[None]
-        per_layer = not (self._uniform and not self.policy.needs_layer_masks)
+        per_layer = not self._uniform or self.policy.needs_layer_masks
         if per_layer:
-            # Each layer builds its own mask as it starts (``layer_mask_now``) and drops the previous one:
+            # Each layer builds its own mask as it starts (``layer_mask``) and drops the previous one:
             # one (heads, q, held + q) mask alive at a time, not one per layer (a 4,096-token chunk over
             # 8K held is ~1 GB per layer: all layers at once ran a 0.5B model out of memory).
             self._q, mask = q, None
@@ -204,20 +204,16 @@ class PolicyCache:
         self.next_pos += q
         return out
 
-    def layer_mask_now(self, layer: int) -> torch.Tensor | None:
+    def layer_mask(self, layer: int) -> torch.Tensor | None:
         """The additive (1, heads, q, held + q) mask of ``layer`` in the forward running now, built when the
-        layer starts (None: the forward shares one mask)."""
+        layer starts (None: the forward shares one mask). Policies with ``needs_layer_masks`` read it from
+        ``after_attention``."""
         if not self._q:
             return None
         if self._current is None or self._current[0] != layer:
             self._current = None  # free the previous layer's mask before building this one
             self._current = (layer, self._mask(layer, self._q))
         return self._current[1]
-
-    def layer_mask(self, layer: int) -> torch.Tensor:
-        """The additive (1, heads, q, held + q) mask of the forward running now (policies with
-        ``needs_layer_masks``, from ``after_attention``)."""
-        return self.layer_mask_now(layer)
 
     def _mask(self, layer: int, q: int) -> torch.Tensor:
         """Additive (1, heads, q, held + q) mask: memories, the valid recent entries of each head, causal new."""
@@ -272,7 +268,7 @@ class PolicyCache:
 def _layer_pre_hook(module, args, kwargs):
     pc = kwargs.get("tome_cache")
     if isinstance(pc, PolicyCache):
-        mask = pc.layer_mask_now(module.self_attn.layer_idx)
+        mask = pc.layer_mask(module.self_attn.layer_idx)
         if mask is not None:
             kwargs["attention_mask"] = mask
             return args, kwargs
