@@ -93,22 +93,28 @@ def make_memory(tome, doc, name: str, ratio: int) -> dict:
             "compress_s": round(s, 2) if made else None}
 
 
+def parse_method(method: str) -> tuple[str, int | None, str]:
+    """"kvzip@8/inline-spaced" -> ("kvzip", 8, "inline-spaced"); "retrieval" -> ("retrieval", None, "")."""
+    method, _, variant = method.partition("/")
+    name, _, ratio = method.partition("@")
+    return name, int(ratio) if ratio else None, variant
+
+
 def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
     base = tome.config
     kw: dict = {"max_new_tokens": max_new}
-    method, _, variant = method.partition("/")
+    name, ratio, variant = parse_method(method)
     if variant == "fullcache":  # the recent cache without the default policy (the gate): HF generate
         kw["cache_policy"] = "full"
     elif variant:  # <layout>-<positions> of compressed mode, e.g. kvzip@8/before-consecutive (the old layout)
         layout, positions = variant.split("-")
         tome.config = replace(base, memory_layout=layout, memory_positions=positions)
-    if method in ("full", "retrieval"):
+    if ratio is None:  # full, retrieval
         kw["mode"] = "uncompressed"
-        if method == "full":
+        if name == "full":
             tome.config = replace(base, context_budget=tome.lm.window)
     else:
-        name, ratio = method.split("@")
-        kw.update(mode="compressed", compressor=name, ratio=int(ratio))
+        kw.update(mode="compressed", compressor=name, ratio=ratio)
     try:
         last = None
         for last in tome.ask([d.id for d in docs], question, **kw):
@@ -172,12 +178,12 @@ def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, st
     seen: set = set()
     rows = []
     for docs, question, meta in items:
-        if "@" in method:  # this question's memories first (made on demand), so a partial cell has whole rows
-            name, ratio = method.partition("/")[0].split("@")
+        name, ratio, _ = parse_method(method)
+        if ratio is not None:  # this question's memories first (made on demand), so a partial cell has whole rows
             for d in docs:
                 if d.id not in seen:
                     seen.add(d.id)
-                    memories.append(make_memory(tome, d, name, int(ratio)))
+                    memories.append(make_memory(tome, d, name, ratio))
         r = ask(tome, docs, question, method, max_new)
         r["correct"] = bool(grade(r["text"], meta))
         r["id"] = meta.get("id")
@@ -284,30 +290,27 @@ def next_segment_nll(tome, doc, method: str, prev: int, target: int) -> list[tup
     from uio.decoder import build_context
 
     lm = tome.lm
-    method, _, positions = method.partition("/")
+    name, ratio, positions = parse_method(method)
     int8 = positions == "int8"  # the memories stored as KIVI-style int8 (uio.compress.quant), read back
     positions = tome.config.memory_positions if int8 or not positions else positions
     segs = tome.memories.stored_segments(doc)
     mem = None
-    if "@" in method:
-        name, ratio = method.split("@")
-        mem = tome.memory(doc, ratio=int(ratio), compressor=name)
+    if ratio is not None:
+        mem = tome.memory(doc, ratio=ratio, compressor=name)
         if int8:
-            from dataclasses import replace as _replace
-
             from uio.compress.quant import dequantize_kv, quantize_kv
 
             keys, values = dequantize_kv(*quantize_kv(mem.keys, mem.values), dtype=mem.keys.dtype)
-            mem = _replace(mem, keys=keys, values=values)
+            mem = replace(mem, keys=keys, values=values)
     out = []
     for i in range(1, len(segs)):
         ids = list(segs[i].token_ids[:target])
         if len(ids) < 2:
             continue
         before = segs[max(0, i - prev):i]
-        if method == "full":
+        if name == "full":
             parts = [[t for s in before for t in s.token_ids]]
-        elif method == "none":
+        elif name == "none":
             parts = []
         else:
             parts = [mem.select([s.index for s in before])]
