@@ -153,10 +153,9 @@ def _layout(parts: Sequence, positions: str, room: int | None) -> tuple[list, in
                 part.keys.shape[0], -1, part.keys.shape[2])
             span = part.num_slots
         else:
-            lengths, off = part.segment_lengths(), part.offsets
-            start = torch.zeros(part.num_slots, dtype=torch.float64)
-            for j, first in enumerate(torch.tensor([0] + lengths[:-1]).cumsum(0).tolist()):
-                start[off[j]:off[j + 1]] = first
+            lengths = part.segment_lengths()
+            firsts = torch.tensor([0] + lengths[:-1], dtype=torch.float64).cumsum(0)  # where each segment starts
+            start = firsts.repeat_interleave(torch.tensor(part.slots))
             pos = part.source_positions().to(torch.float64) + start[None, :, None]
             span = sum(lengths)
         laid.append((pos, span))
