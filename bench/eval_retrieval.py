@@ -139,6 +139,13 @@ def ranked_units(tome, docs, question, method):
         finally:
             r.fusion_weights, r.rrf_k = old
         return _pages(ranking), ranking.segment_scores([d.id for d in docs]), ranking
+    if method == "hybrid-whole":  # without searching a two-part question's parts
+        r.decompose = False
+        try:
+            ranking = r.rank(docs, question, "hybrid")
+        finally:
+            r.decompose = True
+        return _pages(ranking), ranking.segment_scores([d.id for d in docs]), ranking
     mode = {"vector": "vector", "lexical": "lexical", "hybrid": "hybrid"}[method]
     ranking = r.rank(docs, question, mode)  # the product's fusion (retrieval.retriever.FUSION_*)
     return _pages(ranking), ranking.segment_scores([d.id for d in docs]), ranking
@@ -155,10 +162,13 @@ def _pages(ranking):
 
 
 def in_context(tome, docs, scores, golds, budget=3072, neighbours=1, every_book=False, ranking=None,
-               per_book=True, pages=False, slots=0) -> bool:
+               per_book=True, pages=False, slots=0, books=1) -> bool:
     """Whether every gold (doc id, page) is inside what ``select_segments`` chooses (``pages``: page units;
-    ``slots``: compressed mode, a segment's size its memory slots, at most ``slots``)."""
+    ``slots``: compressed mode, a segment's size its memory slots, at most ``slots``; ``books``: the budget
+    is per book, up to this many books' worth, as ``Config.context_books``)."""
     from retrieval.select import select_segments
+
+    budget *= max(1, min(len(docs), books))
 
     if pages:
         books, unit_scores, reach, owner = page_books(tome, docs, ranking, neighbours)
@@ -252,6 +262,7 @@ CONTEXTS = {
     "context_share": dict(ranking=True),  # shipped: neighbours at the edge, each book its share
     "context_share_n0": dict(ranking=True, neighbours=0),
     "context_share_all": dict(),  # each book its share, a neighbour each way
+    "context_share_n0_books": dict(ranking=True, neighbours=0, books=2),  # shipped: 3,072 a book, up to two books
     "context_pages": dict(ranking=True, pages=True, neighbours=0),  # page units, no neighbours
     "context_pages_2048": dict(ranking=True, pages=True, neighbours=0, budget=2048),
     "context_pages_1536": dict(ranking=True, pages=True, neighbours=0, budget=1536),
@@ -264,15 +275,17 @@ CONTEXTS = {
 CONTEXT_NAMES = {"context": "neighbour each way, global", "context_n0": "no neighbours, global",
                  "context_edge": "edge neighbours, global", "context_share": "edge neighbours, per book",
                  "context_share_n0": "no neighbours, per book", "context_share_all": "neighbour each way, per book",
+                 "context_share_n0_books": "no neighbours, per book, 3072 a book",
                  "context_pages": "pages 3072, per book", "context_pages_2048": "pages 2048, per book",
                  "context_pages_1536": "pages 1536, per book", "context_pages_edge": "pages+edge 3072, per book",
                  "context_mem_global": "compressed 8x, edge, global", "context_mem_share": "compressed 8x, edge, per book",
                  "context_mem_share_n0": "compressed 8x, no neighbours, per book"}
 
-METHODS = ("segments", "vector", "lexical", "hybrid", "rrf:60:1:1", "rrf:60:1:2", "rrf:60:1:4", "rrf:10:1:2",
+METHODS = ("segments", "vector", "lexical", "hybrid", "hybrid-whole", "rrf:60:1:1", "rrf:60:1:2", "rrf:60:1:4", "rrf:10:1:2",
            "rrf:5:1:2", "rrf:1:1:2", "rrf:2:1:1", "rrf:2:1:3")
 LABELS = {"segments": "today: segment vectors", "vector": "passage vectors", "lexical": "full text (FTS5 BM25)",
-          "hybrid": "hybrid (shipped: RRF k=2, 1:2)"}  # rrf:K:WV:WL = RRF k, vector weight, full-text weight
+          "hybrid": "hybrid (shipped: RRF k=2, 1:2, two-part questions also by part)",
+          "hybrid-whole": "hybrid, the question only whole"}  # rrf:K:WV:WL = RRF k, vector weight, full-text weight
 
 
 def recall(tome, docs, data, methods=METHODS) -> dict:

@@ -10,7 +10,9 @@ each on one page, with its own vector. A question is matched two ways:
   ``read.table`` that embeddings blur;
 
 and the two rankings are fused by reciprocal rank (``retrieval.fusion``). A
-segment's score is its best passage's; citations name that passage's page.
+question asking two things is searched whole and part by part
+(``retrieval.decompose``), a passage keeping its best score. A segment's score
+is its best passage's; citations name that passage's page.
 Passages are made at ingestion; documents stored before get them on the first
 question that uses them (like segment embeddings before them).
 """
@@ -22,6 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from retrieval.decompose import parts as question_parts
 from retrieval.embed import load_embedder, to_bytes
 from retrieval.fusion import rrf
 from retrieval.passages import PassageSpan, make_passages, page_breaks
@@ -119,13 +122,15 @@ class Retriever:
     """Similarity of questions to the stored passages of chosen books."""
 
     def __init__(self, store: Store, embedder: str = "minilm", index_threshold: int = 100_000,
-                 fusion_weights: tuple[float, float] = FUSION_WEIGHTS, fusion_k: int = FUSION_K):
+                 fusion_weights: tuple[float, float] = FUSION_WEIGHTS, fusion_k: int = FUSION_K,
+                 decompose: bool = True):
         self.store = store
         self.embedder_name = embedder
         self.vectors = VectorSearch(store, index_threshold=index_threshold)  # whole segments (the old way)
         self.passage_vectors = VectorSearch(store, index_threshold=index_threshold, kind="passages")
         self.fusion_weights = fusion_weights  # (vector, full text) in the reciprocal-rank fusion
         self.rrf_k = fusion_k
+        self.decompose = decompose  # also search each part of a two-part question (retrieval.decompose)
         # doc -> its pages (ingest.pages.Page) or None; set by the library, to place page breaks exactly
         # when passages are made for a document stored before they existed
         self.pages_of: Callable[[DocumentInfo], Sequence | None] | None = None
@@ -221,23 +226,41 @@ class Retriever:
     # -- ranking ------------------------------------------------------------
     def rank(self, docs: Sequence[DocumentInfo], question: str, mode: str = "hybrid", depth: int = DEPTH
              ) -> Ranking:
-        """Passages of ``docs`` for ``question``, best first: by vectors, full text or both fused."""
+        """Passages of ``docs`` for ``question``, best first: by vectors, full text or both fused.
+
+        A question that asks two things (``retrieval.decompose``) is also searched part
+        by part; a passage keeps its best score of the whole question and the parts, so
+        each part's best passages rank with the whole question's (``self.decompose``).
+        """
         if mode not in MODES:
             raise ValueError(f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}")
         docs = self.with_passages(docs)
+        queries = [question] + (question_parts(question) if self.decompose else [])
+        vectors = self.embedder.encode(queries) if mode in ("hybrid", "vector") else [None] * len(queries)
+        records = {d.id: self.records(d) for d in docs}
+        best: dict[tuple[int, int], Retrieved] = {}
+        for query, vector in zip(queries, vectors):  # the whole question first: it wins ties
+            for h in self._rank_one(docs, records, query, vector, mode, depth):
+                key = (h.document_id, h.passage)
+                if key not in best or h.score > best[key].score:
+                    best[key] = h
+        hits = list(best.values())
+        if len(queries) > 1:
+            hits.sort(key=lambda h: -h.score)  # stable: equal scores keep the whole question's order
+        return Ranking(hits, records)
+
+    def _rank_one(self, docs: Sequence[DocumentInfo], records: dict[int, list[PassageRecord]], query: str,
+                  vector, mode: str, depth: int) -> list[Retrieved]:
+        """One query's passages, best first (``vector``: the query's embedding, unless mode is lexical)."""
         ids = [d.id for d in docs]
-        vec, lex = [], []
-        if mode in ("hybrid", "vector"):
-            vec = self.passage_vectors.search(self.embedder.encode_one(question), docs, depth)
-        if mode in ("hybrid", "lexical"):
-            lex = self.store.search_text(ids, question, depth)
+        vec = self.passage_vectors.search(vector, docs, depth) if mode in ("hybrid", "vector") else []
+        lex = self.store.search_text(ids, query, depth) if mode in ("hybrid", "lexical") else []
         vscore = {(h.document_id, h.index): h.score for h in vec}
         lscore = {(h.document_id, h.index): h.score for h in lex}
         if mode == "hybrid":
             fused = rrf([list(vscore), list(lscore)], k=self.rrf_k, weights=self.fusion_weights)
         else:
             fused = vscore if mode == "vector" else lscore
-        records = {d.id: self.records(d) for d in docs}
         titles = {d.id: d.title for d in docs}
         hits = []
         lowest = float("-inf")  # ties (one first, one second place each way) go to the closer meaning
@@ -246,7 +269,7 @@ class Retriever:
             p = records[doc_id][pi]
             hits.append(Retrieved(doc_id, titles[doc_id], p.segment, p.text, p.page, p.page, sc, p.index,
                                   p.start, p.end, vscore.get((doc_id, pi)), lscore.get((doc_id, pi))))
-        return Ranking(hits, records)
+        return hits
 
     def scores(self, docs: Sequence[DocumentInfo], question: str, k: int | None = None,
                mode: str = "hybrid") -> dict[int, dict[int, float]]:

@@ -68,7 +68,8 @@ class Context:
 
 
 class UncompressedContext:
-    """The books' raw text in the prompt, within ``Config.context_budget`` tokens."""
+    """The books' raw text in the prompt, within ``Config.context_budget`` tokens per book (at most
+    ``Config.context_books`` books' worth)."""
 
     def __init__(self, answerer: "Answerer", ratio: int | None = None, compressor: str | None = None):
         self.a = answerer
@@ -79,7 +80,9 @@ class UncompressedContext:
             books = [(d.title, a.store.segments(d.id)) for d in docs]
         bare = count_tokens(a.lm.tokenizer, build_messages(fit_budget([], 0), question, history))
         room = a.lm.window - bare - max_new - 64  # 64: passage headers
-        return a.choose(docs, books, question, max(0, min(a.models.config.context_budget, room)), timer)
+        cfg = a.models.config
+        budget = cfg.context_budget * max(1, min(len(docs), cfg.context_books))  # each book its own room
+        return a.choose(docs, books, question, max(0, min(budget, room)), timer)
 
     def assemble(self, ctx: Context, question: str, history, timer: Timer) -> None:
         ctx.messages = build_messages(ctx.selection, question, history)

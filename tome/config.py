@@ -80,6 +80,9 @@ class Config:
                            "TOME_RAY_ACTORS", int)
     context_budget: int = _opt(3072, "most document tokens put in the prompt (keeps a CPU answer interactive)",
                                "TOME_CONTEXT_BUDGET", int)
+    context_books: int = _opt(2, "a question over several books gets context_budget per book, up to this many "
+                                 "books' worth (both books' answering pages fit; docs/RESULTS.md)",
+                              "TOME_CONTEXT_BOOKS", int)
     embedder: str = _opt("minilm", 'segment embedder: "minilm" (all-MiniLM-L6-v2, shipped in a wheel), a hub id '
                                    "or a path", "TOME_EMBEDDER")
     neighbours: int = _opt(0, "segments on each side of a retrieved one that come with it (where its best "
