@@ -17,6 +17,9 @@ import torch
 from safetensors.torch import safe_open, save_file
 
 
+STORAGES = ("16bit", "int8")  # how memory files hold keys and values (Memory.save)
+
+
 class MemoryMismatch(ValueError):
     """Memories or an adapter do not belong to the model/adapter they are used with."""
 
@@ -159,27 +162,57 @@ class Memory:
                       [t for p in parts for t in p.token_spans], parts[0].fingerprint, parts[0].ratio, positions)
 
     # -- files -----------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """safetensors, written to a temporary name and renamed once whole."""
+    def save(self, path: str | Path, storage: str = "16bit") -> None:
+        """safetensors, written to a temporary name and renamed once whole.
+
+        ``storage``: "16bit" writes keys and values as held (the compressors and ``tome.memories`` hand over
+        16-bit ones); "int8" writes KIVI-style codes (``uio.compress.quant``: keys per channel over all slots
+        of a layer, values per token), their float16 minima and steps, and int16 positions; the metadata
+        records it. ``load`` reads either.
+        """
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, not {storage!r}")
         path = Path(path)
         meta = {"format": "tome-memory-1", "fingerprint": self.fingerprint, "ratio": str(self.ratio),
                 "segment_ids": json.dumps(self.segment_ids), "slots": json.dumps(self.slots),
                 "token_spans": json.dumps(self.token_spans)}
         tmp = path.with_name(path.name + ".part")
-        tensors = {"keys": self.keys.contiguous(), "values": self.values.contiguous()}
-        if self.positions is not None:
-            tensors["positions"] = self.positions.to(torch.int32).contiguous()
+        if storage == "16bit":
+            tensors = {"keys": self.keys.contiguous(), "values": self.values.contiguous()}
+            if self.positions is not None:
+                tensors["positions"] = self.positions.to(torch.int32).contiguous()
+        else:
+            from uio.compress.quant import quantize_kv
+
+            qk, qv = quantize_kv(self.keys, self.values)
+            meta |= {"storage": "int8", "dtype": str(self.keys.dtype).removeprefix("torch."),
+                     "quant": "kivi: keys per (layer, kv head, channel) over all slots, values per (layer, slot, "
+                              "kv head); x = codes * step + minimum"}
+            tensors = {f"{name}.{part}": getattr(q, part).contiguous()
+                       for name, q in (("keys", qk), ("values", qv)) for part in ("codes", "minimum", "step")}
+            if self.positions is not None:
+                small = self.positions.numel() == 0 or int(self.positions.max()) < 2 ** 15
+                tensors["positions"] = self.positions.to(torch.int16 if small else torch.int32).contiguous()
         save_file(tensors, str(tmp), metadata=meta)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    @staticmethod
+    def storage_of(path: str | Path) -> str:
+        """"16bit" or "int8": how a memory file stores its keys and values (read from its header only)."""
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("storage", "16bit")
+
     @classmethod
-    def load(cls, path: str | Path, expect_fingerprint: str | None = None, device: str = "cpu") -> "Memory":
+    def load(cls, path: str | Path, expect_fingerprint: str | None = None, device: str = "cpu",
+             dtype: torch.dtype | None = None) -> "Memory":
         """Read a memory file through one memory-mapped ``safe_open`` (straight to ``device``).
 
         The header is checked before any tensor is touched, so a file of another
         adapter costs a few hundred bytes of reading, not the whole file.
+        Either storage loads: 16-bit keys and values come as stored (cast to ``dtype`` if given), int8 ones
+        dequantised to ``dtype`` (default: the 16-bit dtype they were quantised from); positions as int32.
         """
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             meta = f.metadata() or {}
@@ -188,8 +221,22 @@ class Memory:
             if expect_fingerprint is not None and meta["fingerprint"] != expect_fingerprint:
                 raise MemoryMismatch(f"{path} was made by adapter {meta['fingerprint'][:12]}, not by the loaded "
                                      f"adapter {expect_fingerprint[:12]}; re-ingest the document")
-            keys, values = f.get_tensor("keys"), f.get_tensor("values")
+            storage = meta.get("storage", "16bit")
+            if storage == "16bit":
+                keys, values = f.get_tensor("keys"), f.get_tensor("values")
+                if dtype is not None:
+                    keys, values = keys.to(dtype), values.to(dtype)
+            elif storage == "int8":
+                from uio.compress.quant import Int8Tensor, dequantize_kv
+
+                qk, qv = (Int8Tensor(*(f.get_tensor(f"{name}.{part}") for part in ("codes", "minimum", "step")))
+                          for name in ("keys", "values"))
+                keys, values = dequantize_kv(qk, qv, dtype or getattr(torch, meta["dtype"]))
+            else:
+                raise MemoryMismatch(f"{path} stores its memories as {storage!r}, which this Tome cannot read")
             positions = f.get_tensor("positions") if "positions" in f.keys() else None
+            if positions is not None and positions.dtype != torch.int32:
+                positions = positions.to(torch.int32)
         return cls(keys, values, json.loads(meta["segment_ids"]), json.loads(meta["slots"]),
                    [tuple(s) for s in json.loads(meta["token_spans"])], meta["fingerprint"], int(meta["ratio"]),
                    positions)

@@ -67,3 +67,43 @@ def test_unknown_compressor_is_refused_clearly(tome_tiny, tmp_path):
     doc = tome_tiny.ingest(make_pdf(tmp_path / "lamp.pdf", PAGES)).document
     with pytest.raises(ValueError, match="unknown compressor 'zip'; choose one of auto, kvzip"):
         list(tome_tiny.ask([doc.id], "Who?", mode="compressed", compressor="zip"))
+
+
+def test_int8_storage_writes_int8_files_reads_both_and_answers_like_16_bit(tome_tiny, tmp_path):
+    """``memory_dtype="int8"``: new memory files are int8 (recorded in the memory set), files stored in 16 bits
+    before the switch still load, and logits read after int8 memories stay close to the 16-bit ones."""
+    from uio.decoder import logits_over_memories
+    from uio.memory import Memory
+
+    t = tome_tiny
+    doc = t.ingest(make_pdf(tmp_path / "lamp.pdf", PAGES)).document
+    (ms16,) = t.memory_sets(doc.id)
+    mem16 = t.memory(doc)
+    path16 = t.config.memories_path / ms16.path
+    assert ms16.params["storage"] == "16bit" and Memory.storage_of(path16) == "16bit"
+    t.models.config.memory_dtype = "int8"  # Config.memory_dtype (TOME_MEMORY_DTYPE)
+    t.memories.cache.clear()
+    again = t.memory(doc)  # the 16-bit file still serves: same identity, storage is a detail
+    assert [m.sha256 for m in t.memory_sets(doc.id)] == [ms16.sha256]
+    assert torch.equal(again.keys, mem16.keys) and again.keys.dtype == torch.float16
+    # the same pages in another file (another sha256, the same segments), ingested under int8 storage
+    twin = t.ingest(make_pdf(tmp_path / "lamp2.pdf", PAGES, title="Lamp, again")).document
+    assert twin.id != doc.id and t.store.segments(twin.id)[-1].token_end == t.store.segments(doc.id)[-1].token_end
+    mem8 = t.memory(twin)
+    (ms8,) = t.memory_sets(twin.id)
+    path8 = t.config.memories_path / ms8.path
+    size16 = path16.stat().st_size
+    assert ms8.fingerprint == ms16.fingerprint and ms8.params["storage"] == "int8"
+    assert Memory.storage_of(path8) == "int8" and _files(t) == sorted([path16.name, path8.name])  # no chunks
+    assert ms8.bytes / size16 < 0.65  # 0.60: tiny model, 16-dim heads (scales weigh more than at 64)
+    assert mem8.keys.dtype == mem16.keys.dtype and mem8.slots == mem16.slots
+    assert torch.equal(mem8.positions, mem16.positions)
+    err = (mem8.values.float() - mem16.values.float()).abs().max()
+    assert 0 < err < 0.02 * mem16.values.float().abs().max()
+    nxt = torch.tensor([[11, 12, 13, 14]])
+    a = logits_over_memories(t.lm, [mem16], nxt)
+    b = logits_over_memories(t.lm, [mem8], nxt)
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(b, a, atol=5e-3, rtol=0)  # measured 1.3e-3 on logits up to 0.83
+    final = list(t.ask([twin.id], "Who lit the lamp?", mode="compressed", max_new_tokens=2))[-1]
+    assert final.stats["memory_slots"] == mem8.num_slots  # a compressed answer read from the int8 file
