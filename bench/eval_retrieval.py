@@ -488,7 +488,8 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
                 row = {"id": q["id"], "kind": q["kind"], "style": q["style"], "answer": final.text,
                        "correct": realdocs.grade(final.text, q), "abstained": abstained(final.text),
                        "seconds": round(time.perf_counter() - t, 1), "context_tokens": final.context_tokens,
-                       "sources": [s.label() for s in final.sources[:3]]}
+                       "sources": [s.label() for s in final.sources[:3]],
+                       "confidence": final.stats.get("confidence"), "logprobs": final.stats.get("token_logprobs")}
                 asked.update({k: dict(row, variant=v) for k in seen})
             except _Same as same:  # not asked again: the earlier variant's (or run's) answer, marked
                 row = {k: x for k, x in same.row.items() if k != "variant"}

@@ -1,13 +1,15 @@
 """Streamed generation with the figures a user compares: time to first token, speed, tokens."""
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
-from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import (DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList,
+                          TextIteratorStreamer)
 
 from uio.cache.base import CachePolicy, PolicyCache, kv_bytes
 from uio.cache.full import FullCache
@@ -34,6 +36,13 @@ class GenerationStats:
     policy: str = "full"  # the recent-cache policy's name (uio.cache.POLICIES)
     eviction_rate: float = 0.0  # share of the recent tokens' K/V no longer held at the end
     kv_bytes_held: list[int] = field(default_factory=list)  # per layer at the end, memories and pads included
+    token_logprobs: list[float] = field(default_factory=list)  # log-probability of each token handed out
+
+    @property
+    def confidence(self) -> float:
+        """Geometric mean of the answer's token probabilities (1: every token certain; 0: no tokens)."""
+        lp = self.token_logprobs
+        return math.exp(sum(lp) / len(lp)) if lp else 0.0
 
     @property
     def prefill_tok_s(self) -> float:
@@ -49,7 +58,8 @@ class GenerationStats:
                 "ttft_s": round(self.ttft_s, 3), "total_s": round(self.total_s, 3),
                 "prefill_tok_s": round(self.prefill_tok_s, 1), "decode_tok_s": round(self.decode_tok_s, 1),
                 "stopped": self.stopped, "policy": self.policy, "eviction_rate": round(self.eviction_rate, 4),
-                "kv_bytes_held": sum(self.kv_bytes_held)}
+                "kv_bytes_held": sum(self.kv_bytes_held), "confidence": float(f"{self.confidence:.4g}"),
+                "token_logprobs": [round(x, 3) for x in self.token_logprobs]}
 
 
 class _TimedStreamer(TextIteratorStreamer):
@@ -69,6 +79,30 @@ class _TimedStreamer(TextIteratorStreamer):
                 self.stats.ttft_s = self.stats.first_token_at - self.start
             self.stats.new_tokens += value.numel()
         super().put(value)
+
+
+class _LogProbs(LogitsProcessor):
+    """Records the log-probability of each token ``generate`` picks (greedy or sampled).
+
+    A processor sees a step's scores before the pick, the pick only in the next step's
+    input ids: each call settles the previous step, ``finish`` the last one.
+    """
+
+    def __init__(self, out: list[float]):
+        self.out, self.last = out, None
+
+    def __call__(self, input_ids, scores):
+        self._settle(input_ids[0, -1])
+        self.last = torch.log_softmax(scores[0].float(), -1)
+        return scores
+
+    def _settle(self, token) -> None:
+        if self.last is not None:
+            self.out.append(float(self.last[int(token)]))
+            self.last = None
+
+    def finish(self, token) -> None:
+        self._settle(token)
 
 
 class _StopOnEvent(StoppingCriteria):
@@ -215,9 +249,11 @@ def _generate(lm: LoadedModel, enc: dict, stats: GenerationStats, past_key_value
         kwargs.update(temperature=None, top_p=None, top_k=None)
 
     def work(streamer: _TimedStreamer, stop: threading.Event) -> None:
+        logprobs = _LogProbs(stats.token_logprobs)
         try:
-            lm.model.generate(**kwargs, streamer=streamer,
-                              stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
+            out = lm.model.generate(**kwargs, streamer=streamer, logits_processor=LogitsProcessorList([logprobs]),
+                                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
+            logprobs.finish(out[0, -1])
         finally:
             stats.kv_bytes_held = kv_bytes(cache, lm.model.config.num_hidden_layers)
 
@@ -241,8 +277,11 @@ def _with_policy(lm: LoadedModel, ids: torch.Tensor, stats: GenerationStats, pol
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
         if temperature > 0:
-            return torch.multinomial((logits.float() / temperature).softmax(-1), 1)[:, 0]
-        return logits.argmax(-1)
+            token = torch.multinomial((logits.float() / temperature).softmax(-1), 1)[:, 0]
+        else:
+            token = logits.argmax(-1)
+        stats.token_logprobs.append(float(torch.log_softmax(logits[0].float(), -1)[int(token)]))
+        return token
 
     def work(streamer: _TimedStreamer, stop: threading.Event) -> None:
         pc = PolicyCache(lm.model, policy, past_key_values, prefix_len)

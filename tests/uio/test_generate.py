@@ -52,3 +52,25 @@ def test_prefill_time_spans_every_chunk_of_a_chunked_prompt(adapter):
     assert chunks >= 3 and len(spans) >= chunks
     assert gen.stats.prefill_s == pytest.approx(spans[chunks - 1][1] - spans[0][0], abs=2e-3)
     assert gen.stats.prefill_s > spans[0][1] - spans[0][0]  # more than the first chunk alone
+
+
+@pytest.mark.parametrize("policy", ["full", "streaming"])  # HF generate, and our own decode loop
+def test_each_handed_out_token_carries_its_log_probability(adapter, policy):
+    from uio.cache import resolve_policy
+
+    lm = adapter.lm
+    messages = [{"role": "user", "content": "Where is the lantern?"}]
+    gen = stream(lm, messages, resolve_policy(policy, 0.0), max_new_tokens=5)
+    "".join(gen)
+    ids = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)["input_ids"]
+    expect = []
+    with torch.inference_mode():  # greedy by hand, the whole sequence each step
+        for _ in range(gen.stats.new_tokens):
+            logp = torch.log_softmax(lm.model(ids).logits[0, -1].float(), -1)
+            token = int(logp.argmax())
+            expect.append(float(logp[token]))
+            ids = torch.cat([ids, torch.tensor([[token]])], 1)
+    assert gen.stats.new_tokens == 5 and gen.stats.token_logprobs == pytest.approx(expect, abs=1e-3)
+    assert gen.stats.confidence == pytest.approx(float(torch.tensor(expect).mean().exp()), rel=1e-3)
+    assert gen.stats.as_dict()["confidence"] == pytest.approx(gen.stats.confidence, rel=1e-3)
