@@ -255,8 +255,11 @@ class Answerer:
     def _figures(self, stats, ctx: Context, policy, timer: Timer) -> dict:
         """The answer's figures: speed, KV bytes held, the policy, where the time to the first token went."""
         kv = sum(stats.kv_bytes_held)  # what the cache really held at the end, memories included
+        floor = self.models.config.confidence_floor
         out = stats.as_dict() | {"model": self.lm.name, "context_tokens": ctx.selection.tokens, "kv_bytes": kv,
-                                 "cache_policy": policy.name}
+                                 "cache_policy": policy.name, "confidence_floor": floor,
+                                 # a small model rarely says "the passages do not say": its own doubt tells
+                                 "low_confidence": bool(stats.new_tokens) and stats.confidence < floor}
         timer.add("prefill", stats.prefill_s)
         timer.add("first_decode", stats.first_decode_s)
         out["timing"] = timer.as_dict() | {

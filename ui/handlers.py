@@ -188,6 +188,14 @@ def figures_line(u: AnswerUpdate) -> str:
             + (" · stopped" if s.get("stopped") else "") + untrained)
 
 
+def doubt_message(stats: dict) -> dict:
+    """A note under an answer the model was unsure of (Config.confidence_floor): it may not be in the passages."""
+    return {"role": "assistant",
+            "content": f"The model was unsure of this answer (confidence {stats.get('confidence', 0):.2f}): "
+                       "the passages may not hold it. Check the cited pages.",
+            "metadata": {"title": "⚠ Low confidence", "status": "done"}}
+
+
 def sources_message(u: AnswerUpdate) -> dict:
     """The citations as a collapsible note under the answer: click it to see each passage's start."""
     lines = [_source_line(s) for s in u.sources] or ["- (none)"]
@@ -215,6 +223,8 @@ def _stream(tome: Tome, mode: str, message: str, turns: list[dict], history: lis
         history[-1] = {"role": "assistant", "content": html.escape(u.text) or "…"}
         yield history, u.conversation_id, notice
     if u is not None:
+        if u.stats.get("low_confidence"):
+            history.append(doubt_message(u.stats))
         history.append(sources_message(u))
         yield history, u.conversation_id, notice
 
@@ -303,6 +313,8 @@ def open_conversation(tome: Tome, conversation_id: int | None) -> tuple[list[dic
         if question:
             target.append(question)
         target.append({"role": "assistant", "content": html.escape(m.content)})
+        if m.stats.get("low_confidence"):
+            target.append(doubt_message(m.stats))
         sources = m.stats.get("sources") or []
         if sources:
             labels = [s["label"] if isinstance(s, dict) else str(s) for s in sources]
