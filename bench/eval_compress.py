@@ -80,17 +80,55 @@ def ingest_all(tome, paths: list[Path]) -> dict[str, object]:
     return out
 
 
-def make_memory(tome, doc, name: str, ratio: int) -> dict:
-    """Make (or find) ``doc``'s memory; the seconds it took when made now, its bytes per document token."""
+def make_memory(tome, doc, name: str, ratio: int, storage: str = "16bit") -> dict:
+    """Make (or find) ``doc``'s memory; the seconds it took when made now, its bytes per document token.
+
+    ``storage="int8"``: the memory is then served from an int8 file (``use_int8_file``), whose bytes count."""
     have = {(m.compressor, m.ratio) for m in tome.memory_sets(doc.id)}
     made = (name, ratio) not in have
     t = time.perf_counter()
     mem = tome.memory(doc, ratio=ratio, compressor=name)
     s = time.perf_counter() - t
     ms = next(m for m in tome.memory_sets(doc.id) if m.compressor == name and m.ratio == ratio)
-    return {"doc": doc.title, "doc_id": doc.id, "tokens": doc.tokens, "slots": int(mem.num_slots), "bytes": ms.bytes,
-            "bytes_per_token": round(ms.bytes / max(doc.tokens, 1), 1),
+    size = ms.bytes
+    if storage == "int8":
+        mem, size = use_int8_file(tome, doc, name, ratio)
+    return {"doc": doc.title, "doc_id": doc.id, "tokens": doc.tokens, "slots": int(mem.num_slots), "bytes": size,
+            "bytes_per_token": round(size / max(doc.tokens, 1), 1), "storage": storage,
             "compress_s": round(s, 2) if made else None}
+
+
+INT8_SERVED: set[str] = set()  # memory sets whose cached memory is the int8 file's (use_int8_file)
+
+
+def use_int8_file(tome, doc, name: str, ratio: int):
+    """``doc``'s memory stored as int8 and read back, served to ``Tome.ask`` in place of the 16-bit one.
+
+    The stored (16-bit) memory set is written with ``Memory.save(storage="int8")`` beside it (the file
+    ``memory_dtype="int8"`` makes: ``tome.memories`` quantises the same 16-bit tensors once), read with
+    ``Memory.load`` as ``tome.memories.load`` reads any file, and put in the service's memory cache under the
+    set's checksum, so the product path (budget, assembly, decoding) reads it. The 16-bit set stays the
+    library's: ``drop_int8_files`` takes the int8 ones out of the cache after the cell. -> (memory, file bytes)
+    """
+    from uio.memory import Memory
+
+    ms = next(m for m in tome.memory_sets(doc.id) if m.compressor == name and m.ratio == ratio)
+    path = tome.config.memories_path / "int8" / f"{ms.sha256}.safetensors"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tome.memories.cache.pop(ms.sha256)
+        Memory.load(tome.config.memories_path / ms.path, expect_fingerprint=ms.fingerprint).save(path, storage="int8")
+    mem = Memory.load(path, expect_fingerprint=ms.fingerprint, device=str(tome.lm.device))
+    tome.memories.cache.put(ms.sha256, mem)
+    INT8_SERVED.add(ms.sha256)
+    return mem, path.stat().st_size
+
+
+def drop_int8_files(tome) -> None:
+    """The memories ``use_int8_file`` served leave the cache: the next reader loads the 16-bit sets."""
+    for sha in INT8_SERVED:
+        tome.memories.cache.pop(sha)
+    INT8_SERVED.clear()
 
 
 def parse_method(method: str) -> tuple[str, int | None, str]:
@@ -106,6 +144,8 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
     name, ratio, variant = parse_method(method)
     if variant == "fullcache":  # the recent cache without the default policy (the gate): HF generate
         kw["cache_policy"] = "full"
+    elif variant == "int8":  # memories read from int8 files: served by run_cell's make_memory (use_int8_file)
+        pass
     elif variant:  # <layout>-<positions> of compressed mode, e.g. kvzip@8/before-consecutive (the old layout)
         layout, positions = variant.split("-")
         tome.config = replace(base, memory_layout=layout, memory_positions=positions)
@@ -177,26 +217,30 @@ def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, st
     memories = []
     seen: set = set()
     rows = []
-    for docs, question, meta in items:
-        name, ratio, _ = parse_method(method)
-        if ratio is not None:  # this question's memories first (made on demand), so a partial cell has whole rows
-            for d in docs:
-                if d.id not in seen:
-                    seen.add(d.id)
-                    memories.append(make_memory(tome, d, name, ratio))
-        r = ask(tome, docs, question, method, max_new)
-        r["correct"] = bool(grade(r["text"], meta))
-        r["id"] = meta.get("id")
-        r.update({k: v for k, v in meta.items() if k in ("depth", "length", "key", "kind", "style")})
-        r["doc_slots"] = sum(m["slots"] for m in memories if m["doc_id"] in {d.id for d in docs}) or None
-        r["doc_tokens"] = sum(d.tokens for d in docs)
-        rows.append(r)
-        data.setdefault("partial", {})[key] = {"method": method, "n_planned": len(items), "rows": rows,
-                                               "accuracy": sum(x["correct"] for x in rows) / len(rows),
-                                               "n": len(rows), "memories": memories}
-        save_part(model, part, data)  # an interrupted cell keeps its answered questions (marked partial)
-        print(f"  {key} {r['id']}: {'OK ' if r['correct'] else 'no '} ttft {r['ttft_s']}s "
-              f"prefix {r['prefix_len']} ctx {r['context_tokens']} | {r['text'][:70]!r}", flush=True)
+    name, ratio, variant = parse_method(method)
+    storage = "int8" if variant == "int8" else "16bit"
+    try:
+        for docs, question, meta in items:
+            if ratio is not None:  # this question's memories first (made on demand): a partial cell has whole rows
+                for d in docs:
+                    if d.id not in seen:
+                        seen.add(d.id)
+                        memories.append(make_memory(tome, d, name, ratio, storage))
+            r = ask(tome, docs, question, method, max_new)
+            r["correct"] = bool(grade(r["text"], meta))
+            r["id"] = meta.get("id")
+            r.update({k: v for k, v in meta.items() if k in ("depth", "length", "key", "kind", "style")})
+            r["doc_slots"] = sum(m["slots"] for m in memories if m["doc_id"] in {d.id for d in docs}) or None
+            r["doc_tokens"] = sum(d.tokens for d in docs)
+            rows.append(r)
+            data.setdefault("partial", {})[key] = {"method": method, "n_planned": len(items), "rows": rows,
+                                                   "accuracy": sum(x["correct"] for x in rows) / len(rows),
+                                                   "n": len(rows), "memories": memories}
+            save_part(model, part, data)  # an interrupted cell keeps its answered questions (marked partial)
+            print(f"  {key} {r['id']}: {'OK ' if r['correct'] else 'no '} ttft {r['ttft_s']}s "
+                  f"prefix {r['prefix_len']} ctx {r['context_tokens']} | {r['text'][:70]!r}", flush=True)
+    finally:
+        drop_int8_files(tome)  # the next cell reads the library's 16-bit memories again
     acc = sum(r["correct"] for r in rows) / len(rows)
     data.get("partial", {}).pop(key, None)
     data["cells"][key] = {"method": method, "accuracy": acc, "n": len(rows), "memories": memories,
@@ -291,17 +335,15 @@ def next_segment_nll(tome, doc, method: str, prev: int, target: int) -> list[tup
 
     lm = tome.lm
     name, ratio, positions = parse_method(method)
-    int8 = positions == "int8"  # the memories stored as KIVI-style int8 (uio.compress.quant), read back
+    int8 = positions == "int8"  # the memories stored as a KIVI-style int8 file and read back (use_int8_file)
     positions = tome.config.memory_positions if int8 or not positions else positions
     segs = tome.memories.stored_segments(doc)
     mem = None
     if ratio is not None:
         mem = tome.memory(doc, ratio=ratio, compressor=name)
         if int8:
-            from uio.compress.quant import dequantize_kv, quantize_kv
-
-            keys, values = dequantize_kv(*quantize_kv(mem.keys, mem.values), dtype=mem.keys.dtype)
-            mem = replace(mem, keys=keys, values=values)
+            mem = use_int8_file(tome, doc, name, ratio)[0]
+            drop_int8_files(tome)
     out = []
     for i in range(1, len(segs)):
         ids = list(segs[i].token_ids[:target])
