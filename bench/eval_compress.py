@@ -113,7 +113,7 @@ def use_int8_file(tome, doc, name: str, ratio: int):
     from uio.memory import Memory
 
     ms = next(m for m in tome.memory_sets(doc.id) if m.compressor == name and m.ratio == ratio)
-    path = tome.config.memories_path / "int8" / f"{ms.sha256}.safetensors"
+    path = tome.config.data_dir / "int8_memories" / f"{ms.sha256}.safetensors"  # outside the library's files
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tome.memories.cache.pop(ms.sha256)

@@ -18,6 +18,7 @@ from safetensors.torch import safe_open, save_file
 
 
 STORAGES = ("16bit", "int8")  # how memory files hold keys and values (Memory.save)
+_FLOATS = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class MemoryMismatch(ValueError):
@@ -231,7 +232,10 @@ class Memory:
 
                 qk, qv = (Int8Tensor(*(f.get_tensor(f"{name}.{part}") for part in ("codes", "minimum", "step")))
                           for name in ("keys", "values"))
-                keys, values = dequantize_kv(qk, qv, dtype or getattr(torch, meta["dtype"]))
+                made_in = _FLOATS.get(meta.get("dtype", ""))
+                if made_in is None:
+                    raise MemoryMismatch(f"{path}: int8 memories of unknown dtype {meta.get('dtype')!r}")
+                keys, values = dequantize_kv(qk, qv, dtype or made_in)
             else:
                 raise MemoryMismatch(f"{path} stores its memories as {storage!r}, which this Tome cannot read")
             positions = f.get_tensor("positions") if "positions" in f.keys() else None
