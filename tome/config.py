@@ -70,6 +70,10 @@ class Config:
     memory_positions: str = _opt("consecutive", 'positions of memory slots: "consecutive" (side by side) or '
                                                 '"spaced" (each slot where its source token sat in the segment, '
                                                 'scaled into the window where needed)', "TOME_MEMORY_POSITIONS")
+    memory_dtype: str = _opt("16bit", 'how new memory files store keys and values: "16bit" (bf16 for a bf16 '
+                                      'model, else fp16) or "int8" (KIVI-style: keys per channel, values per '
+                                      'token; about half the bytes, docs/COMPRESSION.md); files of either load',
+                             "TOME_MEMORY_DTYPE")
     memory_cache_mb: int = _opt(1024, "MB of documents' memories kept between questions (RAM, or GPU if used)",
                                 "TOME_MEMORY_CACHE_MB", int)
     int8_ingest: bool = _opt(False, "CPU ingestion through an int8 copy of the model (faster; uio/quant.py)",
