@@ -35,7 +35,9 @@ bench.qa.realdocs.grade; partial results are written after every question:
   measured here before it is changed there);
 - ``pages``: the context in page units (a segment's part on one page, scored by
   its best passage), each book its share, no neighbours;
-- ``ceiling``: the gold page(s) alone as the context.
+- ``ceiling``: the gold page(s) alone as the context;
+- ``-bestlast`` suffix: the chosen passages ordered by score, the best next to the question;
+  ``-focus`` suffix: the best-matching passage (<= 200 word pieces) repeated after them, labelled.
 
 A variant whose prompt (instruction and passages) is one an earlier variant of
 the same question already asked takes that answer (greedy decoding), marked
@@ -435,6 +437,29 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
         finally:
             answer_module.select_segments = real
 
+    def bestlast_choose(choose):
+        """The chosen passages ordered worst to best: the best one next to the question."""
+        def inner(*a):
+            ctx = choose(*a)
+            order = sorted(ctx.selection.passages, key=lambda p: -1e9 if p.score is None else p.score)
+            return replace(ctx, selection=Selection(order, ctx.selection.truncated))
+        return inner
+
+    def focus_choose(choose):
+        """As chosen, plus the best-matching passage repeated last, labelled: a pointer for a small reader."""
+        def inner(*a):
+            ctx = choose(*a)
+            best = max((p for p in ctx.selection.passages if p.match is not None),
+                       key=lambda p: p.score or 0.0, default=None)
+            if best is None:
+                return ctx
+            m = best.match
+            seg = PageSeg(m.text, m.page_start, m.page_start, -2, len(tome.lm.tokenizer(m.text)["input_ids"]))
+            ctx.owner[id(seg)] = ctx.owner[id(best.segment)]
+            extra = Passage(best.title + " (best match)", seg, best.score, breaks=((0, m.page_start),))
+            return replace(ctx, selection=Selection(ctx.selection.passages + [extra], ctx.selection.truncated))
+        return inner
+
     results = {v: [] for v in variants}
     path = out_path
     qs = list(data["questions"])
@@ -466,6 +491,8 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
                 answerer.choose = gold_choose
             else:
                 answerer.choose = real_choose
+            if v.endswith("-bestlast") or v.endswith("-focus"):
+                answerer.choose = (bestlast_choose if v.endswith("-bestlast") else focus_choose)(answerer.choose)
             t = time.perf_counter()
             choose = answerer.choose
 
