@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 
 from retrieval.citations import Source, cite
 from retrieval.prompt import Selection, build_messages, count_tokens, fit_budget
+from tome.doubt import restates_question
 from retrieval.retriever import Retriever
 from retrieval.select import select_segments
 from storage import DocumentInfo, Store
@@ -235,6 +236,7 @@ class Answerer:
         update.stats = self._figures(gen.stats, ctx, policy, timer)
         update.done = True
         update.text = update.text.strip()
+        update.stats["restates_question"] = restates_question(update.text, question)  # found no answer
         self.store.add_message(conversation_id, "assistant", update.text, mode=mode,
                                stats=update.stats | {"sources": [s.as_dict() for s in update.sources]})
         yield update
@@ -258,7 +260,6 @@ class Answerer:
         floor = self.models.config.confidence_floor
         out = stats.as_dict() | {"model": self.lm.name, "context_tokens": ctx.selection.tokens, "kv_bytes": kv,
                                  "cache_policy": policy.name, "confidence_floor": floor,
-                                 # a small model rarely says "the passages do not say": its own doubt tells
                                  "low_confidence": bool(stats.new_tokens) and stats.confidence < floor}
         timer.add("prefill", stats.prefill_s)
         timer.add("first_decode", stats.first_decode_s)

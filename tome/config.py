@@ -87,9 +87,9 @@ class Config:
     context_books: int = _opt(2, "a question over several books gets context_budget per book, up to this many "
                                  "books' worth (both books' answering pages fit; docs/RESULTS.md)",
                               "TOME_CONTEXT_BOOKS", int)
-    confidence_floor: float = _opt(0.5, "an answer whose confidence (geometric mean of its token probabilities) is "
-                                        "below this is marked: the passages may not hold its answer (0: never)",
-                                   "TOME_CONFIDENCE_FLOOR", float)
+    confidence_floor: float = _opt(0.0, "mark an answer whose confidence (geometric mean of its token probabilities) "
+                                        "is below this; 0: never (on Qwen2.5-0.5B it does not tell right from "
+                                        "wrong, docs/RESULTS.md)", "TOME_CONFIDENCE_FLOOR", float)
     embedder: str = _opt("minilm", 'segment embedder: "minilm" (all-MiniLM-L6-v2, shipped in a wheel), a hub id '
                                    "or a path", "TOME_EMBEDDER")
     neighbours: int = _opt(0, "segments on each side of a retrieved one that come with it (where its best "

@@ -188,12 +188,18 @@ def figures_line(u: AnswerUpdate) -> str:
             + (" · stopped" if s.get("stopped") else "") + untrained)
 
 
-def doubt_message(stats: dict) -> dict:
-    """A note under an answer the model was unsure of (Config.confidence_floor): it may not be in the passages."""
-    return {"role": "assistant",
-            "content": f"The model was unsure of this answer (confidence {stats.get('confidence', 0):.2f}): "
-                       "the passages may not hold it. Check the cited pages.",
-            "metadata": {"title": "⚠ Low confidence", "status": "done"}}
+def doubt_message(stats: dict) -> dict | None:
+    """A note under an answer that restated the question (it found none) or that the model was unsure of
+    (``Config.confidence_floor``); None for other answers."""
+    if stats.get("restates_question"):
+        text = "The answer only restates the question: the passages read may not hold the answer."
+    elif stats.get("low_confidence"):
+        text = (f"The model was unsure of this answer (confidence {stats.get('confidence', 0):.2f}): "
+                "the passages may not hold it.")
+    else:
+        return None
+    return {"role": "assistant", "content": text + " Check the cited pages.",
+            "metadata": {"title": "⚠ No clear answer", "status": "done"}}
 
 
 def sources_message(u: AnswerUpdate) -> dict:
@@ -223,8 +229,9 @@ def _stream(tome: Tome, mode: str, message: str, turns: list[dict], history: lis
         history[-1] = {"role": "assistant", "content": html.escape(u.text) or "…"}
         yield history, u.conversation_id, notice
     if u is not None:
-        if u.stats.get("low_confidence"):
-            history.append(doubt_message(u.stats))
+        doubt = doubt_message(u.stats)
+        if doubt:
+            history.append(doubt)
         history.append(sources_message(u))
         yield history, u.conversation_id, notice
 
@@ -313,8 +320,9 @@ def open_conversation(tome: Tome, conversation_id: int | None) -> tuple[list[dic
         if question:
             target.append(question)
         target.append({"role": "assistant", "content": html.escape(m.content)})
-        if m.stats.get("low_confidence"):
-            target.append(doubt_message(m.stats))
+        doubt = doubt_message(m.stats)
+        if doubt:
+            target.append(doubt)
         sources = m.stats.get("sources") or []
         if sources:
             labels = [s["label"] if isinstance(s, dict) else str(s) for s in sources]
