@@ -576,17 +576,26 @@ def realdocs_page(doc, page: int) -> str:
 
 
 def report_answers(path: Path) -> None:
-    """Accuracy per variant from an --answers file: all, single-book, two-book; wrong = neither right nor abstained."""
+    """Accuracy per variant from an --answers file: all, single-book, two-book; wrong = neither right nor
+    abstained; "restated": answers marked as restating the question (tome.doubt, shown as no clear answer),
+    right and wrong; "confident wrong": wrong, neither abstained nor marked."""
+    from tome.doubt import restates_question
+
     d = json.loads(path.read_text())
+    question = {q["id"]: q["question"] for q in realdocs.load()["questions"]}
     print(f"{d['model']}, {d['done']}/{d['of']} questions, max_new_tokens {d['max_new_tokens']}")
-    print(f"{'variant':<18}{'correct':>9}{'single':>9}{'two-book':>10}{'wrong':>7}{'abstained':>10}{'s/answer':>9}")
+    print(f"{'variant':<18}{'correct':>9}{'single':>9}{'two-book':>10}{'wrong':>7}{'abstained':>10}"
+          f"{'restated r/w':>13}{'confident wrong':>16}{'s/answer':>9}")
     for v, rs in d["rows"].items():
         single = [r for r in rs if r["kind"] == "single"]
         two = [r for r in rs if r["kind"] == "two-book"]
+        marked = [restates_question(r["answer"], question[r["id"]]) for r in rs]
         print(f"{v:<18}{sum(r['correct'] for r in rs):>4}/{len(rs):<4}"
               f"{sum(r['correct'] for r in single):>4}/{len(single):<4}{sum(r['correct'] for r in two):>5}/{len(two):<4}"
               f"{sum(not r['correct'] and not r['abstained'] for r in rs):>7}"
               f"{sum(r['abstained'] and not r['correct'] for r in rs):>10}"
+              f"{sum(m and r['correct'] for m, r in zip(marked, rs)):>9}/{sum(m and not r['correct'] for m, r in zip(marked, rs)):<3}"
+              f"{sum(not r['correct'] and not r['abstained'] and not m for m, r in zip(marked, rs)):>16}"
               f"{statistics.median(r['seconds'] for r in rs):>9.1f}")
 
 
