@@ -37,7 +37,8 @@ bench.qa.realdocs.grade; partial results are written after every question:
   its best passage), each book its share, no neighbours;
 - ``ceiling``: the gold page(s) alone as the context;
 - ``-bestlast`` suffix: the chosen passages ordered by score, the best next to the question;
-  ``-focus`` suffix: the best-matching passage (<= 200 word pieces) repeated after them, labelled.
+  ``-focus`` suffix: the best-matching passage (<= 200 word pieces) repeated after them, labelled;
+  ``-budgetN`` suffix: ``context_budget`` N tokens (a book) instead of the configured one.
 
 A variant whose prompt (instruction and passages) is one an earlier variant of
 the same question already asked takes that answer (greedy decoding), marked
@@ -416,7 +417,7 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
     import retrieval.prompt as prompt
     from retrieval import select as select_module
 
-    neighbours, paged_prompt = tome.config.neighbours, prompt.PAGED_PROMPT
+    neighbours, paged_prompt, context_budget = tome.config.neighbours, prompt.PAGED_PROMPT, tome.config.context_budget
 
     def pages_choose(cdocs, books, question, budget, timer):
         """The context in page units (a segment's part on one page), each book its share, no neighbours."""
@@ -473,6 +474,8 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
         for v in variants:
             retriever.rank = {"today": today_rank, "hybrid-nolabels": unlabelled_rank}.get(v, real_rank)
             tome.config.neighbours = 0 if v.endswith("-n0") else neighbours
+            budget_m = re.search(r"-budget(\d+)$", v)
+            tome.config.context_budget = int(budget_m.group(1)) if budget_m else context_budget
             prompt.PAGED_PROMPT = ABSTAIN_PROMPT if v.endswith("-abstain") else paged_prompt
             if v.startswith("pages"):
                 answerer.choose = pages_choose
@@ -524,6 +527,7 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
             results[v].append(row)
         retriever.rank, answerer.choose = real_rank, real_choose
         tome.config.neighbours, prompt.PAGED_PROMPT = neighbours, paged_prompt
+        tome.config.context_budget = context_budget
         summary = {v: {"correct": sum(r["correct"] for r in rs), "asked": len(rs),
                        "wrong": sum(not r["correct"] and not r["abstained"] for r in rs),
                        "abstained": sum(r["abstained"] and not r["correct"] for r in rs)} for v, rs in results.items()}
