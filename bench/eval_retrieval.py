@@ -362,9 +362,13 @@ def latency(tome, docs, data, repeats: int = 1) -> dict:
         xs = sorted(xs)
         return {"median_ms": round(1000 * statistics.median(xs), 1), "p95_ms": round(1000 * xs[int(0.95 * (len(xs) - 1))], 1)}
 
+    from retrieval.decompose import parts
+
+    split = [t for t, q in zip(t_new, qs * repeats) if parts(q)]  # searched whole and part by part
     return {"pages": sum(d.pages for d in lib), "segments": tome.store.count_segments([d.id for d in lib]),
             "passages": tome.store.count_passages([d.id for d in lib]), "questions": len(t_new),
             "today_segment_vectors": ms(t_old), "hybrid": ms(t_new),
+            "hybrid_two_part_questions": ms(split) | {"n": len(split)} if split else None,
             "added_median_ms": round(1000 * (statistics.median(t_new) - statistics.median(t_old)), 1),
             "parts": {"embed_question": ms(t_emb), "passage_vector_search": ms(t_vec), "full_text": ms(t_txt)}}
 
@@ -684,7 +688,8 @@ def main(argv=None) -> int:
         lat = latency(tome, docs, data)
         print(f"\nlatency over {lat['pages']} pages ({lat['segments']} segments, {lat['passages']} passages), "
               f"{lat['questions']} questions: today {lat['today_segment_vectors']}, hybrid {lat['hybrid']}, "
-              f"added {lat['added_median_ms']} ms (median); parts {lat['parts']}")
+              f"added {lat['added_median_ms']} ms (median); two-part questions {lat['hybrid_two_part_questions']}; "
+              f"parts {lat['parts']}")
         result["latency"] = lat
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
