@@ -153,3 +153,22 @@ def test_memory_layouts_read_the_same_memories(tome_tiny, tmp_path, layout, posi
     tome_tiny.config = replace(tome_tiny.config, memory_layout="sideways")
     with pytest.raises(ValueError, match="memory_layout"):
         list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed", max_new_tokens=4))
+
+
+def test_a_question_over_two_books_gets_the_budget_per_book(tome_tiny, tmp_path):
+    from dataclasses import replace
+
+    books = _books(tmp_path)
+    ids = [tome_tiny.ingest(books[t]).document.id for t in ("Alder", "Birch")]
+    base = replace(tome_tiny.config, context_budget=200)
+
+    def context(**kw) -> int:
+        tome_tiny.config = replace(base, **kw)
+        final = list(tome_tiny.ask(ids, "Who owns a falcon, and what grows by the river?", max_new_tokens=2))[-1]
+        assert final.truncated  # neither budget holds both books
+        return final.context_tokens
+
+    one, two = context(context_books=1), context()  # default: two books' worth
+    assert one <= 200 < two <= 400
+    only = list(tome_tiny.ask(ids[:1], "What grows by the river?", max_new_tokens=2))[-1]
+    assert only.context_tokens <= 200  # one book: the budget as configured
