@@ -15,10 +15,10 @@ from typing import Iterator, Sequence
 
 from retrieval.citations import Source, cite
 from retrieval.prompt import Selection, build_messages, count_tokens, fit_budget
-from tome.doubt import restates_question
 from retrieval.retriever import Retriever
 from retrieval.select import select_segments
 from storage import DocumentInfo, Store
+from tome.doubt import restates_question
 from tome.memories import Memories
 from tome.models import Models
 from tome.timing import Timer

@@ -46,8 +46,14 @@ class Memories:
         earlier, interrupted run is read back instead of made again when it holds the same segments.
         """
         from uio.compress import storage_dtype
-        from uio.memory import Memory
+        from uio.memory import STORAGES, Memory
 
+        # How the final file stores keys and values (Config.memory_dtype): a storage detail, not part of the
+        # memories' identity; Memory.load reads both, so a library that switches keeps the files it has.
+        # Checked before the work, not after minutes of it.
+        storage = self.models.config.memory_dtype
+        if storage not in STORAGES:
+            raise ValueError(f"memory_dtype must be one of {STORAGES}, not {storage!r}")
         compressor = compressor or self.models.compressor()
         lm = self.models.lm
         dtype = storage_dtype(lm)  # 16-bit files whichever encoder ran (Ray, int8: model dtype)
@@ -79,26 +85,11 @@ class Memories:
         rel = self.files.final(doc.sha256, fp, ratio)
         final = self.files.path(rel)
         # Chunks stay 16-bit (an interrupted run resumes from them exactly); the whole file is quantised once.
-        storage = self.storage()
         Memory.concat(parts).save(final, storage=storage)
         report(1.0, f"{name}: memories {n}/{n} segments")
         return MemorySetInfo(doc.id, fp, ratio, rel, final.stat().st_size, sha256_file(final),
                              compressor.name, compressor.params() | {"version": compressor.version,
                                                                      "storage": storage})
-
-    def storage(self) -> str:
-        """How new memory files store keys and values: ``Config.memory_dtype``, "16bit" (default) or "int8".
-
-        A storage detail, not part of the memories' identity: the fingerprint (compressor, parameters, model)
-        is the same, ``Memory.load`` reads both, so a library that switches keeps using the files it has
-        (each memory set records its storage in ``params["storage"]``) and writes new ones the new way.
-        """
-        from uio.memory import STORAGES
-
-        value = getattr(self.models.config, "memory_dtype", "16bit")
-        if value not in STORAGES:
-            raise ValueError(f"memory_dtype must be one of {STORAGES}, not {value!r}")
-        return value
 
     @staticmethod
     def _saved_chunk(path, fp: str, part):

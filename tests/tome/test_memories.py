@@ -1,4 +1,5 @@
 """Memories per compressor: recorded with their maker, never mixed, deterministic across restarts, collected."""
+import pytest
 import torch
 
 from tests.conftest import make_pdf, make_tome
@@ -107,3 +108,13 @@ def test_int8_storage_writes_int8_files_reads_both_and_answers_like_16_bit(tome_
     torch.testing.assert_close(b, a, atol=5e-3, rtol=0)  # measured 1.3e-3 on logits up to 0.83
     final = list(t.ask([twin.id], "Who lit the lamp?", mode="compressed", max_new_tokens=2))[-1]
     assert final.stats["memory_slots"] == mem8.num_slots  # a compressed answer read from the int8 file
+
+
+def test_an_unknown_memory_dtype_is_refused_before_any_compression(tome_tiny, tmp_path):
+    t = tome_tiny
+    doc = t.ingest(make_pdf(tmp_path / "lamp.pdf", PAGES)).document
+    t.models.config.memory_dtype = "int4"
+    with pytest.raises(ValueError, match="memory_dtype must be one of"):
+        t.memories.compress(doc, t.store.segments(doc.id), "lamp", lambda *_: None, chunk=1)
+    assert not any(p.name.endswith(".safetensors") and ".chunk" in p.name
+                   for p in t.config.memories_path.rglob("*"))  # no chunk was made
