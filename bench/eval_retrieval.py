@@ -38,7 +38,9 @@ bench.qa.realdocs.grade; partial results are written after every question:
 - ``ceiling``: the gold page(s) alone as the context;
 - ``-bestlast`` suffix: the chosen passages ordered by score, the best next to the question;
   ``-focus`` suffix: the best-matching passage (<= 200 word pieces) repeated after them, labelled;
-  ``-budgetN`` suffix: ``context_budget`` N tokens (a book) instead of the configured one.
+  ``-budgetN`` suffix: ``context_budget`` N tokens (a book) instead of the configured one;
+  ``-noreread`` suffix: no second read over the best page after an answer that restates the question
+  (``Config.reread``; ``today`` never has it, ``ceiling`` has no ranking to re-read from).
 
 A variant whose prompt (instruction and passages) is one an earlier variant of
 the same question already asked takes that answer (greedy decoding), marked
@@ -422,6 +424,7 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
     from retrieval import select as select_module
 
     neighbours, paged_prompt, context_budget = tome.config.neighbours, prompt.PAGED_PROMPT, tome.config.context_budget
+    reread = tome.config.reread
 
     def pages_choose(cdocs, books, question, budget, timer):
         """The context in page units (a segment's part on one page), each book its share, no neighbours."""
@@ -480,6 +483,8 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
             tome.config.neighbours = 0 if v.endswith("-n0") else neighbours
             budget_m = re.search(r"-budget(\d+)$", v)
             tome.config.context_budget = int(budget_m.group(1)) if budget_m else context_budget
+            # the second read over the best page (retrieval/narrow.py) is the shipped rule's; today's had none
+            tome.config.reread = reread and v != "today" and not v.endswith("-noreread")
             prompt.PAGED_PROMPT = ABSTAIN_PROMPT if v.endswith("-abstain") else paged_prompt
             if v.startswith("pages"):
                 answerer.choose = pages_choose
@@ -505,8 +510,9 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
 
             def recording_choose(*a, choose=choose):
                 ctx = choose(*a)
-                key = (prompt.PAGED_PROMPT, tuple((ctx.owner[id(p.segment)], p.segment.page_start, p.segment.text,
-                                                   p.breaks) for p in ctx.selection.passages))
+                key = (prompt.PAGED_PROMPT, tome.config.reread,
+                       tuple((ctx.owner[id(p.segment)], p.segment.page_start, p.segment.text, p.breaks)
+                             for p in ctx.selection.passages))
                 if key in asked:  # the same prompt as an earlier variant's: greedy decoding answers the same
                     raise _Same(asked[key])
                 seen.append(key)
@@ -524,6 +530,8 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
                        "seconds": round(time.perf_counter() - t, 1), "context_tokens": final.context_tokens,
                        "sources": [s.label() for s in final.sources[:3]],
                        "confidence": final.stats.get("confidence"), "logprobs": final.stats.get("token_logprobs")}
+                if final.stats.get("reread"):
+                    row["reread"] = final.stats["reread"]
                 asked.update({k: dict(row, variant=v) for k in seen})
             except _Same as same:  # not asked again: the earlier variant's (or run's) answer, marked
                 row = {k: x for k, x in same.row.items() if k != "variant"}
@@ -531,7 +539,7 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
             results[v].append(row)
         retriever.rank, answerer.choose = real_rank, real_choose
         tome.config.neighbours, prompt.PAGED_PROMPT = neighbours, paged_prompt
-        tome.config.context_budget = context_budget
+        tome.config.context_budget, tome.config.reread = context_budget, reread
         summary = {v: {"correct": sum(r["correct"] for r in rs), "asked": len(rs),
                        "wrong": sum(not r["correct"] and not r["abstained"] for r in rs),
                        "abstained": sum(r["abstained"] and not r["correct"] for r in rs)} for v, rs in results.items()}

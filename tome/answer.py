@@ -10,10 +10,12 @@ them is fair, and both cite the segments they used.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 from retrieval.citations import Source, cite
+from retrieval.narrow import best_pages, narrower
 from retrieval.prompt import Selection, build_messages, count_tokens, fit_budget
 from retrieval.retriever import Retriever
 from retrieval.select import select_segments
@@ -38,6 +40,7 @@ class AnswerUpdate:
     truncated: list[str] = field(default_factory=list)  # books that did not fit whole
     context_tokens: int = 0
     stats: dict = field(default_factory=dict)
+    note: str = ""  # what the answerer is doing besides writing (e.g. re-reading a page)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Context:
     prefix: int = 0
     prompt_ids: list[int] | None = None  # the prompt after the cache, where the cache holds part of the template
     stats: dict = field(default_factory=dict)  # mode-specific figures for the answer
+    ranking: object = None  # the retriever's Ranking the selection came from (None: not ranked)
 
 
 class UncompressedContext:
@@ -194,7 +198,7 @@ class Answerer:
         selection = Selection([replace(p, match=ranking.best(owner[id(p.segment)], p.segment.index),
                                        breaks=ranking.page_breaks(owner[id(p.segment)], p.segment.index))
                                for p in selection.passages], selection.truncated)
-        return Context(selection, owner)
+        return Context(selection, owner, ranking=ranking)
 
     def ask(self, doc_refs: Sequence[int | str], question: str, history: Sequence[dict] = (),
             conversation_id: int | None = None, max_new_tokens: int | None = None,
@@ -205,10 +209,9 @@ class Answerer:
 
         ``cache_policy``/``cache_eviction`` prune the recent cache (prompt and generated tokens; never the
         memories), ``compressor``/``ratio`` choose the memories of compressed mode (made on demand where
-        missing); all default to the config's.
+        missing); all default to the config's. An uncompressed answer that only restates the question is
+        asked again over each book's best page alone (``Config.reread``; its first answer kept in the figures).
         """
-        from uio.generate import stream
-
         timer = Timer()  # stats["timing"]: where the time to the first token went
         question = question.strip()
         docs = self._ready(doc_refs, question, mode, timer)
@@ -224,22 +227,70 @@ class Answerer:
                               truncated=ctx.selection.truncated, context_tokens=ctx.selection.tokens)
         with self.models.lock:
             builder.assemble(ctx, question, history, timer)
-            gen = stream(self.lm, ctx.messages, policy, past_key_values=ctx.cache, prefix_len=ctx.prefix,
-                         max_new_tokens=max_new, temperature=temperature, stop=stop, prompt_ids=ctx.prompt_ids)
-            pieces = iter(gen)
-            try:
-                for piece in pieces:
-                    update.text += piece
-                    yield replace(update)  # a snapshot: consumers may keep earlier updates
-            finally:
-                pieces.close()  # an abandoned answer stops (and joins) its decode thread before the model is free
+            gen = yield from self._generate(ctx, policy, update, max_new, temperature, stop)
         update.stats = self._figures(gen.stats, ctx, policy, timer)
-        update.done = True
         update.text = update.text.strip()
         update.stats["restates_question"] = restates_question(update.text, question)  # found no answer
+        if (update.stats["restates_question"] and mode == "uncompressed" and self.models.config.reread
+                and not (stop is not None and stop.is_set())):
+            yield from self._reread(ctx, docs, builder, question, history, update, max_new, temperature, stop,
+                                    lambda: self.models.cache_policy(cache_policy, cache_eviction))
+        update.done = True
         self.store.add_message(conversation_id, "assistant", update.text, mode=mode,
                                stats=update.stats | {"sources": [s.as_dict() for s in update.sources]})
         yield update
+
+    def _generate(self, ctx: Context, policy, update: AnswerUpdate, max_new: int, temperature: float,
+                  stop: threading.Event | None):
+        """Stream the answer to ``ctx`` into ``update`` (yielding snapshots); returns the generator (its stats)."""
+        from uio.generate import stream
+
+        gen = stream(self.lm, ctx.messages, policy, past_key_values=ctx.cache, prefix_len=ctx.prefix,
+                     max_new_tokens=max_new, temperature=temperature, stop=stop, prompt_ids=ctx.prompt_ids)
+        pieces = iter(gen)
+        try:
+            for piece in pieces:
+                update.text += piece
+                yield replace(update)  # a snapshot: consumers may keep earlier updates
+        finally:
+            pieces.close()  # an abandoned answer stops (and joins) its decode thread before the model is free
+        return gen
+
+    def _reread(self, ctx: Context, docs: Sequence[DocumentInfo], builder, question: str, history,
+                update: AnswerUpdate, max_new: int, temperature: float, stop: threading.Event | None,
+                new_policy) -> Iterator[AnswerUpdate]:
+        """Ask again over each book's best page alone (``retrieval.narrow``) after an answer that restated the
+        question; ``update`` then carries the second answer, and its figures the first one's under "reread"."""
+        if ctx.ranking is None:
+            return
+        books = max(1, min(len(docs), self.models.config.context_books))
+        segments = {d.id: self.store.segments(d.id) for d in docs}
+        selection, owner = best_pages(ctx.ranking, {d.id: d.title for d in docs}, segments.__getitem__,
+                                      lambda t: len(self.lm.tokenizer(t)["input_ids"]), books)
+        if not narrower(ctx.selection, selection):
+            return
+        narrow = Context(selection, owner, ranking=ctx.ranking)
+        pages = [f"{p.title}, p. {p.segment.page_start}" for p in selection.passages]
+        first = {"answer": update.text, "context_tokens": update.context_tokens, "pages": pages}
+        update.note = "The answer only restated the question: re-reading " + "; ".join(pages) + " alone."
+        update.text = ""
+        yield replace(update)
+        t0 = time.perf_counter()
+        with self.models.lock:
+            builder.assemble(narrow, question, history, Timer())
+            gen = yield from self._generate(narrow, new_policy(), update, max_new, temperature, stop)
+        update.text = update.text.strip()
+        update.note = ""
+        first["seconds"] = round(time.perf_counter() - t0, 3)  # what the second read added
+        first["new_tokens"] = gen.stats.new_tokens
+        # the citations: the pages re-read first, then the first read's others
+        narrowed = cite(((owner[id(p.segment)], p) for p in selection.passages), question)
+        keep = {(s.document_id, s.page_start) for s in narrowed}
+        update.sources = narrowed + [s for s in update.sources if (s.document_id, s.page_start) not in keep]
+        update.context_tokens = selection.tokens
+        update.stats |= {"reread": first, "restates_question": restates_question(update.text, question),
+                         "context_tokens": selection.tokens}
+        update.stats |= {k: v for k, v in gen.stats.as_dict().items() if k in ("confidence", "token_logprobs")}
 
     def _ready(self, doc_refs: Sequence[int | str], question: str, mode: str, timer: Timer) -> list[DocumentInfo]:
         """The chosen documents, after checking the mode, the question and that every book is ready."""

@@ -191,8 +191,18 @@ def figures_line(u: AnswerUpdate) -> str:
 def doubt_message(stats: dict) -> dict | None:
     """A note under an answer that restated the question (it found none) or that the model was unsure of
     (``Config.confidence_floor``); None for other answers."""
+    reread = stats.get("reread")
+    pages = html.escape("; ".join((reread or {}).get("pages", [])))
+    if reread and not stats.get("restates_question"):  # the second, narrower read found something
+        return {"role": "assistant",
+                "content": f"The first answer only restated the question; this one comes from re-reading "
+                           f"{pages} alone. Check the cited page.",
+                "metadata": {"title": "Re-read the best page", "status": "done"}}
     if stats.get("restates_question"):
         text = "The answer only restates the question: the passages read may not hold the answer."
+        if reread:
+            text = f"The answer only restates the question, also after re-reading {pages} alone: " \
+                   "the passages may not hold the answer."
     elif stats.get("low_confidence"):
         text = (f"The model was unsure of this answer (confidence {stats.get('confidence', 0):.2f}): "
                 "the passages may not hold it.")
@@ -227,7 +237,7 @@ def _stream(tome: Tome, mode: str, message: str, turns: list[dict], history: lis
                 "Note: too long for the context window, only the passages closest to the question were read: "
                 + html.escape(", ".join(u.truncated)))
         history[-1] = {"role": "assistant", "content": html.escape(u.text) or "…"}
-        yield history, u.conversation_id, notice
+        yield history, u.conversation_id, (notice + " " + html.escape(u.note)).strip() if u.note else notice
     if u is not None:
         doubt = doubt_message(u.stats)
         if doubt:

@@ -33,3 +33,10 @@ def test_the_note_says_which_doubt():
     assert doubt_message({}) is None
     assert "restates the question" in doubt_message({"restates_question": True})["content"]
     assert "confidence 0.12" in doubt_message({"low_confidence": True, "confidence": 0.123})["content"]
+
+
+def test_the_note_says_when_the_best_page_was_read_again():
+    found = doubt_message({"reread": {"pages": ["R-FAQ, p. 7"]}, "restates_question": False})
+    assert found["metadata"]["title"] == "Re-read the best page" and "re-reading R-FAQ, p. 7 alone" in found["content"]
+    still = doubt_message({"reread": {"pages": ["R-FAQ, p. 7"]}, "restates_question": True})
+    assert still["metadata"]["title"] == "⚠ No clear answer" and "also after re-reading R-FAQ, p. 7" in still["content"]

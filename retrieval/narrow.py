@@ -1,0 +1,74 @@
+"""A narrower second read: each book's best-matching page alone.
+
+A small reader (Qwen2.5-0.5B) that finds nothing restates the question
+(``tome.doubt``). On the real manuals the page it needed was usually in front
+of it, first among its cited sources, inside ~3,000 tokens of other text; with
+that page alone the same model answers more often (docs/RESULTS.md, "the gold
+page(s) alone"). So an answer that restates the question is asked again over
+the page of each book's best passage, and nothing else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from retrieval.prompt import Passage, Selection
+
+
+@dataclass(frozen=True)
+class PageText:
+    """One page of a book, cut from its stored segments (a ``TextSegment`` for the prompt)."""
+
+    text: str
+    page_start: int
+    page_end: int
+    index: int  # the segment holding the page's first part (the citation's segment)
+    tokens: int
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tokens
+
+
+def page_text(ranking, doc_id: int, page: int, segments: Sequence) -> str:
+    """The text of ``page`` of a document: its part of every segment it spans, in order.
+
+    ``ranking.page_breaks`` says where each page starts inside a segment (from the passages).
+    """
+    parts = []
+    for seg in segments:
+        if not seg.page_start <= page <= seg.page_end:
+            continue
+        breaks = ranking.page_breaks(doc_id, seg.index) or ((0, seg.page_start),)
+        starts = [0] + [b for b, _ in breaks[1:]]  # text before the first passage goes with its page
+        ends = starts[1:] + [len(seg.text)]
+        parts += [seg.text[a:b].strip() for (_, p), a, b in zip(breaks, starts, ends) if p == page]
+    return "\n".join(t for t in parts if t)
+
+
+def best_pages(ranking, titles: dict[int, str], segments_of: Callable[[int], Sequence],
+               count: Callable[[str], int], books: int = 2) -> tuple[Selection, dict[int, int]]:
+    """The page of each book's best passage (best books first, at most ``books``), as a selection.
+
+    Returns the selection and its owner map (id(segment) -> document id), as ``Answerer.choose`` does.
+    """
+    passages, owner, seen = [], {}, set()
+    for h in ranking.hits:  # best first
+        if h.document_id in seen or h.document_id not in titles:
+            continue
+        seen.add(h.document_id)
+        text = page_text(ranking, h.document_id, h.page_start, segments_of(h.document_id))
+        if not text:
+            continue
+        seg = PageText(text, h.page_start, h.page_start, h.index, count(text))
+        passages.append(Passage(titles[h.document_id], seg, h.score, match=h, breaks=((0, h.page_start),)))
+        owner[id(seg)] = h.document_id
+        if len(seen) >= books:
+            break
+    return Selection(passages, []), owner
+
+
+def narrower(selection: Selection, narrow: Selection) -> bool:
+    """True when ``narrow`` holds less text than ``selection`` (else a second read would see the same)."""
+    return bool(narrow.passages) and narrow.tokens < selection.tokens
+
