@@ -70,6 +70,9 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
 
+    def __post_init__(self) -> None:
+        restride_head_input(self.model)
+
     @property
     def window(self) -> int:
         """The base model's position window in tokens."""
@@ -81,6 +84,30 @@ class LoadedModel:
         c = self.model.config
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         return c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * self.dtype.itemsize
+
+
+def _dense_rows(_module, args):
+    x = args[0]
+    if x.dim() == 3 and x.shape[1] == 1 and x.stride(0) != x.shape[-1]:
+        return (x.new_empty(x.shape).copy_(x),) + tuple(args[1:])
+    return None
+
+
+def restride_head_input(model: PreTrainedModel) -> None:
+    """Give the output head a densely strided input (once per model object).
+
+    A prefill keeps the logits of its last position only (``logits_to_keep=1``): the head then reads
+    ``hidden[:, -1:]``, a (1, 1, D) view whose batch stride is the whole prompt's. ``torch.matmul`` folds
+    a 3-D input into one matrix product only when its strides allow it; for this view with a frozen
+    weight it takes the batched path, which copies the transposed head weight (vocabulary x hidden: 272 MB
+    for Qwen2.5-0.5B in bf16) on every prefill: 1.3 s of a compressed answer's 1.4 s first token on
+    the 2-core CPU. The same row copied densely (hidden-size values) takes the plain product: ~35 ms.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(head, "_tome_dense_rows", False):
+        return
+    head.register_forward_pre_hook(_dense_rows)
+    head._tome_dense_rows = True
 
 
 def flat_ttft_slots(lm: LoadedModel, floor: int = 512) -> int:

@@ -71,3 +71,28 @@ def test_prompt_longer_than_window_is_refused(tiny_llama):
     long = "word " * 5000
     with pytest.raises(ValueError, match="exceeds the model.s window"):
         stream(tiny_llama, [{"role": "user", "content": long}], max_new_tokens=10)
+
+
+@pytest.mark.parametrize("kind", ["tiny_llama", "tiny_qwen"])
+def test_the_head_reads_a_densely_strided_last_row(kind, request):
+    """A prefill keeping one position's logits hands the head hidden[:, -1:], whose batch stride is the
+    prompt's; torch.matmul then copied the whole transposed head weight every prefill (1.3 s on Qwen)."""
+    from uio.model import LoadedModel, restride_head_input
+
+    lm: LoadedModel = request.getfixturevalue(kind)
+    head = lm.model.get_output_embeddings()
+    restride_head_input(lm.model)  # a second call adds nothing
+    assert sum(h.__name__ == "_dense_rows" for h in head._forward_pre_hooks.values()) == 1
+    seen = []
+    probe = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].stride()))
+    try:
+        ids = torch.randint(10, 200, (1, 12))
+        with torch.inference_mode():
+            last = lm.model(input_ids=ids, logits_to_keep=1).logits
+            every = lm.model(input_ids=ids).logits
+    finally:
+        probe.remove()
+    d = lm.model.config.hidden_size
+    assert seen[0] == (d, d, 1)  # dense, not (12 * d, d, 1)
+    assert seen[1] == (12 * d, d, 1)  # whole prompts pass untouched
+    torch.testing.assert_close(last[0, -1], every[0, -1], rtol=1e-5, atol=1e-5)
