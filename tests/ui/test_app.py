@@ -145,3 +145,23 @@ def test_delete_and_reingest_handlers(tome_tiny, tmp_path):
     assert handlers.delete(tome_tiny, doc.id) == "Deleted **d**."
     assert handlers.library_rows(tome_tiny) == []
     assert "no document" in handlers.delete(tome_tiny, doc.id)
+
+
+def test_chat_says_which_page_it_reads_again(tome_tiny, tmp_path):
+    """A reader that says nothing (the tiny model with its head zeroed) restates the question: the page
+    says which page is re-read while it happens, and the note under the answer names it afterwards."""
+    import torch
+
+    pages = ["The committee met on Tuesday. " * 30, "The keeper owns a tame falcon named Ossian. " * 3,
+             "The committee met on Tuesday. " * 30]
+    r = tome_tiny.ingest(make_pdf(tmp_path / "f.pdf", pages, title="Falcons"))
+    with torch.no_grad():
+        tome_tiny.lm.model.get_output_embeddings().weight.zero_()
+    tome_tiny.config.context_budget = 10_000  # the whole book is read first: the page alone is narrower
+    steps = list(handlers.chat(tome_tiny, "What is the falcon called?", [], [r.document.id], None,
+                               settings=UNCOMPRESSED))
+    assert any("re-reading Falcons, p. 2 alone" in notice for _, _, notice in steps)
+    history = steps[-1][0]
+    assert [m.get("metadata", {}).get("title", "")[:10] for m in history] == ["", "", "⚠ No clear", "Sources: F"]
+    assert "also after re-reading Falcons, p. 2" in history[2]["content"]
+    assert history[3]["metadata"]["title"].startswith("Sources: Falcons, p. 2")
