@@ -8,7 +8,9 @@ sinks and slot counts are ``ScoringCompressor``'s, so the memories have the
 shape KVzip's have; only the choice of tokens differs.
 
 Weights: ``uio/weights/scorer-<model key>.safetensors`` (``scorer_path``) for
-the embedded models, or ``weights=`` a file. A model without a scorer, or
+the embedded models, or ``weights=`` a file. A scorer with ``cross`` features (version 2) also reads each
+layer's rotated queries and keys (``uio.compress.scorer.cross_features``) in ``observe``, so its layer is
+scored there, from the hidden state the pre-hook kept until then. A model without a scorer, or
 weights made for another base model, raise a clear error rather than guess.
 The memories' identity includes the weights' digest.
 """
@@ -23,7 +25,7 @@ from typing import ClassVar, Sequence
 import torch
 
 from uio.compress.base import Prefill, ScoringCompressor, model_shape
-from uio.compress.scorer import KVScorer, scorer_path
+from uio.compress.scorer import KVScorer, cross_features, scorer_path
 from uio.model import LoadedModel, embedded_key
 
 _LOADED: dict[tuple[str, int], tuple[weakref.ref, KVScorer]] = {}
@@ -53,7 +55,7 @@ class KVzipFastCompressor(ScoringCompressor):
 
     name: ClassVar[str] = "kvzip-fast"
     label: ClassVar[str] = "KVzip-fast (learned scorer, one pass)"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: the scorer may read the prefill's queries and keys (cross features)
     weights: str = field(default="", metadata={"identity": False})  # "" -> the shipped scorer; its digest counts
 
     def identity(self, lm: LoadedModel) -> str:
@@ -63,24 +65,42 @@ class KVzipFastCompressor(ScoringCompressor):
 
     def prefill(self, lm: LoadedModel, tokens: Sequence[int]) -> Prefill:
         """The plain prefill, with each layer's scores computed from its attention input on the way."""
+        from uio.adapter import body
+
         scorer = scorer_for(lm, self.weights or None)
         feats = scorer.features(len(tokens), torch.as_tensor(list(tokens)))  # once per segment, every layer
         scores: dict[int, torch.Tensor] = {}
+        hidden_in: dict[int, torch.Tensor] = {}
+        cross = scorer.config.cross
+        rotary = body(lm).rotary_emb
 
         def hook(module, args, kwargs):
             hidden = kwargs.get("hidden_states", args[0] if args else None)
-            scores[module.layer_idx] = scorer(module.layer_idx, hidden, feats=feats)
+            if cross:  # scored in observe, once the layer's queries and keys exist
+                hidden_in[module.layer_idx] = hidden
+            else:
+                scores[module.layer_idx] = scorer(module.layer_idx, hidden, feats=feats)
 
-        from uio.adapter import body
+        def observe(module, query, keys):
+            if cross:
+                c = cross_features(module, query, keys, rotary, scorer.config.cross_stride)
+                scores[module.layer_idx] = scorer(module.layer_idx, hidden_in.pop(module.layer_idx), feats=feats,
+                                                  cross=c)
 
         handles = [layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True) for layer in body(lm).layers]
+        self._observer = observe
         try:
             pre = super().prefill(lm, tokens)
         finally:
+            self._observer = None
             for h in handles:
                 h.remove()
         pre.observed = [scores[i] for i in range(len(scores))]
         return pre
+
+    def observe(self, module: torch.nn.Module, query: torch.Tensor, keys: torch.Tensor):
+        fn = getattr(self, "_observer", None)
+        return fn(module, query, keys) if fn else None
 
     def score(self, lm: LoadedModel, pre: Prefill) -> torch.Tensor:
         layers = model_shape(lm)[0]

@@ -18,6 +18,13 @@ the whole segment (log counts): the reconstruction queries spread their
 attention over the copies of repeated text and concentrate it on what occurs
 once (a pass key in filler), which a token's own hidden state cannot see.
 
+With ``cross`` (version 2 scorers), each KV head also gets features read from the layer's rotated queries and
+keys in the same prefill (``cross_features``: O(n·d) per head, plus with ``cross_stride`` one O(n²·d/stride)
+term). KVzip scores key t by the attention it gets when the model re-reads the segment, where the copy of
+token t-1 queries it from ~n + 16 positions later (induction), which a per-token MLP cannot see:
+
+    score[l, h, t] = w2 · gelu(... + Σ_f C[l, h, f] · norm(cross(l, h, t))_f)[h] + b2   (per KV head)
+
 The weights file (safetensors) names the base model (its key and
 ``uio.adapter.base_fingerprint``); ``KVScorer.load(path, lm)`` refuses weights
 made for another model. Trained by ``python -m uio.train.scorer``.
@@ -46,6 +53,12 @@ class ScorerConfig:
     base_model: str = ""  # the embedded key ("smollm2", "qwen") or the model's name
     fingerprint: str = ""  # uio.adapter.base_fingerprint of the base model
     repeats: bool = False  # token features include the segment's token and bigram counts
+    cross: bool = False  # per-KV-head features from the prefill's queries and keys (cross_features)
+    cross_stride: int = 0  # with cross: > 0 adds the normalised induction pair, keys strided by this
+
+    @property
+    def cross_dim(self) -> int:
+        return cross_dim(self.cross_stride) if self.cross else 0
 
     @property
     def token_features(self) -> int:
@@ -60,6 +73,64 @@ class ScorerConfig:
         kw.setdefault("base_model", embedded_key(lm.name) or lm.name)
         kw.setdefault("fingerprint", model_fingerprint(lm))
         return cls(hidden_size=c.hidden_size, kv_heads=c.num_key_value_heads, num_layers=c.num_hidden_layers, **kw)
+
+
+CROSS_FEATURES = 4  # without the normalised induction pair (cross_stride = 0)
+REQUEST_OFFSET = 16  # ~ tokens of KVzip's repeat request (prompt + chat suffix) before the copy starts
+WINDOW = 32  # the segment's last queries whose attention is a feature (SnapKV's observation window)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE rotation (rotate_half convention, Llama/Qwen2) of x (.., d) by the angle of cos/sin (d,)."""
+    a, b = x.chunk(2, -1)
+    return x * cos + torch.cat([-b, a], -1) * sin
+
+
+def cross_dim(stride: int) -> int:
+    """Features per KV head and token of ``cross_features(..., stride)``."""
+    return CROSS_FEATURES + (2 if stride else 0)
+
+
+@torch.no_grad()
+def cross_features(module: nn.Module, query: torch.Tensor, keys: torch.Tensor, rotary: nn.Module,
+                   stride: int = 0) -> torch.Tensor:
+    """(kv, n, cross_dim(stride)) float32 features of each KV head's keys from one layer's prefill.
+
+    query (1, H, n, d) and keys (1, Hkv, n, d), rotated as the attention sees them (``tome_observe``);
+    ``rotary``: the model's rotary embedding (``body(lm).rotary_emb``). KVzip's re-reading copy of token
+    t-1 queries key t from ~n + REQUEST_OFFSET positions later; RoPE rotations compose, so the prefill's
+    query at t-1 against keys turned back by that offset is the cheap proxy (its content differs):
+
+        far_g(t) = q_g(t-1) · R(-(n + 16)) k(t) · scale      (g: the KV head's query heads)
+        [max_g far, mean_g far, |k(t)|, log max attention on t from the segment's last WINDOW queries]
+        + with ``stride``: [max_g, mean_g of far_g(t) - logsumexp_j far-logit of q_g(t-1) to key j], the
+          log share of that proxy query's attention key t would get, the sum over every ``stride``-th key
+          (x stride): O(n² d / stride) per head, the one costly feature.
+    """
+    _, h, n, d = query.shape
+    kv = keys.shape[1]
+    g = h // kv
+    scale = float(getattr(module, "scaling", d ** -0.5))
+    q = query[0].view(kv, g, n, d)
+    k = keys[0]
+    cos, sin = rotary(k, position_ids=torch.tensor([[n + REQUEST_OFFSET]], device=k.device))  # (1, 1, d)
+    k_back = _rotate(k.float(), cos[0, 0].float(), -sin[0, 0].float())  # R(-offset) k, 1/g of rotating queries
+    qs = q[:, :, :-1].float() * scale
+    far = (qs * k_back[:, None, 1:]).sum(-1)  # (kv, g, n-1): query t-1, key t
+    pad = lambda x: F.pad(x, (1, 0))  # noqa: E731  (token 0 has no predecessor)
+    w = min(WINDOW, n)
+    logits = torch.einsum("kgqd,knd->kgqn", q[:, :, n - w:].float() * scale, k.float())  # (kv, g, w, n)
+    i = torch.arange(w, device=q.device)[:, None] + (n - w)
+    logits.masked_fill_(torch.arange(n, device=q.device)[None] > i, float("-inf"))
+    window = logits.softmax(-1).amax(dim=(1, 2)).clamp_min(1e-6).log()  # (kv, n)
+    feats = [pad(far.amax(1)), pad(far.mean(1)), k.float().norm(dim=-1), window]
+    if stride:
+        # the normaliser from every stride-th key, matmul in the model's dtype (bf16 is fast on CPUs)
+        sub = k_back[:, ::stride].to(q.dtype)[:, None].transpose(-1, -2)  # (kv, 1, d, n/stride)
+        lse = torch.matmul(q[:, :, :-1] * scale, sub).float().logsumexp(-1) + math.log(stride)
+        share = far - lse
+        feats += [pad(share.amax(1)), pad(share.mean(1))]
+    return torch.stack(feats, -1)
 
 
 def positions(t: torch.Tensor) -> torch.Tensor:
@@ -105,12 +176,25 @@ class LayerScorer(nn.Module):
         self.pos = nn.Linear(cfg.token_features, cfg.kv_heads * cfg.rank, bias=False)
         self.out = nn.Parameter(torch.randn(cfg.kv_heads, cfg.rank) * cfg.rank ** -0.5)
         self.out_bias = nn.Parameter(torch.zeros(cfg.kv_heads))
+        self.cross = cfg.cross
+        if cfg.cross:  # per-KV-head weights: head h's features feed only head h's hidden units
+            self.register_buffer("cross_mean", torch.zeros(cfg.kv_heads, cfg.cross_dim))
+            self.register_buffer("cross_inv_std", torch.ones(cfg.kv_heads, cfg.cross_dim))
+            self.cross_w = nn.Parameter(torch.randn(cfg.kv_heads, cfg.cross_dim, cfg.rank) * 0.1)
 
-    def forward(self, hidden: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """``feats`` (n, F): ``token_features`` of the same tokens."""
+    def forward(self, hidden: torch.Tensor, feats: torch.Tensor, cross: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``feats`` (n, F): ``token_features`` of the same tokens; ``cross`` (kv, n, cross_dim):
+        ``cross_features`` of them (required when the config has ``cross``)."""
         x = (hidden.float() - self.mean) * self.inv_std
-        h = F.gelu(self.inp(x) + self.pos(feats.to(x.device)))  # (.., n, kv * rank)
-        h = h.unflatten(-1, (self.kv, self.rank))
+        pre = self.inp(x) + self.pos(feats.to(x.device))  # (.., n, kv * rank)
+        pre = pre.unflatten(-1, (self.kv, self.rank))
+        if self.cross:
+            if cross is None:
+                raise ValueError("this scorer reads the prefill's queries and keys (cross=True): pass cross")
+            c = (cross.float().to(x.device) - self.cross_mean[:, None]) * self.cross_inv_std[:, None]
+            pre = pre + torch.einsum("knf,kfr->nkr", c, self.cross_w)
+        h = F.gelu(pre)
         return ((h * self.out).sum(-1) + self.out_bias).transpose(-1, -2)  # (.., kv, n)
 
 
@@ -127,17 +211,22 @@ class KVScorer(nn.Module):
         return token_features(self.config, n, ids, index)
 
     def forward(self, layer: int, hidden: torch.Tensor, ids: torch.Tensor | None = None,
-                feats: torch.Tensor | None = None) -> torch.Tensor:
+                feats: torch.Tensor | None = None, cross: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (kv_heads, n) of layer ``layer`` for its attention input ``hidden`` (1, n, D) or (n, D) of the
-        segment ``ids`` (n,) (or its ``features``, given once for all layers)."""
+        segment ``ids`` (n,) (or its ``features``, given once for all layers), and with a ``cross`` config
+        that layer's ``cross_features`` (kv, n, cross_dim)."""
         if feats is None:
             feats = self.features(hidden.shape[-2], ids)
-        s = self.layers[layer](hidden, feats)
+        s = self.layers[layer](hidden, feats, cross)
         return s[0] if s.dim() == 3 else s
 
     def digest(self) -> str:
         """sha256 over the config and the weights (as saved): memories of other weights are other memories."""
-        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        cfg = asdict(self.config)
+        if not cfg["cross"]:  # absent from version-1 configs: their digests stay what they were
+            cfg.pop("cross")
+            cfg.pop("cross_stride")
+        h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         for k, v in sorted(self.state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().to("cpu", torch.float16).numpy().tobytes())

@@ -10,7 +10,10 @@ Two phases, both resumable:
    ``KVzipCompressor.score`` (a prefill + the repeat pass, ~3 forwards) and the hidden states entering each
    layer's attention during the prefill, cached on disk (``--cache``, one file per segment: a rerun skips
    finished ones). Training segments keep a random ``--keep-tokens`` subset of their tokens' hidden states
-   (labels are computed on the whole segment first); held-out segments keep all.
+   (labels are computed on the whole segment first); held-out segments keep all. Also per layer the
+   ``cross_features`` of the prefill's queries and keys (a few floats per KV head and token, so scorers with
+   and without them train from one cache). ``--passkey N`` adds N synthetic training segments: a 5-digit key
+   in repeated filler (``bench.qa.passkey``, seeds 100000 + i, never the eval's), what the pass-key eval asks.
 2. train: the local objective per layer (no backward through the base model): BCE on "in KVzip's kept set"
    at 8x and at 32x, plus a listwise term (cross-entropy between the softmax of the scores and of KVzip's log
    scores, per head). Checkpoints every ``--ckpt-every`` steps (weights, optimiser, step: the segment order
@@ -33,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from uio.compress.scorer import KVScorer, ScorerConfig, scorer_path, topk_agreement
+from uio.compress.scorer import KVScorer, ScorerConfig, cross_features, scorer_path, topk_agreement
 
 ROOT = Path(__file__).resolve().parents[2]
 RATIOS = (8, 32)
@@ -63,6 +66,18 @@ def corpus_segments(path: Path, tokenizer, count: int, segment_len: int, seed: i
     return out
 
 
+def passkey_segments(tokenizer, count: int, segment_len: int, seed: int) -> list[list[int]]:
+    """``count`` pass-key documents of exactly ``segment_len`` tokens, key at a seeded depth (seeds 100000+)."""
+    from bench.qa.passkey import passkey_document
+
+    rng = random.Random(f"scorer-passkey/{seed}")
+    out = []
+    for i in range(count):
+        text, _ = passkey_document(tokenizer, segment_len, rng.random(), seed=100000 + i)
+        out.append(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"][:segment_len])
+    return out
+
+
 def kept_labels(scores: torch.Tensor, ratio: int, n_sink: int = 4) -> torch.Tensor:
     """(layers, kv, n) 0/1: KVzip's kept set at ``ratio`` (sinks forced, as the compressor selects)."""
     n = scores.shape[-1]
@@ -73,15 +88,23 @@ def kept_labels(scores: torch.Tensor, ratio: int, n_sink: int = 4) -> torch.Tens
 
 
 @torch.no_grad()
-def make_target(lm, tokens: list[int], keep_tokens: int | None, seed: int) -> dict:
+def make_target(lm, tokens: list[int], keep_tokens: int | None, seed: int, stride: int = 8) -> dict:
     """KVzip's scores of one segment and the hidden states entering each layer's attention in its prefill."""
+    from uio.adapter import body
     from uio.compress.kvzip import KVzipCompressor
     from uio.gate import attention_inputs
 
-    kv = KVzipCompressor(ratio=8)
+    rotary = body(lm).rotary_emb
+
+    class Observing(KVzipCompressor):  # KVzip's prefill, also reading its queries and keys
+        def observe(self, module, query, keys):
+            return cross_features(module, query, keys, rotary, stride)
+
+    kv = Observing(ratio=8)
     with attention_inputs(lm.model) as seen:
         pre = kv.prefill(lm, tokens)
     hidden = torch.stack([seen[i][0] for i in range(len(seen))])  # (layers, n, D)
+    cross = torch.stack(pre.observed).float()  # (layers, kv, n, CROSS_FEATURES)
     with torch.inference_mode():
         scores = kv.score(lm, pre).float()  # (layers, kv, n)
     n = len(tokens)
@@ -91,19 +114,21 @@ def make_target(lm, tokens: list[int], keep_tokens: int | None, seed: int) -> di
         idx = torch.randperm(n, generator=g)[:keep_tokens].sort().values
     store = hidden.dtype if hidden.dtype in (torch.bfloat16, torch.float16) else torch.float16
     return {"ids": torch.tensor(tokens), "index": idx, "hidden": hidden[:, idx].to(store).clone(),
+            "cross": cross[:, :, idx].clone(), "cross_stride": stride,
             "log_scores": scores.clamp_min(1e-8).log()[..., idx].clone(),
             "labels": {r: kept_labels(scores, r)[..., idx].to(torch.bool).clone() for r in RATIOS},
             "full_log_scores": scores.clamp_min(1e-8).log().to(torch.float16)}
 
 
-def build_targets(lm, segments: list[list[int]], folder: Path, keep_tokens: int | None, log, split: str) -> None:
+def build_targets(lm, segments: list[list[int]], folder: Path, keep_tokens: int | None, log, split: str,
+                  stride: int = 8) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, seg in enumerate(segments):
         path = folder / f"{i:05d}.pt"
         if path.is_file():
             continue
         c0, w0 = time.process_time(), time.perf_counter()
-        rec = make_target(lm, seg, keep_tokens, seed=i)
+        rec = make_target(lm, seg, keep_tokens, seed=i, stride=stride)
         tmp = path.with_suffix(".tmp")
         torch.save(rec, tmp)
         tmp.replace(path)
@@ -112,6 +137,16 @@ def build_targets(lm, segments: list[list[int]], folder: Path, keep_tokens: int 
 
 
 # -- the objective -----------------------------------------------------------------------------------
+def cross_of(scorer: KVScorer, rec: dict, layer: int) -> torch.Tensor | None:
+    """The record's cross features of ``layer`` that ``scorer`` reads (None without cross)."""
+    cfg = scorer.config
+    if not cfg.cross:
+        return None
+    if cfg.cross_stride and rec.get("cross_stride") != cfg.cross_stride:
+        raise ValueError(f"targets made with cross stride {rec.get('cross_stride')}, scorer wants {cfg.cross_stride}")
+    return rec["cross"][layer][..., :cfg.cross_dim]
+
+
 def segment_loss(scorer: KVScorer, rec: dict, listwise: float, temperature: float) -> tuple[torch.Tensor, dict]:
     """Mean over layers of BCE(8x) + BCE(32x) + ``listwise`` * CE(softmax(target / T), softmax(pred))."""
     idx = rec["index"]
@@ -119,7 +154,7 @@ def segment_loss(scorer: KVScorer, rec: dict, listwise: float, temperature: floa
     sink = idx >= 4  # sinks are forced in at inference: nothing to learn there
     parts = {"bce8": [], "bce32": [], "list": []}
     for layer, mod in enumerate(scorer.layers):
-        pred = mod(rec["hidden"][layer], feats)[:, sink]  # (kv, m), the stored tokens at their true positions
+        pred = mod(rec["hidden"][layer], feats, cross_of(scorer, rec, layer))[:, sink]  # (kv, m), the stored tokens at their true positions
         for r in RATIOS:
             y = rec["labels"][r][layer][:, sink].float()
             pos_w = (y.numel() - y.sum()) / y.sum().clamp_min(1)  # balance: the kept set is 1/r of the tokens
@@ -139,7 +174,9 @@ def heldout_agreement(scorer: KVScorer, files: list[Path]) -> dict:
     for f in files:
         rec = torch.load(f, weights_only=False)
         feats = scorer.features(rec["ids"].shape[0], rec["ids"])
-        pred = torch.stack([scorer(layer, rec["hidden"][layer], feats=feats) for layer in range(len(scorer.layers))])
+        pred = torch.stack([scorer(layer, rec["hidden"][layer], feats=feats,
+                                   cross=cross_of(scorer, rec, layer))
+                            for layer in range(len(scorer.layers))])
         for r in RATIOS:
             out[r].append(topk_agreement(pred, rec["full_log_scores"].float(), r))
     return {f"agree{r}": round(sum(v) / max(len(v), 1), 4) for r, v in out.items()}
@@ -157,6 +194,12 @@ def feature_stats(scorer: KVScorer, files: list[Path]) -> None:
     for layer, mod in enumerate(scorer.layers):
         mod.mean.copy_(mean[layer])
         mod.inv_std.copy_(var[layer].rsqrt())
+    if not scorer.config.cross:
+        return
+    c = torch.cat([torch.load(f, weights_only=False)["cross"].float() for f in files], 2)[..., :scorer.config.cross_dim]
+    for layer, mod in enumerate(scorer.layers):
+        mod.cross_mean.copy_(c[layer].mean(1))
+        mod.cross_inv_std.copy_(c[layer].std(1).clamp_min(1e-3).reciprocal())
 
 
 # -- cost ----------------------------------------------------------------------------------------------
@@ -211,6 +254,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rank", type=int, default=32, help="hidden units per KV head")
     ap.add_argument("--no-repeats", dest="repeats", action="store_false",
                     help="leave out the token and bigram count features (uio.compress.scorer.repeat_counts)")
+    ap.add_argument("--cross", action="store_true", help="per-KV-head features from the prefill's queries and "
+                    "keys (uio.compress.scorer.cross_features)")
+    ap.add_argument("--cross-stride", type=int, default=8, help="targets store, and --cross scorers read, the "
+                    "normalised induction pair over every this-th key (0: without it; the scorer's costly part)")
+    ap.add_argument("--no-cross-norm", dest="cross_norm", action="store_false",
+                    help="a --cross scorer without the normalised induction pair (reads the cheap features only)")
+    ap.add_argument("--passkey", type=int, default=0, help="synthetic pass-key training segments, added to "
+                    "--segments")
+    ap.add_argument("--evaluate", type=Path, default=None, help="only report this weights file's held-out "
+                    "agreement (the targets must exist)")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=1e-4)
@@ -220,7 +273,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--stop-after", type=int, default=None, help="stop at this step (the schedule keeps --steps)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache", type=Path, default=None, help="targets (default .cache/scorer/<model>)")
+    ap.add_argument("--cache", type=Path, default=None, help="targets (default runs/scorer-targets/<model>)")
     ap.add_argument("--run-dir", type=Path, default=None, help="checkpoint (default runs/scorer-<model>)")
     ap.add_argument("--out", type=Path, default=None, help="default uio/weights/scorer-<model>.safetensors")
     ap.add_argument("--log", type=Path, default=None, help="default bench/results/scorer_train_<model>.jsonl")
@@ -238,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(args.threads)
     key = embedded_key(args.model) or args.model
-    cache = args.cache or ROOT / ".cache" / "scorer" / key
+    cache = args.cache or ROOT / "runs" / "scorer-targets" / key
     run_dir = args.run_dir or ROOT / "runs" / f"scorer-{key}"
     out = args.out or scorer_path(key)
     log_path = args.log or ROOT / "bench" / "results" / f"scorer_train_{key}.jsonl"
@@ -258,25 +311,35 @@ def main(argv: list[str] | None = None) -> int:
     train_segs = corpus_segments(args.corpus / "train.jsonl", lm.tokenizer, args.segments, args.segment_len, args.seed)
     held_segs = corpus_segments(args.corpus / "heldout.jsonl", lm.tokenizer, args.heldout, args.segment_len,
                                 args.seed)
+    pk_segs = passkey_segments(lm.tokenizer, args.passkey, args.segment_len, args.seed)
     (cache / "segments.json").parent.mkdir(parents=True, exist_ok=True)
     (cache / "segments.json").write_text(json.dumps({
         "corpus": str(args.corpus), "seed": args.seed, "segment_len": args.segment_len,
         "train_sha256": hashlib.sha256(json.dumps(train_segs).encode()).hexdigest(),
-        "heldout_sha256": hashlib.sha256(json.dumps(held_segs).encode()).hexdigest()}) + "\n")
+        "heldout_sha256": hashlib.sha256(json.dumps(held_segs).encode()).hexdigest(),
+        "passkey": len(pk_segs)}) + "\n")
     if args.speed:
         res = {"model": key, **measure_speed(lm, held_segs[:args.speed])}
         path = ROOT / "bench" / "results" / f"scorer_speed_{key}.json"
         path.write_text(json.dumps(res, indent=1) + "\n")
         print(json.dumps(res, indent=1))
         return 0
-    build_targets(lm, held_segs, held_dir, None, log, "heldout")
-    build_targets(lm, train_segs, train_dir, args.keep_tokens, log, "train")
-    train_files = sorted(train_dir.glob("*.pt"))[:len(train_segs)]
+    build_targets(lm, held_segs, held_dir, None, log, "heldout", args.cross_stride)
+    if args.evaluate:
+        held_files = sorted(held_dir.glob("*.pt"))[:len(held_segs)]
+        res = heldout_agreement(KVScorer.load(args.evaluate, lm), held_files)
+        log({"phase": "evaluate", "weights": str(args.evaluate), "heldout": len(held_files), **res})
+        return 0
+    build_targets(lm, train_segs, train_dir, args.keep_tokens, log, "train", args.cross_stride)
+    build_targets(lm, pk_segs, cache / "passkey", args.keep_tokens, log, "passkey", args.cross_stride)
+    train_files = (sorted(train_dir.glob("*.pt"))[:len(train_segs)]
+                   + sorted((cache / "passkey").glob("*.pt"))[:len(pk_segs)])
     held_files = sorted(held_dir.glob("*.pt"))[:len(held_segs)]
     log({"phase": "targets-done", "train": len(train_files), "heldout": len(held_files),
          "cpu_s": round(time.process_time() - c0, 1)})
 
-    scorer = KVScorer(ScorerConfig.for_model(lm, rank=args.rank, repeats=args.repeats))
+    scorer = KVScorer(ScorerConfig.for_model(lm, rank=args.rank, repeats=args.repeats, cross=args.cross,
+                                             cross_stride=args.cross_stride if args.cross_norm else 0))
     torch.manual_seed(args.seed)
     scorer = KVScorer(scorer.config)  # seeded init
     opt = torch.optim.AdamW(scorer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -292,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         step, cpu_done, tokens_done = state["step"], state["cpu_s"], state["tokens"]
         log({"phase": "resume", "step": step})
     else:
-        feature_stats(scorer, train_files[:16])
+        feature_stats(scorer, random.Random(args.seed).sample(train_files, min(32, len(train_files))))
     scorer.train().requires_grad_(True)
     for mod in scorer.layers:  # the feature statistics are data, not parameters
         mod.mean.requires_grad_(False)
