@@ -271,7 +271,7 @@ class Answerer:
             return
         narrow = Context(selection, owner, ranking=ctx.ranking)
         pages = [f"{p.title}, p. {p.segment.page_start}" for p in selection.passages]
-        first = {"answer": update.text, "context_tokens": update.context_tokens, "pages": pages}
+        first = {"first_answer": update.text, "first_context_tokens": update.context_tokens, "pages": pages}
         update.note = "The answer only restated the question: re-reading " + "; ".join(pages) + " alone."
         update.text = ""
         yield replace(update)
@@ -291,6 +291,8 @@ class Answerer:
         update.stats |= {"reread": first, "restates_question": restates_question(update.text, question),
                          "context_tokens": selection.tokens}
         update.stats |= {k: v for k, v in gen.stats.as_dict().items() if k in ("confidence", "token_logprobs")}
+        update.stats["low_confidence"] = bool(gen.stats.new_tokens) and gen.stats.confidence < \
+            self.models.config.confidence_floor
 
     def _ready(self, doc_refs: Sequence[int | str], question: str, mode: str, timer: Timer) -> list[DocumentInfo]:
         """The chosen documents, after checking the mode, the question and that every book is ready."""

@@ -49,9 +49,9 @@ def test_an_answer_that_restates_the_question_is_asked_again_over_the_best_page(
     final = updates[-1]
     assert final.text == "" and final.stats["restates_question"]  # the second read said nothing either
     reread = final.stats["reread"]
-    assert reread["answer"] == "" and reread["pages"][0] == "Birch, p. 2" and len(reread["pages"]) == 2
+    assert reread["first_answer"] == "" and reread["pages"][0] == "Birch, p. 2" and len(reread["pages"]) == 2
     assert final.sources[0].label() == "Birch, p. 2"
-    assert final.context_tokens == final.stats["context_tokens"] < reread["context_tokens"]
+    assert final.context_tokens == final.stats["context_tokens"] < reread["first_context_tokens"]
     assert any("re-reading Birch, p. 2" in u.note for u in updates) and final.note == ""
     stored = tome_tiny.store.messages(final.conversation_id)[1].stats
     assert stored["reread"]["pages"][0] == "Birch, p. 2" and stored["sources"][0]["page_start"] == 2
