@@ -291,6 +291,11 @@ def _ask(tome, docs: list[str], question: str, max_new_tokens: int | None, mode:
         print(f"(too long for the window; read the passages closest to the question: {', '.join(u.truncated)})", file=sys.stderr)
     print("sources: " + "; ".join(s.label() for s in u.sources), file=sys.stderr)
     s = u.stats
+    if s.get("reread"):
+        print(f"(the first answer only restated the question; re-read {'; '.join(s['reread']['pages'])} alone)",
+              file=sys.stderr)
+    if s.get("restates_question"):
+        print("(no clear answer: it only restates the question; check the cited pages)", file=sys.stderr)
     print(f"figures: first token {s['ttft_s']} s, {s['decode_tok_s']} tok/s, {s['prompt_tokens']} prompt tokens",
           file=sys.stderr)
     return 0
