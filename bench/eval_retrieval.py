@@ -29,7 +29,8 @@ bench.qa.realdocs.grade; partial results are written after every question:
 
 - ``hybrid``: the shipped answer path; ``global``: its selection with one global
   ranking (before each book had its share); ``today``: whole-segment vectors;
-  ``hybrid-nolabels``: no page labels in the prompt;
+  ``hybrid-nolabels``: no page labels in the prompt; ``vector`` / ``lexical``: the shipped path ranked by
+  passage vectors alone / by the database's full text alone;
 - ``-n0`` suffix: no neighbours (``TOME_NEIGHBOURS=0``); ``-abstain`` suffix:
   ``ABSTAIN_PROMPT`` instead of retrieval.prompt's PAGED_PROMPT (a prompt
   measured here before it is changed there);
@@ -408,6 +409,12 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
         ranking = real_rank(qdocs, question, mode, depth)
         return Ranking(ranking.hits)  # same choice and citations, but the prompt gets no page labels
 
+    def vector_rank(qdocs, question, mode="hybrid", depth=200):
+        return real_rank(qdocs, question, "vector", depth)  # passage vectors alone (still part by part)
+
+    def lexical_rank(qdocs, question, mode="hybrid", depth=200):
+        return real_rank(qdocs, question, "lexical", depth)  # the database's full text alone
+
     @dataclass_segment
     class PageSeg:
         text: str
@@ -479,7 +486,8 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
         qdocs = [docs[i] for i in q["docs"]]
         asked: dict = {}  # prompt (instruction, passages) -> the row of the variant that asked it
         for v in variants:
-            retriever.rank = {"today": today_rank, "hybrid-nolabels": unlabelled_rank}.get(v, real_rank)
+            retriever.rank = {"today": today_rank, "hybrid-nolabels": unlabelled_rank,
+                              "vector": vector_rank, "lexical": lexical_rank}.get(v, real_rank)
             tome.config.neighbours = 0 if v.endswith("-n0") else neighbours
             budget_m = re.search(r"-budget(\d+)$", v)
             tome.config.context_budget = int(budget_m.group(1)) if budget_m else context_budget
