@@ -111,23 +111,24 @@ def cross_features(module: nn.Module, query: torch.Tensor, keys: torch.Tensor, r
     kv = keys.shape[1]
     g = h // kv
     scale = float(getattr(module, "scaling", d ** -0.5))
-    q = query[0].view(kv, g, n, d)
+    q = query[0].reshape(kv, g * n, d)  # GQA: query head h reads KV head h // g
     k = keys[0]
     cos, sin = rotary(k, position_ids=torch.tensor([[n + REQUEST_OFFSET]], device=k.device))  # (1, 1, d)
-    k_back = _rotate(k.float(), cos[0, 0].float(), -sin[0, 0].float())  # R(-offset) k, 1/g of rotating queries
-    qs = q[:, :, :-1].float() * scale
-    far = (qs * k_back[:, None, 1:]).sum(-1)  # (kv, g, n-1): query t-1, key t
+    # the scale and the offset rotation go on the keys (g times fewer than the queries)
+    k_back = _rotate(k.float(), cos[0, 0].float(), -sin[0, 0].float()) * scale  # (kv, n, d)
+    q4 = q.view(kv, g, n, d)
+    far = (q4[:, :, :-1].float() * k_back[:, None, 1:]).sum(-1)  # (kv, g, n-1): query t-1, key t
     pad = lambda x: F.pad(x, (1, 0))  # noqa: E731  (token 0 has no predecessor)
     w = min(WINDOW, n)
-    logits = torch.einsum("kgqd,knd->kgqn", q[:, :, n - w:].float() * scale, k.float())  # (kv, g, w, n)
+    logits = torch.matmul(q4[:, :, n - w:].float(), (k.float() * scale).transpose(-1, -2)[:, None])  # (kv, g, w, n)
     i = torch.arange(w, device=q.device)[:, None] + (n - w)
     logits.masked_fill_(torch.arange(n, device=q.device)[None] > i, float("-inf"))
     window = logits.softmax(-1).amax(dim=(1, 2)).clamp_min(1e-6).log()  # (kv, n)
     feats = [pad(far.amax(1)), pad(far.mean(1)), k.float().norm(dim=-1), window]
     if stride:
-        # the normaliser from every stride-th key, matmul in the model's dtype (bf16 is fast on CPUs)
-        sub = k_back[:, ::stride].to(q.dtype)[:, None].transpose(-1, -2)  # (kv, 1, d, n/stride)
-        lse = torch.matmul(q[:, :, :-1] * scale, sub).float().logsumexp(-1) + math.log(stride)
+        # the normaliser from every stride-th key, the matmul in the model's dtype (bf16 is fast on CPUs)
+        sub = k_back[:, ::stride].to(q.dtype).transpose(-1, -2)  # (kv, d, n / stride)
+        lse = torch.bmm(q, sub).view(kv, g, n, -1)[:, :, :-1].float().logsumexp(-1) + math.log(stride)
         share = far - lse
         feats += [pad(share.amax(1)), pad(share.mean(1))]
     return torch.stack(feats, -1)

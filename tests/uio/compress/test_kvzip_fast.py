@@ -1,6 +1,7 @@
 """kvzip-fast: the learned scorer's mechanics on tiny random models, and with the shipped SmolLM2 weights
 its agreement with KVzip's keep decisions on a held-out document and what it keeps of a planted code (the
-answer from its 8x memories is tests/uio/compress/test_kvzip.py's, a strict xfail: measured missed)."""
+answer from its 8x memories is tests/uio/compress/test_kvzip.py's). Cross-token features:
+tests/uio/compress/test_scorer_cross.py."""
 import math
 
 import pytest
@@ -148,15 +149,16 @@ def heldout_document(tokenizer, n: int) -> list[int]:
     return ids[:n]
 
 
-AGREE_8, AGREE_32 = 0.45, 0.30  # measured 0.504, 0.352 (see the test's docstring)
+AGREE_8, AGREE_32 = 0.53, 0.38  # measured 0.581, 0.436 (see the test's docstring)
 
 
 @pytest.mark.slow
 def test_smollm2_scorer_agrees_with_kvzip_on_a_heldout_document(smollm2):
     """KVzip's kept set that the shipped scorer keeps too, 2 held-out segments, layers and heads averaged.
 
-    Measured 0.504 at 8x and 0.352 at 32x on these two segments (SnapKV's choice: 0.30 and 0.20, key norms:
-    0.19 and 0.11, a random one: 0.12 and 0.03); asserted with a margin of about 0.05.
+    Measured 0.581 at 8x and 0.436 at 32x on these two segments with the scorer trained on 432 segments
+    (version 1, 40 segments: 0.504 and 0.352; SnapKV's choice: 0.30 and 0.20, key norms: 0.19 and 0.11, a
+    random one: 0.12 and 0.03); asserted with a margin of about 0.05.
     """
     torch.set_num_threads(1)
     ids = heldout_document(smollm2.tokenizer, 2048)
@@ -173,8 +175,8 @@ def test_smollm2_scorer_agrees_with_kvzip_on_a_heldout_document(smollm2):
 
 @pytest.mark.slow
 def test_smollm2_scorer_keeps_a_planted_code_more_than_chance(smollm2):
-    """Share of (layer, KV head) slots sets at 8x holding each digit of the code: measured 0.234 for kvzip-fast,
-    0.364 for KVzip, 0.125 by chance; asserted >= 0.18."""
+    """Share of (layer, KV head) slots sets at 8x holding each digit of the code: measured 0.330 for kvzip-fast
+    (0.234 with the version-1 scorer), 0.364 for KVzip, 0.125 by chance; asserted >= 0.28."""
     torch.set_num_threads(1)
     doc, digits = planted_code_document(smollm2.tokenizer)
     comp = make_compressor("kvzip-fast", 8)
@@ -182,4 +184,4 @@ def test_smollm2_scorer_keeps_a_planted_code_more_than_chance(smollm2):
     index = comp.select(comp.score(smollm2, pre).float(), 128)
     kept = torch.zeros(*index.shape[:2], pre.n, dtype=torch.bool).scatter_(-1, index, True)
     assert len(digits) == 10
-    assert kept[..., digits].float().mean() >= 0.18
+    assert kept[..., digits].float().mean() >= 0.28
