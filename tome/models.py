@@ -116,7 +116,7 @@ class Models:
         """The registered compressor that ``name`` (default: the config's) stands for; "auto" resolved."""
         from uio.compress import resolve_compressor
 
-        return resolve_compressor(name or self.config.compressor, self.key)
+        return resolve_compressor(name or self.config.compressor, self.key, self._lm)
 
     def compressor(self, ratio: int | None = None, name: str | None = None):
         """The compressor that makes (and identifies) memories at ``ratio`` (loaded once per name and ratio)."""

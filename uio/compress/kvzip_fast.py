@@ -49,6 +49,15 @@ def scorer_for(lm: LoadedModel, weights: str | Path | None = None) -> KVScorer:
     return hit[1]
 
 
+def scorer_fits(lm: LoadedModel) -> bool:
+    """True when a shipped scorer exists for ``lm`` and was made for its base model."""
+    try:
+        scorer_for(lm)
+    except (ValueError, FileNotFoundError):
+        return False
+    return True
+
+
 @dataclass
 class KVzipFastCompressor(ScoringCompressor):
     """Keep the KV pairs a learned per-layer scorer ranks highest (KVzip's choice, predicted)."""

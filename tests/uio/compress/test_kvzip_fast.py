@@ -185,3 +185,13 @@ def test_smollm2_scorer_keeps_a_planted_code_more_than_chance(smollm2):
     kept = torch.zeros(*index.shape[:2], pre.n, dtype=torch.bool).scatter_(-1, index, True)
     assert len(digits) == 10
     assert kept[..., digits].float().mean() >= 0.28
+
+
+def test_auto_is_kvzip_fast_for_qwen_and_kvzip_where_no_scorer_fits(qwen, tiny_qwen):
+    from uio.compress import resolve_compressor
+
+    assert resolve_compressor("auto", "qwen") == "kvzip-fast"
+    assert resolve_compressor("auto", "qwen", qwen) == "kvzip-fast"  # the shipped scorer fits the real Qwen
+    assert resolve_compressor("auto", "qwen", tiny_qwen) == "kvzip"  # another model under the key: no scorer
+    assert resolve_compressor("auto", "smollm2") == "kvzip"
+    assert resolve_compressor("kvzip-fast", "qwen", tiny_qwen) == "kvzip-fast"  # named: kept (it refuses later)
