@@ -415,17 +415,7 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
     def lexical_rank(qdocs, question, mode="hybrid", depth=200):
         return real_rank(qdocs, question, "lexical", depth)  # the database's full text alone
 
-    @dataclass_segment
-    class PageSeg:
-        text: str
-        page_start: int
-        page_end: int
-        index: int
-        n: int
-
-        @property
-        def n_tokens(self):
-            return self.n
+    from retrieval.narrow import PageText as PageSeg  # one page (or passage) as a prompt segment
 
     import retrieval.prompt as prompt
     from retrieval import select as select_module
@@ -581,12 +571,6 @@ _ABSTAIN = re.compile(r"\b(do(es)? not|don't|doesn't|cannot|can't|no) (contain|m
 def abstained(text: str) -> bool:
     """The answer says the passages do not hold the answer (not counted as a wrong answer)."""
     return bool(_ABSTAIN.search(text or ""))
-
-
-def dataclass_segment(cls):
-    from dataclasses import dataclass
-
-    return dataclass(frozen=True)(cls)
 
 
 _PAGES: dict = {}

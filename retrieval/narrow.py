@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from retrieval.prompt import Passage, Selection
+from retrieval.prompt import Passage, Selection, page_parts
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,8 @@ def page_text(ranking, doc_id: int, page: int, segments: Sequence) -> str:
         if not seg.page_start <= page <= seg.page_end:
             continue
         breaks = ranking.page_breaks(doc_id, seg.index) or ((0, seg.page_start),)
-        starts = [0] + [b for b, _ in breaks[1:]]  # text before the first passage goes with its page
-        ends = starts[1:] + [len(seg.text)]
-        parts += [seg.text[a:b].strip() for (_, p), a, b in zip(breaks, starts, ends) if p == page]
-    return "\n".join(t for t in parts if t)
+        parts += [t for p, t in page_parts(seg.text, breaks) if p == page]
+    return "\n".join(parts)
 
 
 def best_pages(ranking, titles: dict[int, str], segments_of: Callable[[int], Sequence],

@@ -38,6 +38,15 @@ class TextSegment(Protocol):
     def n_tokens(self) -> int: ...
 
 
+def page_parts(text: str, breaks: Sequence[tuple[int, int]]) -> list[tuple[int, str]]:
+    """(page, text) of each page's part of a segment's ``text``, given where each page starts in it
+    (``breaks``: (character offset, page)); empty parts dropped."""
+    starts = [0] + [b for b, _ in breaks[1:]]  # text before the first passage goes with its page
+    ends = starts[1:] + [len(text)]
+    parts = [(page, text[a:b].strip()) for (_, page), a, b in zip(breaks, starts, ends)]
+    return [(page, t) for page, t in parts if t]
+
+
 @dataclass(frozen=True)
 class Passage:
     """A segment chosen for the prompt, with the book it comes from."""
@@ -57,11 +66,7 @@ class Passage:
         """The segment's text labelled [book, p. N] at its start and [p. N] wherever a new page starts."""
         if not self.breaks:
             return f"[{self.title}, {self.pages}]\n{self.segment.text}"
-        text = self.segment.text
-        starts = [0] + [b for b, _ in self.breaks[1:]]  # text before the first passage goes with its page
-        ends = starts[1:] + [len(text)]
-        parts = [(page, text[a:b].strip()) for (_, page), a, b in zip(self.breaks, starts, ends)]
-        parts = [(page, t) for page, t in parts if t]
+        parts = page_parts(self.segment.text, self.breaks)
         return "\n\n".join((f"[{self.title}, p. {page}]" if k == 0 else f"[p. {page}]") + f"\n{t}"
                              for k, (page, t) in enumerate(parts))
 

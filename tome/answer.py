@@ -291,8 +291,7 @@ class Answerer:
         update.stats |= {"reread": first, "restates_question": restates_question(update.text, question),
                          "context_tokens": selection.tokens}
         update.stats |= {k: v for k, v in gen.stats.as_dict().items() if k in ("confidence", "token_logprobs")}
-        update.stats["low_confidence"] = bool(gen.stats.new_tokens) and gen.stats.confidence < \
-            self.models.config.confidence_floor
+        update.stats["low_confidence"] = self._low_confidence(gen.stats)
 
     def _ready(self, doc_refs: Sequence[int | str], question: str, mode: str, timer: Timer) -> list[DocumentInfo]:
         """The chosen documents, after checking the mode, the question and that every book is ready."""
@@ -307,13 +306,16 @@ class Answerer:
             raise ValueError(f"still being ingested: {', '.join(not_ready)}")
         return docs
 
+    def _low_confidence(self, stats) -> bool:
+        """The answer's confidence is below ``Config.confidence_floor`` (never for an empty answer)."""
+        return bool(stats.new_tokens) and stats.confidence < self.models.config.confidence_floor
+
     def _figures(self, stats, ctx: Context, policy, timer: Timer) -> dict:
         """The answer's figures: speed, KV bytes held, the policy, where the time to the first token went."""
         kv = sum(stats.kv_bytes_held)  # what the cache really held at the end, memories included
-        floor = self.models.config.confidence_floor
         out = stats.as_dict() | {"model": self.lm.name, "context_tokens": ctx.selection.tokens, "kv_bytes": kv,
-                                 "cache_policy": policy.name, "confidence_floor": floor,
-                                 "low_confidence": bool(stats.new_tokens) and stats.confidence < floor}
+                                 "cache_policy": policy.name, "confidence_floor": self.models.config.confidence_floor,
+                                 "low_confidence": self._low_confidence(stats)}
         timer.add("prefill", stats.prefill_s)
         timer.add("first_decode", stats.first_decode_s)
         out["timing"] = timer.as_dict() | {
