@@ -50,12 +50,16 @@ SHORT = " Answer briefly."  # QA questions ask for a short answer (max_new_token
 
 
 # -- the service ---------------------------------------------------------------------------------------
-def make_tome(model: str, work: Path, threads: int):
+def make_tome(model: str, work: Path, threads: int, adapter: Path | None = None, segment_len: int = 0):
+    """The service under test; ``adapter``: the UIO adapter ``uio@<ratio>`` uses (default: the shipped one);
+    ``segment_len``: books cut at this many tokens (0: the product's default; use its own ``--work``)."""
     from tome.config import Config
     from tome.service import Tome
 
     cfg = Config(data_dir=work, model=model, models_dir=MODELS_DIR, compress=False, threads=threads,
-                 max_new_tokens=24)
+                 max_new_tokens=24, adapter=adapter)
+    if segment_len:
+        cfg = replace(cfg, segment_len=segment_len)
     t = Tome(cfg)
     from uio.runtime import set_threads
 
@@ -255,7 +259,7 @@ def part_passkey(args) -> None:
     from bench.qa import passkey
 
     work = args.work / args.model / "passkey"
-    tome = make_tome(args.model, work, args.threads)
+    tome = make_tome(args.model, work, args.threads, args.adapter, args.segment_len)
     data = load_part(args.model, "passkey")
     pdfs = work / "pdfs"
     pdfs.mkdir(parents=True, exist_ok=True)
@@ -287,7 +291,7 @@ def part_planted(args) -> None:
     from bench.qa import planted
 
     work = args.work / args.model / f"planted{args.pages}"
-    tome = make_tome(args.model, work, args.threads)
+    tome = make_tome(args.model, work, args.threads, args.adapter, args.segment_len)
     data = load_part(args.model, "planted")
     qset = planted.make_books(work / "books", seed=0, pages=args.pages)
     paths = {d["id"]: Path(d["path"]) if "path" in d else work / "books" / d["filename"] for d in qset["documents"]}
@@ -305,7 +309,7 @@ def part_realdocs(args) -> None:
     from bench.qa import realdocs
 
     work = args.work / args.model / "realdocs"
-    tome = make_tome(args.model, work, args.threads)
+    tome = make_tome(args.model, work, args.threads, args.adapter, args.segment_len)
     data = load_part(args.model, "realdocs")
     qset = realdocs.load()
     chosen = args.docs.split(",")
@@ -324,11 +328,13 @@ def part_realdocs(args) -> None:
 
 
 # -- report ----------------------------------------------------------------------------------------------
-def next_segment_nll(tome, doc, method: str, prev: int, target: int) -> list[tuple[float, int]]:
-    """(summed NLL, tokens) of the first ``target`` tokens of each segment after the first, read after the
-    ``prev`` segments before it: raw tokens ("full"), nothing ("none") or their memories ("<compressor>@<ratio>",
-    at the config's ``memory_positions``, or "<compressor>@<ratio>/<positions>", or ".../int8": stored in int8),
-    before the text."""
+def next_segment_nll(tome, doc, method: str, prev: int, target: int,
+                     own: bool = False) -> list[tuple[float, int, int]]:
+    """(summed NLL, tokens, tokens predicted right) of the first ``target`` tokens of each segment after the
+    first, read after the ``prev`` segments before it: raw tokens ("full"), nothing ("none") or their memories
+    ("<compressor>@<ratio>", at the config's ``memory_positions``, or "<compressor>@<ratio>/<positions>", or
+    ".../int8": stored in int8), before the text. ``own``: auto-encoding instead: every segment read after
+    its own memory (the last of the ``prev``), so the tokens scored are the ones the memory compressed."""
     import torch
 
     from uio.decoder import build_context
@@ -345,11 +351,11 @@ def next_segment_nll(tome, doc, method: str, prev: int, target: int) -> list[tup
             mem = use_int8_file(tome, doc, name, ratio)[0]
             drop_int8_files(tome)
     out = []
-    for i in range(1, len(segs)):
+    for i in range(0 if own else 1, len(segs)):
         ids = list(segs[i].token_ids[:target])
         if len(ids) < 2:
             continue
-        before = segs[max(0, i - prev):i]
+        before = segs[max(0, i + own - prev):i + own]
         if name == "full":
             parts = [[t for s in before for t in s.token_ids]]
         elif name == "none":
@@ -361,8 +367,9 @@ def next_segment_nll(tome, doc, method: str, prev: int, target: int) -> list[tup
         with torch.inference_mode():
             logits = lm.model(input_ids=torch.tensor([ids]), past_key_values=cache, position_ids=pos,
                               cache_position=pos[0]).logits[0, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum")
-        out.append((float(nll), len(ids) - 1))
+        gold = torch.tensor(ids[1:])
+        nll = torch.nn.functional.cross_entropy(logits, gold, reduction="sum")
+        out.append((float(nll), len(ids) - 1, int((logits.argmax(-1) == gold).sum())))
     return out
 
 
@@ -373,23 +380,25 @@ def part_ppl(args) -> None:
     from bench.qa import planted
 
     work = args.work / args.model / f"planted{args.pages}"
-    tome = make_tome(args.model, work, args.threads)
+    tome = make_tome(args.model, work, args.threads, args.adapter, args.segment_len)
     data = load_part(args.model, "ppl")
     qset = planted.make_books(work / "books", seed=0, pages=args.pages)
     paths = [Path(d["path"]) if "path" in d else work / "books" / d["filename"] for d in qset["documents"]]
     docs = list(ingest_all(tome, paths).values())
-    for method in ["none", "full"] + args.methods.split(","):
-        key = f"ppl|{args.pages}p|prev{args.ppl_prev}|{method}"
+    kinds = ["ppl"] + (["ae"] if args.autoencode else [])
+    for kind, method in [(k, m) for m in ["none", "full"] + args.methods.split(",") for k in kinds]:
+        key = f"{kind}|{args.pages}p|prev{args.ppl_prev}|{method}"
         if key in data["cells"]:
             continue
         t0 = time.perf_counter()
-        rows = [r for d in docs for r in next_segment_nll(tome, d, method, args.ppl_prev, args.ppl_tokens)]
-        nll, n = sum(r[0] for r in rows), sum(r[1] for r in rows)
-        data["cells"][key] = {"method": method, "ppl": round(math.exp(nll / n), 3), "tokens": n,
-                              "segments": len(rows),
+        rows = [r for d in docs
+                for r in next_segment_nll(tome, d, method, args.ppl_prev, args.ppl_tokens, own=kind == "ae")]
+        nll, n, right = (sum(r[k] for r in rows) for k in range(3))
+        data["cells"][key] = {"method": method, "kind": kind, "ppl": round(math.exp(nll / n), 3), "tokens": n,
+                              "accuracy": round(right / n, 4), "segments": len(rows),
                               "seconds": round(time.perf_counter() - t0, 1)}
         save_part(args.model, "ppl", data)
-        print(f"== {key}: ppl {data['cells'][key]['ppl']} over {n} tokens", flush=True)
+        print(f"== {key}: ppl {data['cells'][key]['ppl']}, accuracy {right / n:.3f} over {n} tokens", flush=True)
 
 
 def ppl_rows(model: str) -> list[dict]:
@@ -398,14 +407,19 @@ def ppl_rows(model: str) -> list[dict]:
     import math
 
     cells = load_part(model, "ppl")["cells"]
-    ref = {c["method"]: c["ppl"] for c in cells.values() if c["method"] in ("none", "full")}
     rows = []
-    for c in cells.values():
-        row = {"context": c["method"], "ppl": c["ppl"], "tokens": c["tokens"]}
-        if len(ref) == 2:
-            gap = math.log(ref["none"]) - math.log(ref["full"])
-            row["gap_closed"] = round((math.log(ref["none"]) - math.log(c["ppl"])) / gap, 2)
-        rows.append(row)
+    for kind in ("ppl", "ae"):  # next-segment perplexity; auto-encoding (a segment after its own memory)
+        mine = [c for c in cells.values() if c.get("kind", "ppl") == kind]
+        ref = {c["method"]: c["ppl"] for c in mine if c["method"] in ("none", "full")}
+        for c in mine:
+            row = {"context": c["method"], "ppl": c["ppl"], "tokens": c["tokens"]}
+            if kind == "ae" or "accuracy" in c:
+                row = {"scored": "own segment" if kind == "ae" else "next segment", **row,
+                       "accuracy": c.get("accuracy")}
+            if len(ref) == 2:
+                gap = math.log(ref["none"]) - math.log(ref["full"])
+                row["gap_closed"] = round((math.log(ref["none"]) - math.log(c["ppl"])) / gap, 2)
+            rows.append(row)
     return rows
 
 
@@ -583,6 +597,10 @@ def main(argv=None) -> None:
     ap.add_argument("--speed", action="store_true", help="passkey: time a plain forward over the longest document")
     ap.add_argument("--markdown", type=Path, help="report: also write the tables as Markdown here")
     ap.add_argument("--work", type=Path, default=Path("/tmp/eval_compress"))
+    ap.add_argument("--autoencode", action="store_true",
+                    help="ppl: also auto-encoding (each segment read after its own memory: ppl, token accuracy)")
+    ap.add_argument("--adapter", type=Path, default=None, help="UIO adapter file for uio@<ratio> (default: shipped)")
+    ap.add_argument("--segment-len", type=int, default=0, help="tokens per segment (0: the product's; own --work)")
     ap.add_argument("--tag", default="", help="results file suffix (bench/results/eval_compress_<model>_<part>_<tag>.json)")
     args = ap.parse_args(argv)
     global TAG

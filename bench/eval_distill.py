@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_kvzip:
         run(f"KVzip {cfg.ratio}x (training-free)", lambda: evaluate(trainer.encoder, batches, dcfg, cfg.seed,
                                                                      memorize=kvzip))
-    run("UIO untrained (step 0)", trainer.evaluate)
+    start = f"UIO from {Path(cfg.init_adapter).stem} (step 0)" if cfg.init_adapter else "UIO untrained (step 0)"
+    run(start, trainer.evaluate)
     trainer.adapter.load_state_dict(state["adapter"])
     run(f"UIO distilled (step {state['step']})", trainer.evaluate)
     out = {"model": lm.name, "checkpoint": str(a.checkpoint), "config": cfg.__dict__,

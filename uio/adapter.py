@@ -227,19 +227,45 @@ class UIOAdapter:
 
     @classmethod
     def load(cls, lm: LoadedModel, path: str | Path, name: str | None = None) -> "UIOAdapter":
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "tome-uio-adapter-1":
-                raise MemoryMismatch(f"{path} is not a Tome UIO adapter file")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        base = base_fingerprint(lm)
-        if meta["base_fingerprint"] != base:
-            raise MemoryMismatch(f"adapter {Path(path).name} was trained for {meta.get('base_model')!r} "
-                                 f"({meta['base_fingerprint'][:12]}), not for the loaded {lm.name!r} ({base[:12]})")
+        meta, tensors = read_adapter_file(lm, path)
         adapter = cls(lm, MemoryConfig.from_json(meta["config"]), name=name, mode=meta.get("encoder_mode", "full"),
                       base=meta.get("memory_base", "none"))
         adapter.load_state_dict(tensors)
         return adapter
+
+    def adopt(self, path: str | Path) -> None:
+        """Take the weights of another adapter file of this model that differs at most in its segment length.
+
+        The parameters do not depend on l (M = l / ratio slots share one <mem> embedding), so an adapter
+        trained on short segments can start a run on long ones (the curriculum across runs)."""
+        meta, tensors = read_adapter_file(self.lm, path)
+        theirs = json.loads(meta["config"])
+        ours = json.loads(self.config.to_json())
+        keep = {k: v for k, v in ours.items() if k not in ("segment_len", "num_mem")}
+        differ = {k: (theirs.get(k), v) for k, v in keep.items() if theirs.get(k) != v}
+        if theirs["segment_len"] // theirs["num_mem"] != self.config.ratio:
+            differ["ratio"] = (theirs["segment_len"] // theirs["num_mem"], self.config.ratio)
+        for key, default, mine in (("encoder_mode", "full", self.mode), ("memory_base", "none", self.base)):
+            if meta.get(key, default) != mine:
+                differ[key] = (meta.get(key, default), mine)
+        if differ:
+            raise MemoryMismatch(f"adapter {Path(path).name} differs from this one in more than its segment "
+                                 f"length: {differ} (file, this)")
+        self.load_state_dict(tensors)
+
+
+def read_adapter_file(lm: LoadedModel, path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """An adapter file's metadata and tensors, once it is known to be one made for ``lm``'s weights."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != "tome-uio-adapter-1":
+            raise MemoryMismatch(f"{path} is not a Tome UIO adapter file")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    base = base_fingerprint(lm)
+    if meta["base_fingerprint"] != base:
+        raise MemoryMismatch(f"adapter {Path(path).name} was trained for {meta.get('base_model')!r} "
+                             f"({meta['base_fingerprint'][:12]}), not for the loaded {lm.name!r} ({base[:12]})")
+    return meta, tensors
 
 
 def _lora_only(layer: LoraLayer, name: str, x: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,39 @@ def test_distill_resume_is_bit_identical_across_the_curriculum(tokenizer, tmp_pa
     assert any("answer_ce" in r for r in rows)  # planted facts were asked about
 
 
+def test_a_run_can_start_from_an_adapter_trained_at_another_length(tokenizer, tmp_path):
+    """The curriculum across runs: l = 16 adapter -> a run at l = 32 starts from its weights exactly."""
+    from uio.adapter import UIOAdapter
+    from uio.memory import MemoryMismatch
+
+    short = {**TINY, "segment_len": 16, "short_len": 0, "segments": 1}
+    first = train(TrainConfig(**short, steps=2, lr=5e-3), _tiny("qwen2", tokenizer), texts(), tmp_path / "short",
+                  adapter_out=tmp_path / "short.safetensors", progress=False)
+    saved = params(first.adapter)
+    lm = _tiny("qwen2", tokenizer)
+    cfg = TrainConfig(**{**short, "segment_len": 32}, steps=1, init_adapter=str(tmp_path / "short.safetensors"))
+    trainer = Trainer(cfg, lm, make_data(cfg, texts(), tokenizer), tmp_path / "long")
+    assert trainer.adapter.config.segment_len == 32 and trainer.adapter.config.num_mem == 8
+    started = params(trainer.adapter)
+    for name, value in saved.items():  # the file is bf16: equal at that precision
+        assert torch.equal(started[name], value.to(torch.bfloat16).float()), name
+    assert any(v.abs().sum() > 0 for n, v in started.items() if "lora_B" in n)  # trained weights, not a fresh start
+    for p in trainer.adapter.parameters():
+        p.requires_grad_(False)
+    relabelled = train(TrainConfig(**{**short, "segment_len": 32}, steps=0,
+                                   init_adapter=str(tmp_path / "short.safetensors")),
+                       _tiny("qwen2", tokenizer), texts(), tmp_path / "zero", adapter_out=tmp_path / "l32.safetensors",
+                       progress=False)  # --steps 0: the same weights, saved for 32-token segments
+    again = UIOAdapter.load(_tiny("qwen2", tokenizer), tmp_path / "l32.safetensors")
+    assert relabelled.step == 0 and again.config.segment_len == 32
+    assert all(torch.equal(again.state_dict()[n].float(), v) for n, v in started.items())
+    other = UIOAdapter(_tiny("qwen2", tokenizer), TrainConfig(**{**short, "ratio": 2}).memory, mode="memory")
+    with pytest.raises(MemoryMismatch, match="ratio"):
+        other.adopt(tmp_path / "short.safetensors")
+    with pytest.raises(MemoryMismatch, match="encoder_mode"):
+        UIOAdapter(_tiny("qwen2", tokenizer), cfg.memory).adopt(tmp_path / "short.safetensors")
+
+
 def test_data_mix_is_replayable_and_uses_training_seeds(tokenizer, monkeypatch):
     from bench.qa import passkey
 

@@ -69,6 +69,7 @@ class TrainConfig:
     autoencode_len: int = 0  # auto-encoding span (0: l / 16)
     attention_queries: int = 64  # probe positions used by attention matching (0: all)
     init: str = "none"  # memory slots start from a training-free compressor: "kvzip", "strided" or "none"
+    init_adapter: str = ""  # start from this adapter file's weights (same model, ratio, ranks, init; any l)
     continuation_len: int = 0  # probe tokens after each segment (0: l / 4)
     passkey: float = 0.1  # share of segments replaced by a pass-key document
     planted: float = 0.2  # share of segments given a planted fact
@@ -146,6 +147,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.adapter = UIOAdapter(lm, cfg.memory, mode="memory" if cfg.recipe == "distill" else "full",
                                   base=cfg.init)
+        if cfg.init_adapter:
+            if not Path(cfg.init_adapter).is_file():
+                raise FileNotFoundError(f"--init-adapter {cfg.init_adapter}: no such file")
+            self.adapter.adopt(cfg.init_adapter)
         self.params = self.adapter.parameters()
         for p in self.params:
             if p.dtype != torch.float32:  # master weights in float32; bf16 only inside autocast
