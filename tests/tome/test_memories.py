@@ -118,3 +118,34 @@ def test_an_unknown_memory_dtype_is_refused_before_any_compression(tome_tiny, tm
         t.memories.compress(doc, t.store.segments(doc.id), "lamp", lambda *_: None, chunk=1)
     assert not any(p.name.endswith(".safetensors") and ".chunk" in p.name
                    for p in t.config.memories_path.rglob("*"))  # no chunk was made
+
+
+def test_an_adapter_file_in_memory_mode_on_kvzip_makes_the_uio_memories(tmp_path, db_url, tokenizer):
+    """What a shipped CPU-recipe adapter is: the service loads the file, its memories are KVzip's slots plus the
+    transfer head's correction, recorded under the file's fingerprint; a file for other segments is refused."""
+    from tests.conftest import _tiny
+    from uio.adapter import UIOAdapter
+    from uio.memory import MemoryConfig
+
+    lm = _tiny("llama", tokenizer)
+    path = tmp_path / "tiny-8x.safetensors"
+    trained = UIOAdapter(lm, MemoryConfig(segment_len=64, num_mem=8), mode="memory", base="kvzip").randomize_(seed=5)
+    trained.save(path)
+    t = make_tome(tmp_path, db_url, lm, segment_len=64, max_new_tokens=2, adapter=path)
+    try:
+        doc = t.ingest(make_pdf(tmp_path / "lamp.pdf", PAGES)).document
+        uio = t.memory(doc, compressor="uio")
+        kvzip = t.memory(doc, compressor="kvzip")
+        assert uio.fingerprint == trained.fingerprint == t.memory_identity(compressor="uio")
+        assert uio.slots == kvzip.slots  # KVzip's slots (equal at a zero LoRA: tests/uio/test_distill_adapter.py) ...
+        assert not torch.allclose(uio.keys.float(), kvzip.keys.float(), atol=1e-3)  # ... corrected
+        final = list(t.ask([doc.id], "Who lit the lamp?", mode="compressed", compressor="uio"))[-1]
+        assert final.stats["compressor"] == "uio" and final.stats["memory_slots"] == uio.num_slots
+    finally:
+        t.store.close()
+    other = make_tome(tmp_path / "b", db_url, lm, segment_len=128, max_new_tokens=2, adapter=path)
+    try:
+        with pytest.raises(ValueError, match="64-token segments"):
+            other.memory_identity(compressor="uio")
+    finally:
+        other.store.close()
