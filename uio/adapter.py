@@ -233,11 +233,12 @@ class UIOAdapter:
         adapter.load_state_dict(tensors)
         return adapter
 
-    def adopt(self, path: str | Path) -> None:
+    def adopt(self, path: str | Path) -> dict[str, str]:
         """Take the weights of another adapter file of this model that differs at most in its segment length.
 
         The parameters do not depend on l (M = l / ratio slots share one <mem> embedding), so an adapter
-        trained on short segments can start a run on long ones (the curriculum across runs)."""
+        trained on short segments can start a run on long ones (the curriculum across runs). -> the file's
+        metadata (its training history)."""
         meta, tensors = read_adapter_file(self.lm, path)
         theirs = json.loads(meta["config"])
         ours = json.loads(self.config.to_json())
@@ -252,6 +253,7 @@ class UIOAdapter:
             raise MemoryMismatch(f"adapter {Path(path).name} differs from this one in more than its segment "
                                  f"length: {differ} (file, this)")
         self.load_state_dict(tensors)
+        return meta
 
 
 def read_adapter_file(lm: LoadedModel, path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

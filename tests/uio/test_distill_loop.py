@@ -83,6 +83,11 @@ def test_a_run_can_start_from_an_adapter_trained_at_another_length(tokenizer, tm
                        progress=False)  # --steps 0: the same weights, saved for 32-token segments
     again = UIOAdapter.load(_tiny("qwen2", tokenizer), tmp_path / "l32.safetensors")
     assert relabelled.step == 0 and again.config.segment_len == 32
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "l32.safetensors"), "pt") as f:
+        history = json.loads(f.metadata()["started_from"])
+    assert history["trained_steps"] == "2" and json.loads(history["training"])["segment_len"] == 16
     assert all(torch.equal(again.state_dict()[n].float(), v) for n, v in started.items())
     other = UIOAdapter(_tiny("qwen2", tokenizer), TrainConfig(**{**short, "ratio": 2}).memory, mode="memory")
     with pytest.raises(MemoryMismatch, match="ratio"):

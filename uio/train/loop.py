@@ -147,10 +147,15 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.adapter = UIOAdapter(lm, cfg.memory, mode="memory" if cfg.recipe == "distill" else "full",
                                   base=cfg.init)
+        self.started_from: dict | None = None
         if cfg.init_adapter:
             if not Path(cfg.init_adapter).is_file():
                 raise FileNotFoundError(f"--init-adapter {cfg.init_adapter}: no such file")
-            self.adapter.adopt(cfg.init_adapter)
+            source = self.adapter.adopt(cfg.init_adapter)
+            # The file's own history travels on in the adapter this run saves (a chain of runs stays traceable).
+            self.started_from = {"file": Path(cfg.init_adapter).name, "fingerprint": source.get("fingerprint", ""),
+                                 "trained_steps": source.get("trained_steps", ""),
+                                 "training": source.get("training", ""), "started_from": source.get("started_from", "")}
         self.params = self.adapter.parameters()
         for p in self.params:
             if p.dtype != torch.float32:  # master weights in float32; bf16 only inside autocast
@@ -301,6 +306,8 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"training": json.dumps(asdict(self.cfg), sort_keys=True), "trained_steps": str(self.step),
                 "last_metrics": json.dumps(last or {}, sort_keys=True), **(extra or {})}
+        if self.started_from:
+            meta["started_from"] = json.dumps(self.started_from, sort_keys=True)
         self.adapter.save(path, extra=meta, dtype=torch.bfloat16)
         return path
 
