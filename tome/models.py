@@ -60,14 +60,21 @@ class Models:
 
     # -- UIO adapters ----------------------------------------------------------
     def adapter_file(self, ratio: int | None = None) -> Path | None:
-        """The configured adapter, else the one shipped for this model and ratio (if any)."""
+        """The configured adapter, else the one shipped for this model and ratio (if any).
+
+        A shipped adapter serves only the weights it was trained on: another model under the same key (a
+        fine-tune, a test's tiny model) gets none, as "auto" gives it no learned scorer; a configured file is
+        kept and refuses such a model with a clear error when loaded."""
+        from uio.adapter import adapter_fits
         from uio.shipped import adapter_path
 
         ratio = ratio or self.config.ratio
         if self.config.adapter and ratio == self.config.ratio:
             return self.config.adapter
         shipped = adapter_path(self.key, ratio) if self.key else None
-        return shipped if shipped and shipped.is_file() else None
+        if not (shipped and shipped.is_file()):
+            return None
+        return shipped if self._lm is None or adapter_fits(self._lm, shipped) else None
 
     def adapter_trained(self, ratio: int | None = None) -> bool:
         return self.adapter_file(ratio) is not None

@@ -256,6 +256,13 @@ class UIOAdapter:
         return meta
 
 
+def adapter_fits(lm: LoadedModel, path: str | Path) -> bool:
+    """Whether the adapter file at ``path`` was trained on ``lm``'s weights (reads the file's header only)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return meta.get("format") == "tome-uio-adapter-1" and meta.get("base_fingerprint") == base_fingerprint(lm)
+
+
 def read_adapter_file(lm: LoadedModel, path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """An adapter file's metadata and tensors, once it is known to be one made for ``lm``'s weights."""
     with safe_open(str(path), framework="pt") as f:

@@ -34,12 +34,21 @@ def test_shipped_adapters_are_small_and_cut_like_tome():
         assert steps >= 100, (path.name, steps)  # trained, not a placeholder
 
 
-def test_an_adapter_is_refused_by_another_model(smollm2):
-    from uio.adapter import UIOAdapter
+def test_an_adapter_is_refused_by_another_model(smollm2, tiny_llama, tmp_path, db_url):
+    from tests.conftest import make_tome
+    from uio.adapter import UIOAdapter, adapter_fits
     from uio.memory import MemoryMismatch
 
     with pytest.raises(MemoryMismatch, match="trained for 'Qwen2.5-Coder"):
         UIOAdapter.load(smollm2, adapter_path("qwen", 8))
+    assert adapter_fits(smollm2, adapter_path("smollm2", 8)) and not adapter_fits(smollm2, adapter_path("qwen", 8))
+    # Another model under the key "qwen" (the default model's name, a tiny test model here) is not served
+    # the shipped adapter: its uio memories come from the seeded untrained one, and say so.
+    t = make_tome(tmp_path, db_url, tiny_llama, segment_len=64)
+    try:
+        assert t.models.key == "qwen" and t.models.adapter_file(8) is None and not t.adapter_trained(8)
+    finally:
+        t.store.close()
 
 
 @pytest.mark.slow
