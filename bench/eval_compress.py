@@ -411,13 +411,12 @@ def ppl_rows(model: str) -> list[dict]:
     for kind in ("ppl", "ae"):  # next-segment perplexity; auto-encoding (a segment after its own memory)
         mine = [c for c in cells.values() if c.get("kind", "ppl") == kind]
         ref = {c["method"]: c["ppl"] for c in mine if c["method"] in ("none", "full")}
+        gap = math.log(ref["none"]) - math.log(ref["full"]) if len(ref) == 2 else None
         for c in mine:
             row = {"context": c["method"], "ppl": c["ppl"], "tokens": c["tokens"]}
-            if kind == "ae" or "accuracy" in c:
-                row = {"scored": "own segment" if kind == "ae" else "next segment", **row,
-                       "accuracy": c.get("accuracy")}
-            if len(ref) == 2:
-                gap = math.log(ref["none"]) - math.log(ref["full"])
+            if "accuracy" in c:  # cells written before token accuracy was measured have none
+                row = {"scored": "own segment" if kind == "ae" else "next segment", **row, "accuracy": c["accuracy"]}
+            if gap:
                 row["gap_closed"] = round((math.log(ref["none"]) - math.log(c["ppl"])) / gap, 2)
             rows.append(row)
     return rows

@@ -259,22 +259,28 @@ class UIOAdapter:
 def adapter_fits(lm: LoadedModel, path: str | Path) -> bool:
     """Whether the adapter file at ``path`` was trained on ``lm``'s weights (reads the file's header only)."""
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return meta.get("format") == "tome-uio-adapter-1" and meta.get("base_fingerprint") == base_fingerprint(lm)
+        return _mismatch(lm, path, f.metadata() or {}) is None
 
 
 def read_adapter_file(lm: LoadedModel, path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """An adapter file's metadata and tensors, once it is known to be one made for ``lm``'s weights."""
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-        if meta.get("format") != "tome-uio-adapter-1":
-            raise MemoryMismatch(f"{path} is not a Tome UIO adapter file")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        problem = _mismatch(lm, path, meta)
+        if problem:
+            raise MemoryMismatch(problem)
+        return meta, {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _mismatch(lm: LoadedModel, path: str | Path, meta: dict[str, str]) -> str | None:
+    """Why an adapter file with this header cannot serve ``lm`` (None: it can)."""
+    if meta.get("format") != "tome-uio-adapter-1":
+        return f"{path} is not a Tome UIO adapter file"
     base = base_fingerprint(lm)
     if meta["base_fingerprint"] != base:
-        raise MemoryMismatch(f"adapter {Path(path).name} was trained for {meta.get('base_model')!r} "
-                             f"({meta['base_fingerprint'][:12]}), not for the loaded {lm.name!r} ({base[:12]})")
-    return meta, tensors
+        return (f"adapter {Path(path).name} was trained for {meta.get('base_model')!r} "
+                f"({meta['base_fingerprint'][:12]}), not for the loaded {lm.name!r} ({base[:12]})")
+    return None
 
 
 def _lora_only(layer: LoraLayer, name: str, x: torch.Tensor) -> torch.Tensor:
