@@ -40,8 +40,10 @@ import json
 import os
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 from bench.common import DOCS_DIR, MODELS_DIR, RESULTS_DIR, ROOT, table, write_json
 
@@ -88,12 +90,12 @@ def make_memory(tome, doc, name: str, ratio: int, storage: str = "16bit") -> dic
     """Make (or find) ``doc``'s memory; the seconds it took when made now, its bytes per document token.
 
     ``storage="int8"``: the memory is then served from an int8 file (``use_int8_file``), whose bytes count."""
-    have = {(m.compressor, m.ratio) for m in tome.memory_sets(doc.id)}
-    made = (name, ratio) not in have
+    fp = tome.models.compressor(ratio, name).identity(tome.lm)  # a "/poolK" cell's compressor included
+    made = all(m.fingerprint != fp for m in tome.memory_sets(doc.id))
     t = time.perf_counter()
     mem = tome.memory(doc, ratio=ratio, compressor=name)
     s = time.perf_counter() - t
-    ms = next(m for m in tome.memory_sets(doc.id) if m.compressor == name and m.ratio == ratio)
+    ms = next(m for m in tome.memory_sets(doc.id) if m.fingerprint == fp)
     size = ms.bytes
     if storage == "int8":
         mem, size = use_int8_file(tome, doc, name, ratio)
@@ -148,7 +150,7 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
     name, ratio, variant = parse_method(method)
     if variant == "fullcache":  # the recent cache without the default policy (the gate): HF generate
         kw["cache_policy"] = "full"
-    elif variant == "int8":  # memories read from int8 files: served by run_cell's make_memory (use_int8_file)
+    elif variant == "int8" or variant.startswith("pool"):  # int8: run_cell's make_memory; poolK: compressor_variant
         pass
     elif variant:  # <layout>-<positions> of compressed mode, e.g. kvzip@8/before-consecutive (the old layout)
         layout, positions = variant.split("-")
@@ -172,6 +174,26 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
             "truncated": bool(last.truncated), "total_s": st.get("total_s"),
             "pages": sorted({p for s in last.sources for p in range(s.page_start, s.page_end + 1)})
             if last.sources and hasattr(last.sources[0], "page_start") else None}
+
+
+@contextmanager
+def compressor_variant(tome, name: str, ratio: int | None, variant: str) -> Iterator[None]:
+    """"kvzip-fast@8/pool5": inside the block, Tome makes and reads ``name`` at ``ratio`` with its scores
+    average-pooled over 5 tokens (``ScoringCompressor.pool``): other memories, another fingerprint."""
+    if ratio is None or not variant.startswith("pool"):
+        yield
+        return
+    from uio.compress import make_compressor
+
+    key = (tome.models.compressor_name(name), ratio)
+    before = tome.models._compressors.pop(key, None)
+    tome.models._compressors[key] = make_compressor(key[0], ratio, pool=int(variant[4:]))
+    try:
+        yield
+    finally:
+        tome.models._compressors.pop(key, None)
+        if before is not None:
+            tome.models._compressors[key] = before
 
 
 def plain_forward_tok_s(tome, doc) -> float:
@@ -223,28 +245,29 @@ def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, st
     rows = []
     name, ratio, variant = parse_method(method)
     storage = "int8" if variant == "int8" else "16bit"
-    try:
-        for docs, question, meta in items:
-            if ratio is not None:  # this question's memories first (made on demand): a partial cell has whole rows
-                for d in docs:
-                    if d.id not in seen:
-                        seen.add(d.id)
-                        memories.append(make_memory(tome, d, name, ratio, storage))
-            r = ask(tome, docs, question, method, max_new)
-            r["correct"] = bool(grade(r["text"], meta))
-            r["id"] = meta.get("id")
-            r.update({k: v for k, v in meta.items() if k in ("depth", "length", "key", "kind", "style")})
-            r["doc_slots"] = sum(m["slots"] for m in memories if m["doc_id"] in {d.id for d in docs}) or None
-            r["doc_tokens"] = sum(d.tokens for d in docs)
-            rows.append(r)
-            data.setdefault("partial", {})[key] = {"method": method, "n_planned": len(items), "rows": rows,
-                                                   "accuracy": sum(x["correct"] for x in rows) / len(rows),
-                                                   "n": len(rows), "memories": memories}
-            save_part(model, part, data)  # an interrupted cell keeps its answered questions (marked partial)
-            print(f"  {key} {r['id']}: {'OK ' if r['correct'] else 'no '} ttft {r['ttft_s']}s "
-                  f"prefix {r['prefix_len']} ctx {r['context_tokens']} | {r['text'][:70]!r}", flush=True)
-    finally:
-        drop_int8_files(tome)  # the next cell reads the library's 16-bit memories again
+    with compressor_variant(tome, name, ratio, variant):  # "/poolK": the pooled compressor
+        try:
+            for docs, question, meta in items:
+                if ratio is not None:  # this question's memories first (made on demand): a partial cell has whole rows
+                    for d in docs:
+                        if d.id not in seen:
+                            seen.add(d.id)
+                            memories.append(make_memory(tome, d, name, ratio, storage))
+                r = ask(tome, docs, question, method, max_new)
+                r["correct"] = bool(grade(r["text"], meta))
+                r["id"] = meta.get("id")
+                r.update({k: v for k, v in meta.items() if k in ("depth", "length", "key", "kind", "style")})
+                r["doc_slots"] = sum(m["slots"] for m in memories if m["doc_id"] in {d.id for d in docs}) or None
+                r["doc_tokens"] = sum(d.tokens for d in docs)
+                rows.append(r)
+                data.setdefault("partial", {})[key] = {"method": method, "n_planned": len(items), "rows": rows,
+                                                       "accuracy": sum(x["correct"] for x in rows) / len(rows),
+                                                       "n": len(rows), "memories": memories}
+                save_part(model, part, data)  # an interrupted cell keeps its answered questions (marked partial)
+                print(f"  {key} {r['id']}: {'OK ' if r['correct'] else 'no '} ttft {r['ttft_s']}s "
+                      f"prefix {r['prefix_len']} ctx {r['context_tokens']} | {r['text'][:70]!r}", flush=True)
+        finally:
+            drop_int8_files(tome)  # the next cell reads the library's 16-bit memories again
     acc = sum(r["correct"] for r in rows) / len(rows)
     data.get("partial", {}).pop(key, None)
     data["cells"][key] = {"method": method, "accuracy": acc, "n": len(rows), "memories": memories,
@@ -255,6 +278,23 @@ def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, st
 
 
 # -- parts -----------------------------------------------------------------------------------------------
+def passkey_key(path: Path, length: int, depth: float) -> dict:
+    """{"seed", "key"} of the pass-key PDF at ``path``, kept beside it (``.json``) so that a later run with other
+    ``--depths`` grades a reused PDF against the key it holds. Seeds: ``length`` + the depth's index among the
+    default five (the files of every run before the sidecar), else ``length`` + 1000 + the depth in %."""
+    from bench.qa import passkey
+
+    side = path.with_suffix(".json")
+    if side.is_file():
+        return json.loads(side.read_text())
+    pct = int(depth * 100)
+    default = [int(d * 100) for d in passkey.DEPTHS]
+    seed = length + (default.index(pct) if pct in default else 1000 + pct)
+    info = {"seed": seed, "key": passkey.make_key(seed)}
+    side.write_text(json.dumps(info) + "\n")
+    return info
+
+
 def part_passkey(args) -> None:
     from bench.qa import passkey
 
@@ -266,13 +306,12 @@ def part_passkey(args) -> None:
     depths = [float(d) / 100 for d in args.depths.split(",")]
     for length in [int(x) for x in args.lengths.split(",")]:
         items = []
-        for i, depth in enumerate(depths):
+        for depth in depths:
             path = pdfs / f"pk_{length}_{int(depth * 100)}.pdf"
-            seed = length + i
+            info = passkey_key(path, length, depth)
             if not path.is_file():  # written once: pypdf's file ID differs per write, and a rerun must find the doc
-                passkey.passkey_pdf(path.with_suffix(".tmp"), tome.lm.tokenizer, length, depth, seed=seed)
+                passkey.passkey_pdf(path.with_suffix(".tmp"), tome.lm.tokenizer, length, depth, seed=info["seed"])
                 path.with_suffix(".tmp").replace(path)
-            info = {"key": passkey.make_key(seed)}
             doc = ingest_all(tome, [path])[str(path)]
             items.append(([doc], passkey.QUESTION,
                           {"id": f"pk{length}-{int(depth * 100)}", "answers": [info["key"]], "depth": depth,

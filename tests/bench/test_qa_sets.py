@@ -178,3 +178,16 @@ def test_passkey_exact_length_smollm2_tokenizer():
             text, key = passkey.passkey_document(tok, n_tokens, depth, seed=int(depth * 100))
             assert len(tok.encode(text, add_special_tokens=False)) == n_tokens
             assert abs(passkey.key_depth(tok, text, key) - depth) <= 0.03
+
+
+def test_a_reused_passkey_pdf_is_graded_against_the_key_it_holds(tmp_path):
+    # A run with other --depths reuses pk_<length>_<depth>.pdf by name: the key comes from its sidecar, and a
+    # depth's seed does not depend on its index in --depths (it did: depth 50 % was graded against another key).
+    from bench.eval_compress import passkey_key
+
+    first = passkey_key(tmp_path / "pk_2048_50.pdf", 2048, 0.5)
+    assert first == {"seed": 2050, "key": passkey.make_key(2050)}  # the default five keep their old seeds
+    assert json.loads((tmp_path / "pk_2048_50.json").read_text()) == first
+    assert passkey_key(tmp_path / "pk_2048_10.pdf", 2048, 0.1)["seed"] == 2048 + 1010
+    (tmp_path / "pk_2048_50.json").write_text(json.dumps({"seed": 7, "key": "12345"}))
+    assert passkey_key(tmp_path / "pk_2048_50.pdf", 2048, 0.5)["key"] == "12345"

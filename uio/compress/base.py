@@ -240,6 +240,15 @@ class ScoringCompressor(Compressor):
 
     n_sink: int = 4  # the first tokens are attention sinks: always kept (within the budget)
     store: str = "16bit"  # "16bit" (bf16 for a bf16 model, else fp16) or "model" (the model's dtype)
+    # Odd kernel of an average pool over each head's scores before top-k (SnapKV's smoothing); 0 or 1: none.
+    # A made-up name or a number spans several tokens: pooling keeps a high-scoring token's neighbours too.
+    pool: int = 0
+
+    def params(self) -> dict:
+        p = super().params()
+        if self.pool <= 1:  # memories made before the option existed keep their identity
+            p.pop("pool", None)
+        return p
 
     # -- what subclasses write -------------------------------------------------------------------
     def observe(self, module: torch.nn.Module, query: torch.Tensor, keys: torch.Tensor):
@@ -294,9 +303,25 @@ class ScoringCompressor(Compressor):
         The first ``sinks(k)`` tokens are forced in; ties are broken by topk's fixed order on the CPU
         (deterministic), and subclasses whose scores tie by design break ties themselves.
         """
-        scores = scores.clone()
+        scores = self.pooled(scores)
         scores[..., :self.sinks(k)] = float("inf")
         return scores.topk(k, dim=-1).indices.sort(-1).values
+
+    def mass(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scores on a scale where averaging means something (attention mass); subclasses with log scores
+        override. Must be monotone: without pooling the choice is the raw scores'."""
+        return scores
+
+    def pooled(self, scores: torch.Tensor) -> torch.Tensor:
+        """A copy of ``scores`` (layers, kv, n), average-pooled over ``pool`` tokens on the ``mass`` scale."""
+        if self.pool <= 1:
+            return scores.clone()
+        if self.pool % 2 == 0:
+            raise ValueError(f"pool must be an odd kernel size, got {self.pool}")
+        layers, kv, n = scores.shape
+        m = self.mass(scores.float()).reshape(layers * kv, 1, n)
+        m = F.avg_pool1d(m, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
+        return m.reshape(layers, kv, n)
 
     def sinks(self, k: int) -> int:
         """Sink tokens forced into a budget of ``k`` slots: ``n_sink``, but at most an eighth of the budget.

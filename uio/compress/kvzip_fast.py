@@ -111,6 +111,10 @@ class KVzipFastCompressor(ScoringCompressor):
         fn = getattr(self, "_observer", None)
         return fn(module, query, keys) if fn else None
 
+    def mass(self, scores: torch.Tensor) -> torch.Tensor:
+        # The scorer ranks like KVzip's log scores (its listwise loss): pool exp(score), per head.
+        return (scores - scores.amax(-1, keepdim=True)).exp()
+
     def score(self, lm: LoadedModel, pre: Prefill) -> torch.Tensor:
         layers = model_shape(lm)[0]
         if len(pre.observed) != layers:

@@ -134,3 +134,34 @@ def test_progress_and_refusals(tiny_llama):
         make_compressor("keynorm", 8).compress(tiny_llama, [])
     with pytest.raises(ValueError):
         make_compressor("keynorm", 8).compress(tiny_llama, [[]])
+
+
+def test_pooled_selection_keeps_a_peak_s_neighbours():
+    # One head, 16 tokens: a lone tall peak at 3, a span of three high tokens at 9..11. Unpooled top-3 (no sinks
+    # at k=3) takes the peak and two of the span; pooled over 3 the whole span wins (its average mass is highest).
+    scores = torch.zeros(1, 1, 16)
+    scores[0, 0, 3] = 1.0
+    scores[0, 0, 9:12] = torch.tensor([0.6, 0.7, 0.5])
+    plain = make_compressor("kvzip", 8)
+    assert plain.select(scores, 3).tolist() == [[[3, 9, 10]]]
+    assert make_compressor("kvzip", 8, pool=3).select(scores, 3).tolist() == [[[9, 10, 11]]]
+    assert torch.equal(scores[0, 0, 3], torch.tensor(1.0))  # the caller's scores are not pooled in place
+    with pytest.raises(ValueError, match="odd"):
+        make_compressor("kvzip", 8, pool=4).select(scores, 3)
+
+
+def test_pool_is_part_of_the_identity_only_when_on(tiny_llama):
+    plain = make_compressor("kvzip", 8)
+    assert "pool" not in plain.params()  # memories made before the option keep their fingerprint
+    assert identity(plain, tiny_llama) == identity(make_compressor("kvzip", 8, pool=1), tiny_llama)
+    assert identity(plain, tiny_llama) != identity(make_compressor("kvzip", 8, pool=3), tiny_llama)
+
+
+def test_kvzip_fast_pools_on_the_mass_of_its_log_scores():
+    # kvzip-fast's scores rank like log scores: exp() keeps the order, and a tall peak dominates its window:
+    # pooled, the peak and its two neighbours outrank the flatter bump at 4..6.
+    fast = make_compressor("kvzip-fast", 8)
+    s = torch.tensor([[[0.0, 0.0, 5.0, 0.0, 1.0, 1.5, 1.0, 0.0]]])
+    m = fast.mass(s)
+    assert torch.equal(m.argsort(-1), s.argsort(-1)) and m.max() == 1.0
+    assert make_compressor("kvzip-fast", 8, pool=3).select(s, 3).tolist() == [[[1, 2, 3]]]
