@@ -262,6 +262,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                     help="a --cross scorer without the normalised induction pair (reads the cheap features only)")
     ap.add_argument("--passkey", type=int, default=0, help="synthetic pass-key training segments, added to "
                     "--segments")
+    ap.add_argument("--extra-corpus", type=Path, default=None,
+                    help="a second corpus folder (train.jsonl, heldout.jsonl; e.g. data/manuals from "
+                         "data/build_manuals.py): its segments join the training set, its held-out segments "
+                         "get their own agreement figure")
+    ap.add_argument("--extra-segments", type=int, default=0, help="training segments from --extra-corpus")
+    ap.add_argument("--extra-heldout", type=int, default=0, help="held-out segments from --extra-corpus")
     ap.add_argument("--evaluate", type=Path, default=None, help="only report this weights file's held-out "
                     "agreement (the targets must exist)")
     ap.add_argument("--steps", type=int, default=3000)
@@ -312,12 +318,23 @@ def main(argv: list[str] | None = None) -> int:
     held_segs = corpus_segments(args.corpus / "heldout.jsonl", lm.tokenizer, args.heldout, args.segment_len,
                                 args.seed)
     pk_segs = passkey_segments(lm.tokenizer, args.passkey, args.segment_len, args.seed)
+    extra = args.extra_corpus.name if args.extra_corpus else ""
+    extra_train = extra_held = []
+    if extra:
+        extra_train = corpus_segments(args.extra_corpus / "train.jsonl", lm.tokenizer, args.extra_segments,
+                                      args.segment_len, args.seed)
+        extra_held = corpus_segments(args.extra_corpus / "heldout.jsonl", lm.tokenizer, args.extra_heldout,
+                                     args.segment_len, args.seed)
     (cache / "segments.json").parent.mkdir(parents=True, exist_ok=True)
     (cache / "segments.json").write_text(json.dumps({
         "corpus": str(args.corpus), "seed": args.seed, "segment_len": args.segment_len,
         "train_sha256": hashlib.sha256(json.dumps(train_segs).encode()).hexdigest(),
         "heldout_sha256": hashlib.sha256(json.dumps(held_segs).encode()).hexdigest(),
-        "passkey": len(pk_segs)}) + "\n")
+        "passkey": len(pk_segs),
+        **({"extra_corpus": str(args.extra_corpus),
+            "extra_train_sha256": hashlib.sha256(json.dumps(extra_train).encode()).hexdigest(),
+            "extra_heldout_sha256": hashlib.sha256(json.dumps(extra_held).encode()).hexdigest()} if extra else {})})
+        + "\n")
     if args.speed:
         res = {"model": key, **measure_speed(lm, held_segs[:args.speed])}
         path = ROOT / "bench" / "results" / f"scorer_speed_{key}.json"
@@ -325,18 +342,35 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res, indent=1))
         return 0
     build_targets(lm, held_segs, held_dir, None, log, "heldout", args.cross_stride)
+    # The extra corpus's targets live in their own folders, named for it: the main cache's files keep their meaning.
+    extra_held_files: list[Path] = []
+    if extra:
+        build_targets(lm, extra_held, cache / f"{extra}-heldout", None, log, f"{extra}-heldout", args.cross_stride)
+        extra_held_files = sorted((cache / f"{extra}-heldout").glob("*.pt"))[:len(extra_held)]
+
+    def agreement(scorer: KVScorer) -> dict:
+        """Held-out agreement on the corpus, and (prefixed with its name) on the extra corpus."""
+        res = heldout_agreement(scorer, held_files)
+        if extra_held_files:
+            res.update({f"{extra}_{k}": v for k, v in heldout_agreement(scorer, extra_held_files).items()})
+        return res
+
+    held_files = sorted(held_dir.glob("*.pt"))[:len(held_segs)]
     if args.evaluate:
-        held_files = sorted(held_dir.glob("*.pt"))[:len(held_segs)]
-        res = heldout_agreement(KVScorer.load(args.evaluate, lm), held_files)
-        log({"phase": "evaluate", "weights": str(args.evaluate), "heldout": len(held_files), **res})
+        res = agreement(KVScorer.load(args.evaluate, lm))
+        log({"phase": "evaluate", "weights": str(args.evaluate), "heldout": len(held_files),
+             "extra_heldout": len(extra_held_files), **res})
         return 0
     build_targets(lm, train_segs, train_dir, args.keep_tokens, log, "train", args.cross_stride)
     build_targets(lm, pk_segs, cache / "passkey", args.keep_tokens, log, "passkey", args.cross_stride)
+    if extra:
+        build_targets(lm, extra_train, cache / f"{extra}-train", args.keep_tokens, log, f"{extra}-train",
+                      args.cross_stride)
     train_files = (sorted(train_dir.glob("*.pt"))[:len(train_segs)]
-                   + sorted((cache / "passkey").glob("*.pt"))[:len(pk_segs)])
-    held_files = sorted(held_dir.glob("*.pt"))[:len(held_segs)]
+                   + sorted((cache / "passkey").glob("*.pt"))[:len(pk_segs)]
+                   + (sorted((cache / f"{extra}-train").glob("*.pt"))[:len(extra_train)] if extra else []))
     log({"phase": "targets-done", "train": len(train_files), "heldout": len(held_files),
-         "cpu_s": round(time.process_time() - c0, 1)})
+         "extra_heldout": len(extra_held_files), "cpu_s": round(time.process_time() - c0, 1)})
 
     scorer = KVScorer(ScorerConfig.for_model(lm, rank=args.rank, repeats=args.repeats, cross=args.cross,
                                              cross_stride=args.cross_stride if args.cross_norm else 0))
@@ -391,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             recs = []
             if step % args.eval_every == 0 or step == stop:
                 scorer.eval()
-                entry.update(heldout_agreement(scorer, held_files))
+                entry.update(agreement(scorer))
                 scorer.train()
             log(entry)
         if step % args.ckpt_every == 0 or step == stop:
@@ -399,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             save_ckpt()
     scorer.eval()
     if step >= args.steps:
-        final = heldout_agreement(scorer, held_files)
+        final = agreement(scorer)
         scorer.save(out, extra={"trained": {"steps": step, "segments": len(train_files),
                                             "heldout_segments": len(held_files), **final,
                                             "cpu_s_train": round(cpu_done, 1)}})
