@@ -188,7 +188,12 @@ def prepare_embedded(key: str, models_dir: Path) -> Path:
         out = work / "hf"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        os.replace(out, target)
+        try:
+            os.replace(out, target)
+        except OSError:
+            # Another process (a test beside a training run) finished the same copy first: keep theirs.
+            if not (target / "config.json").is_file():
+                raise
     return target
 
 

@@ -46,6 +46,8 @@ from uio.model import LoadedModel
 
 Progress = Callable[[int, int], None]
 ATTN_IMPL = "tome_compress"
+AUTO_POOL = -1  # ScoringCompressor.pool: pool at high ratios only
+HIGH_RATIO, HIGH_RATIO_POOL = 32, 3  # measured: 32x pass keys kept far more often pooled over 3; 8x QA not
 
 
 def slots_at_ratio(n_tokens: int, ratio: int) -> int:
@@ -240,14 +242,25 @@ class ScoringCompressor(Compressor):
 
     n_sink: int = 4  # the first tokens are attention sinks: always kept (within the budget)
     store: str = "16bit"  # "16bit" (bf16 for a bf16 model, else fp16) or "model" (the model's dtype)
-    # Odd kernel of an average pool over each head's scores before top-k (SnapKV's smoothing); 0 or 1: none.
-    # A made-up name or a number spans several tokens: pooling keeps a high-scoring token's neighbours too.
+    # Odd kernel of an average pool over each head's scores before top-k (SnapKV's smoothing); 0 or 1: none;
+    # AUTO_POOL: ``HIGH_RATIO_POOL`` at ratios of ``HIGH_RATIO`` and more, else none (``pool_kernel``). A number or a
+    # made-up name spans several tokens, and 32 slots per head kept one by one lose digits: pooled, a
+    # high-scoring token's neighbours come with it (docs/COMPRESSION.md, "Pooled scores").
     pool: int = 0
+
+    def pool_kernel(self) -> int:
+        """The pool kernel in effect (``pool`` resolved; 0 = none)."""
+        if self.pool == AUTO_POOL:
+            return HIGH_RATIO_POOL if self.ratio >= HIGH_RATIO else 0
+        if self.pool < 0:
+            raise ValueError(f"pool must be >= 0 or AUTO_POOL ({AUTO_POOL}), got {self.pool}")
+        return self.pool if self.pool > 1 else 0
 
     def params(self) -> dict:
         p = super().params()
-        if self.pool <= 1:  # memories made before the option existed keep their identity
-            p.pop("pool", None)
+        p.pop("pool", None)
+        if self.pool_kernel():  # unpooled memories keep the identity they had before the option existed
+            p["pool"] = self.pool_kernel()
         return p
 
     # -- what subclasses write -------------------------------------------------------------------
@@ -313,14 +326,15 @@ class ScoringCompressor(Compressor):
         return scores
 
     def pooled(self, scores: torch.Tensor) -> torch.Tensor:
-        """A copy of ``scores`` (layers, kv, n), average-pooled over ``pool`` tokens on the ``mass`` scale."""
-        if self.pool <= 1:
+        """A copy of ``scores`` (layers, kv, n), average-pooled over ``pool_kernel()`` tokens on the ``mass`` scale."""
+        size = self.pool_kernel()
+        if not size:
             return scores.clone()
-        if self.pool % 2 == 0:
-            raise ValueError(f"pool must be an odd kernel size, got {self.pool}")
+        if size % 2 == 0:
+            raise ValueError(f"pool must be an odd kernel size, got {size}")
         layers, kv, n = scores.shape
         m = self.mass(scores.float()).reshape(layers * kv, 1, n)
-        m = F.avg_pool1d(m, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
+        m = F.avg_pool1d(m, size, stride=1, padding=size // 2, count_include_pad=False)
         return m.reshape(layers, kv, n)
 
     def sinks(self, k: int) -> int:

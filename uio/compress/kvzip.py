@@ -32,8 +32,8 @@ from typing import ClassVar
 
 import torch
 
-from uio.compress.base import (Prefill, ScoringCompressor, attention_logits, causal_offset_mask, model_shape,
-                               observed_attention)
+from uio.compress.base import (AUTO_POOL, Prefill, ScoringCompressor, attention_logits, causal_offset_mask,
+                               model_shape, observed_attention)
 from uio.model import LoadedModel
 from uio.adapter import body
 
@@ -78,6 +78,7 @@ class KVzipCompressor(ScoringCompressor):
     label: ClassVar[str] = "KVzip (context reconstruction)"
     version: ClassVar[str] = "2"  # 2: slot positions stored, sinks at most 1/8 of a budget
     chunk_size: int = 2048  # segment tokens reconstructed per repeat pass
+    pool: int = AUTO_POOL  # pooled over 3 tokens at 32x (the base class's rule)
     query_block: int = 256  # reconstruction queries per explicit-attention block (memory bound, not a result)
 
     def params(self) -> dict:

@@ -24,7 +24,7 @@ from typing import ClassVar, Sequence
 
 import torch
 
-from uio.compress.base import Prefill, ScoringCompressor, model_shape
+from uio.compress.base import AUTO_POOL, Prefill, ScoringCompressor, model_shape
 from uio.compress.scorer import KVScorer, cross_features, scorer_path
 from uio.model import LoadedModel, embedded_key
 
@@ -65,6 +65,7 @@ class KVzipFastCompressor(ScoringCompressor):
     name: ClassVar[str] = "kvzip-fast"
     label: ClassVar[str] = "KVzip-fast (learned scorer, one pass)"
     version: ClassVar[str] = "2"  # 2: the scorer may read the prefill's queries and keys (cross features)
+    pool: int = AUTO_POOL  # pooled over 3 tokens at 32x (the base class's rule)
     weights: str = field(default="", metadata={"identity": False})  # "" -> the shipped scorer; its digest counts
 
     def identity(self, lm: LoadedModel) -> str:

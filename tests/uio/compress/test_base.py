@@ -24,7 +24,7 @@ def test_registry_lists_every_name_once_and_refuses_unknown():
         make_compressor("h2o", 8)
     c = make_compressor("kvzip", 32, n_sink=2)
     assert (c.ratio, c.n_sink, c.version) == (32, 2, "2")
-    assert c.params() == {"n_sink": 2, "store": "16bit", "chunk_size": 2048}
+    assert c.params() == {"n_sink": 2, "store": "16bit", "chunk_size": 2048, "pool": 3}  # pooled at 32x
 
 
 def test_slot_rule():
@@ -155,6 +155,16 @@ def test_pool_is_part_of_the_identity_only_when_on(tiny_llama):
     assert "pool" not in plain.params()  # memories made before the option keep their fingerprint
     assert identity(plain, tiny_llama) == identity(make_compressor("kvzip", 8, pool=1), tiny_llama)
     assert identity(plain, tiny_llama) != identity(make_compressor("kvzip", 8, pool=3), tiny_llama)
+    # KVzip and kvzip-fast pool over 3 tokens at 32x by default (AUTO_POOL); the baselines never unless asked
+    assert make_compressor("kvzip", 32).params()["pool"] == 3 and make_compressor("kvzip-fast", 32).pool_kernel() == 3
+    assert make_compressor("kvzip-fast", 8).pool_kernel() == 0
+    assert identity(make_compressor("kvzip", 32), tiny_llama) == identity(make_compressor("kvzip", 32, pool=3),
+                                                                          tiny_llama)
+    assert identity(make_compressor("kvzip", 32, pool=0), tiny_llama) != identity(make_compressor("kvzip", 32),
+                                                                                  tiny_llama)
+    assert all(make_compressor(n, 32).pool_kernel() == 0 for n in ("snapkv", "keynorm", "streaming"))
+    with pytest.raises(ValueError, match="pool must be"):
+        make_compressor("kvzip", 8, pool=-5).pool_kernel()
 
 
 def test_kvzip_fast_pools_on_the_mass_of_its_log_scores():
