@@ -233,6 +233,11 @@ def save_part(model: str, part: str, data: dict) -> None:
     tmp.replace(p)
 
 
+def dtype_name(tome) -> str:
+    """The compute dtype: greedy answers differ between bf16 and fp32 hosts, so compare cells of one dtype."""
+    return str(tome.lm.dtype).removeprefix("torch.")
+
+
 def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, str, dict]], grade, max_new: int,
              model: str, part: str) -> None:
     """One (set, method) cell: memories for every document involved, then every question."""
@@ -272,7 +277,8 @@ def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, st
     data.get("partial", {}).pop(key, None)
     data["cells"][key] = {"method": method, "accuracy": acc, "n": len(rows), "memories": memories,
                           "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
-                          "memory_budget": tome.memory_budget(), "finished": time.strftime("%H:%M:%S")}
+                          "memory_budget": tome.memory_budget(), "finished": time.strftime("%H:%M:%S"),
+                          "dtype": dtype_name(tome)}
     save_part(model, part, data)
     print(f"== {key}: {acc:.2%} of {len(rows)} ({time.perf_counter() - t0:.0f}s)", flush=True)
 
@@ -435,7 +441,7 @@ def part_ppl(args) -> None:
         nll, n, right = (sum(r[k] for r in rows) for k in range(3))
         data["cells"][key] = {"method": method, "kind": kind, "ppl": round(math.exp(nll / n), 3), "tokens": n,
                               "accuracy": round(right / n, 4), "segments": len(rows),
-                              "seconds": round(time.perf_counter() - t0, 1)}
+                              "seconds": round(time.perf_counter() - t0, 1), "dtype": dtype_name(tome)}
         save_part(args.model, "ppl", data)
         print(f"== {key}: ppl {data['cells'][key]['ppl']}, accuracy {right / n:.3f} over {n} tokens", flush=True)
 
