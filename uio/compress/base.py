@@ -243,9 +243,9 @@ class ScoringCompressor(Compressor):
     n_sink: int = 4  # the first tokens are attention sinks: always kept (within the budget)
     store: str = "16bit"  # "16bit" (bf16 for a bf16 model, else fp16) or "model" (the model's dtype)
     # Odd kernel of an average pool over each head's scores before top-k (SnapKV's smoothing); 0 or 1: none;
-    # AUTO_POOL: ``HIGH_RATIO_POOL`` at ratios of ``HIGH_RATIO`` and more, else none (``pool_kernel``). A number or a
-    # made-up name spans several tokens, and 32 slots per head kept one by one lose digits: pooled, a
-    # high-scoring token's neighbours come with it (docs/COMPRESSION.md, "Pooled scores").
+    # AUTO_POOL: ``HIGH_RATIO_POOL`` at ratios of ``HIGH_RATIO`` and more, else none (``pool_kernel``).
+    # A number or a made-up name spans several tokens, and 32 slots per head kept one by one lose digits:
+    # pooled, a high-scoring token's neighbours come with it (docs/COMPRESSION.md, "Sixth run").
     pool: int = 0
 
     def pool_kernel(self) -> int:
@@ -326,7 +326,7 @@ class ScoringCompressor(Compressor):
         return scores
 
     def pooled(self, scores: torch.Tensor) -> torch.Tensor:
-        """A copy of ``scores`` (layers, kv, n), average-pooled over ``pool_kernel()`` tokens on the ``mass`` scale."""
+        """A copy of ``scores`` (layers, kv, n), average-pooled over ``pool_kernel()`` tokens (``mass`` scale)."""
         size = self.pool_kernel()
         if not size:
             return scores.clone()
