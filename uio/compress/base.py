@@ -254,6 +254,8 @@ class ScoringCompressor(Compressor):
             return HIGH_RATIO_POOL if self.ratio >= HIGH_RATIO else 0
         if self.pool < 0:
             raise ValueError(f"pool must be >= 0 or AUTO_POOL ({AUTO_POOL}), got {self.pool}")
+        if self.pool > 1 and self.pool % 2 == 0:
+            raise ValueError(f"pool must be an odd kernel size, got {self.pool}")
         return self.pool if self.pool > 1 else 0
 
     def params(self) -> dict:
@@ -330,8 +332,6 @@ class ScoringCompressor(Compressor):
         size = self.pool_kernel()
         if not size:
             return scores.clone()
-        if size % 2 == 0:
-            raise ValueError(f"pool must be an odd kernel size, got {size}")
         layers, kv, n = scores.shape
         m = self.mass(scores.float()).reshape(layers * kv, 1, n)
         m = F.avg_pool1d(m, size, stride=1, padding=size // 2, count_include_pad=False)
