@@ -114,8 +114,7 @@ class Memories:
         """The model lock, calling ``waiting`` every ``every_s`` while a question holds it (a worker's
         heartbeat: its job must not look dead while it only waits its turn)."""
         lock = self.models.lock
-        while not lock.acquire(timeout=every_s):
-            waiting()
+        lock.acquire(waiting=waiting, every_s=every_s)
         try:
             yield
         finally:

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tome.config import Config
+from tome.fairlock import FairLock
 
 log = logging.getLogger("tome")
 
@@ -26,8 +27,9 @@ class Models:
         self._compressors: dict[tuple[str, int], object] = {}
         self._lock = threading.Lock()
         # One generation or compression at a time uses the model: CPU cores are the bottleneck,
-        # and the encoder switches the model's adapters on while it runs.
-        self.lock = threading.RLock()
+        # and the encoder switches the model's adapters on while it runs. Fair, so that a question
+        # asked during background compression goes next, not after the worker's next chunks.
+        self.lock = FairLock()
 
     @property
     def lm(self):
