@@ -152,6 +152,8 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
         kw["cache_policy"] = "full"
     elif variant == "int8" or variant.startswith("pool"):  # int8: run_cell's make_memory; poolK: compressor_variant
         pass
+    elif variant.startswith("x"):  # kvzip-fast@8/x2: the 2 best passages as text beside the memories
+        tome.config = replace(base, memory_excerpts=int(variant[1:]))
     elif variant:  # <layout>-<positions> of compressed mode, e.g. kvzip@8/before-consecutive (the old layout)
         layout, positions = variant.split("-")
         tome.config = replace(base, memory_layout=layout, memory_positions=positions)
@@ -185,15 +187,9 @@ def compressor_variant(tome, name: str, ratio: int | None, variant: str) -> Iter
         return
     from uio.compress import make_compressor
 
-    key = (tome.models.compressor_name(name), ratio)
-    before = tome.models._compressors.pop(key, None)
-    tome.models._compressors[key] = make_compressor(key[0], ratio, pool=int(variant[4:]))
-    try:
+    with tome.models.compressor_override(make_compressor(tome.models.compressor_name(name), ratio,
+                                                         pool=int(variant[4:]))):
         yield
-    finally:
-        tome.models._compressors.pop(key, None)
-        if before is not None:
-            tome.models._compressors[key] = before
 
 
 def plain_forward_tok_s(tome, doc) -> float:

@@ -71,6 +71,21 @@ class Passage:
                              for k, (page, t) in enumerate(parts))
 
 
+EXCERPTS_HEADER = "\n\nPassages that may hold the answer, word for word, labelled [book, page]:\n\n"
+
+
+@dataclass(frozen=True)
+class Excerpt:
+    """A passage given as text beside compressed memories (``Config.memory_excerpts``)."""
+
+    title: str
+    page: int
+    text: str
+
+    def labelled(self) -> str:
+        return f"[{self.title}, p. {self.page}]\n{self.text}"
+
+
 @dataclass(frozen=True)
 class Selection:
     passages: list[Passage]
@@ -103,20 +118,24 @@ def fit_budget(books: Sequence[tuple[str, Sequence[TextSegment]]], budget: int) 
 
 
 def build_messages(selection: Selection, question: str, history: Sequence[dict] = (),
-                   memory_of: Sequence[str] = (), memory_marker: str | None = None) -> list[dict]:
+                   memory_of: Sequence[str] = (), memory_marker: str | None = None,
+                   excerpts: Sequence[Excerpt] = ()) -> list[dict]:
     """System prompt with the passages, then earlier turns, then the question.
 
     With ``memory_of`` (compressed mode) the documents are not in the text: they are memories in the
     cache. Without ``memory_marker`` they come before this prompt and the system prompt only names them;
     with it, the system prompt is the uncompressed one with each book's title followed by the marker,
-    where its memories go (``uio.generate.split_chat``).
+    where its memories go (``uio.generate.split_chat``). ``excerpts`` (compressed mode): passages given
+    as text after the documents, labelled [book, p. N].
     """
     if memory_of and memory_marker:
         docs = "\n\n".join(f"[{t}]\n{memory_marker}" for t in memory_of)
         system = f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"
     elif memory_of:
         system = MEMORY_PROMPT + " ".join(f"[{t}]" for t in memory_of)
-    else:
+    if memory_of and excerpts:
+        system += EXCERPTS_HEADER + "\n\n".join(e.labelled() for e in excerpts)
+    if not memory_of:
         blocks = [p.labelled() for p in selection.passages]
         docs = "\n\n".join(blocks) if blocks else "(no documents selected)"
         if any(p.breaks for p in selection.passages):

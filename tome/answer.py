@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 from retrieval.citations import Source, cite
 from retrieval.narrow import best_pages, narrower
-from retrieval.prompt import Selection, build_messages, count_tokens, fit_budget
+from retrieval.prompt import Excerpt, Selection, build_messages, count_tokens, fit_budget
 from retrieval.retriever import Retriever
 from retrieval.select import select_segments
 from storage import DocumentInfo, Store
@@ -108,6 +108,7 @@ class CompressedContext:
         self.a = answerer
         self.compressor = answerer.models.compressor(ratio, compressor)  # what made the memories read
         self.memories: list = []
+        self.excerpts: list = []  # retrieval.retriever.Retrieved: passages given as text beside the memories
         self.layout = answerer.models.config.memory_layout
         self.positions = answerer.models.config.memory_positions
         if self.layout not in ("inline", "before"):
@@ -115,7 +116,8 @@ class CompressedContext:
 
     def _messages(self, question: str, history) -> list[dict]:
         return build_messages(fit_budget([], 0), question, history, memory_of=self.titles,
-                              memory_marker=self.MARK if self.layout == "inline" else None)
+                              memory_marker=self.MARK if self.layout == "inline" else None,
+                              excerpts=[Excerpt(h.title, h.page_start, h.text) for h in self.excerpts])
 
     def select(self, docs: Sequence[DocumentInfo], question: str, history, max_new: int, timer: Timer) -> Context:
         a = self.a
@@ -124,6 +126,9 @@ class CompressedContext:
         self.memories = [a.memories.load(d, c.ratio, timer=timer, compressor=c.name) for d in docs]
         with timer.phase("lookup"):
             stored = [a.store.segments(d.id) for d in docs]
+        with timer.phase("select"):
+            ranking = a.retriever.rank(docs, question)
+        self.excerpts = ranking.hits[:max(0, a.models.config.memory_excerpts)]  # best first
         books = [(d.title, [_SlotSegment(s.text, s.page_start, s.page_end, s.index, mem.slots[j])
                             for j, s in enumerate(segs)])
                  for d, mem, segs in zip(docs, self.memories, stored)]
@@ -133,7 +138,7 @@ class CompressedContext:
         cap = a.memory_budget()
         if cap:  # the question attends to every slot: cap them for a flat TTFT
             budget = min(budget, cap)
-        return a.choose(docs, books, question, budget, timer)
+        return a.choose(docs, books, question, budget, timer, ranking)
 
     def assemble(self, ctx: Context, question: str, history, timer: Timer) -> None:
         from uio.decoder import build_cache, build_context
@@ -155,7 +160,8 @@ class CompressedContext:
                 ctx.cache, ctx.prefix = build_context(lm, chosen, c.identity(lm), self.positions, self.room)
         ctx.stats = {"compressor": c.name, "ratio": c.ratio, "memory_slots": sum(m.num_slots for m in chosen),
                      "memory_layout": self.layout,
-                     "memory_positions": self.positions, "adapter_trained": self.a.models.trained(c.ratio, c.name)}
+                     "memory_positions": self.positions, "adapter_trained": self.a.models.trained(c.ratio, c.name),
+                     "excerpts": [{"document_id": e.document_id, "page": e.page_start} for e in self.excerpts]}
 
 
 BUILDERS = {"uncompressed": UncompressedContext, "compressed": CompressedContext}
@@ -179,17 +185,19 @@ class Answerer:
 
         return 0 if self.lm.device.type != "cpu" else flat_ttft_slots(self.lm)
 
-    def choose(self, docs: Sequence[DocumentInfo], books, question: str, budget: int, timer: Timer) -> Context:
+    def choose(self, docs: Sequence[DocumentInfo], books, question: str, budget: int, timer: Timer,
+               ranking=None) -> Context:
         """The segments of ``books`` closest to ``question`` within ``budget`` (all of them when they fit).
 
         Segments are scored by their best passage (vectors and full text fused, see
         ``retrieval.retriever``); a hit brings its neighbours only where that passage
         touches its segment's edge; each chosen segment keeps that passage, for its
-        citation, and its page breaks, for the prompt's page labels.
+        citation, and its page breaks, for the prompt's page labels. ``ranking``: the question's
+        ranking where the caller made it already.
         """
         neighbours = self.models.config.neighbours
         with timer.phase("select"):
-            ranking = self.retriever.rank(docs, question)
+            ranking = ranking or self.retriever.rank(docs, question)
             scores = ranking.segment_scores([d.id for d in docs])
             # a hit's neighbours come only where its best passage touches its segment's edge
             reach = [ranking.reach(d.id, [s.text for s in segs], neighbours) for d, (_, segs) in zip(docs, books)]

@@ -70,6 +70,10 @@ class Config:
     memory_positions: str = _opt("consecutive", 'positions of memory slots: "consecutive" (side by side) or '
                                                 '"spaced" (each slot where its source token sat in the segment, '
                                                 'scaled into the window where needed)', "TOME_MEMORY_POSITIONS")
+    memory_excerpts: int = _opt(0, "compressed mode: this many passages that retrieval finds best for the question "
+                                   "go into the prompt as text beside the memories (0: memories alone); their "
+                                   "words arrive exact where 1 slot in 8 may have dropped a digit or a name",
+                                "TOME_MEMORY_EXCERPTS", int)
     memory_dtype: str = _opt("16bit", 'how new memory files store keys and values: "16bit" (bf16 for a bf16 '
                                       'model, else fp16) or "int8" (KIVI-style: keys per channel, values per '
                                       'token; about half the bytes, docs/COMPRESSION.md); files of either load',

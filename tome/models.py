@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 from tome.config import Config
 from tome.fairlock import FairLock
@@ -141,6 +143,20 @@ class Models:
                 made = make_compressor(name, ratio)
             self._compressors[(name, ratio)] = made
         return self._compressors[(name, ratio)]
+
+    @contextmanager
+    def compressor_override(self, compressor) -> Iterator[None]:
+        """Inside the block, ``compressor`` (e.g. one with other parameters) serves its name and ratio: memories
+        are made and read with it (its own identity); the one before comes back after."""
+        key = (compressor.name, compressor.ratio)
+        before = self._compressors.get(key)
+        self._compressors[key] = compressor
+        try:
+            yield
+        finally:
+            self._compressors.pop(key, None)
+            if before is not None:
+                self._compressors[key] = before
 
     def trained(self, ratio: int | None = None, name: str | None = None) -> bool:
         """Whether memories of this compressor can be expected to answer: always, except an untrained UIO adapter."""

@@ -177,6 +177,9 @@ def figures_line(u: AnswerUpdate) -> str:
     what = (f"compressed {s.get('compressor', '')} {s.get('ratio', '')}x · {u.context_tokens:,} memory slots"
             if u.mode == "compressed"
             else f"uncompressed · {u.context_tokens:,} document tokens")
+    if u.mode == "compressed" and s.get("excerpts"):
+        n = len(s["excerpts"])
+        what += f" + {n} passage{'s' if n > 1 else ''} as text"
     untrained = " · untrained adapter" if u.mode == "compressed" and not s.get("adapter_trained", True) else ""
     policy = s.get("cache_policy", "full")
     if policy != "full":

@@ -172,3 +172,36 @@ def test_a_question_over_two_books_gets_the_budget_per_book(tome_tiny, tmp_path)
     assert one <= 200 < two <= 400
     only = list(tome_tiny.ask(ids[:1], "What grows by the river?", max_new_tokens=2))[-1]
     assert only.context_tokens <= 200  # one book: the budget as configured
+
+
+@pytest.mark.parametrize("layout", ["before", "inline"])
+def test_memory_excerpts_put_the_best_passages_as_text_beside_the_memories(tome_tiny, tmp_path, layout):
+    """``memory_excerpts``: the retriever's best passage goes into the compressed prompt word for word (its
+    tokens are read at question time), labelled with its page; the memories read stay the same."""
+    from dataclasses import replace
+
+    from retrieval.prompt import Excerpt, build_messages, count_tokens, fit_budget
+
+    pages = ["The harbour master keeps the ledgers in the stone tower by the quay.",
+             "The lighthouse keeper owns a tame falcon named Ossian.",
+             "Ships pay their dues each spring at the custom house."]
+    doc = tome_tiny.ingest(make_pdf(tmp_path / "h.pdf", pages, title="Harbour")).document
+    q = "What is the falcon called?"
+    tome_tiny.config = replace(tome_tiny.config, memory_layout=layout)
+    base = list(tome_tiny.ask([doc.id], q, mode="compressed", max_new_tokens=2))[-1]
+    tome_tiny.config = replace(tome_tiny.config, memory_excerpts=1)
+    got = list(tome_tiny.ask([doc.id], q, mode="compressed", max_new_tokens=2))[-1]
+    assert base.stats["excerpts"] == []
+    assert got.stats["excerpts"] == [{"document_id": doc.id, "page": 2}]
+    assert got.stats["memory_slots"] == base.stats["memory_slots"] > 0
+    tok = tome_tiny.lm.tokenizer
+    passage = next(p for p in tome_tiny.store.passages(doc.id) if p.page == 2).text
+    assert "Ossian" in passage
+    bare = build_messages(fit_budget([], 0), q, memory_of=["Harbour"])
+    more = build_messages(fit_budget([], 0), q, memory_of=["Harbour"], excerpts=[Excerpt("Harbour", 2, passage)])
+    assert "[Harbour, p. 2]\n" + passage in more[0]["content"]
+    added = count_tokens(tok, more) - count_tokens(tok, bare)
+    assert got.stats["prompt_tokens"] - base.stats["prompt_tokens"] == added > 0  # read at question time
+    from ui.handlers import figures_line
+
+    assert "+ 1 passage as text" in figures_line(got) and "passage" not in figures_line(base)

@@ -63,3 +63,20 @@ def test_auto_applies_a_shipped_gate_only_to_the_models_listed(tmp_path, db_url)
         assert t.cache_policy("auto").name == "gate"
     finally:
         t.store.close()
+
+
+def test_compressor_override_serves_its_name_and_ratio_inside_the_block_only(tome_tiny):
+    from uio.compress import make_compressor
+
+    models = tome_tiny.models
+    before = models.compressor(8, "kvzip")
+    pooled = make_compressor("kvzip", 8, pool=5)
+    with models.compressor_override(pooled):
+        assert models.compressor(8, "kvzip") is pooled
+        assert models.compressor(8, "kvzip").identity(tome_tiny.lm) != before.identity(tome_tiny.lm)
+        assert models.compressor(32, "kvzip") is not pooled  # another ratio is untouched
+    assert models.compressor(8, "kvzip") is before
+    with models.compressor_override(make_compressor("snapkv", 8)):  # none made before: none left after
+        pass
+    assert models.compressor(8, "snapkv") is not None and models.compressor(8, "snapkv").params() == \
+        make_compressor("snapkv", 8).params()
