@@ -152,8 +152,8 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
         kw["cache_policy"] = "full"
     elif variant == "int8" or variant.startswith("pool"):  # int8: run_cell's make_memory; poolK: compressor_variant
         pass
-    elif variant.startswith("x"):  # kvzip-fast@8/x2: the 2 best passages as text beside the memories
-        tome.config = replace(base, memory_excerpts=int(variant[1:]))
+    elif variant.startswith("x"):  # kvzip-fast@8/x2: the 2 best passages as text beside the memories (below)
+        pass
     elif variant:  # <layout>-<positions> of compressed mode, e.g. kvzip@8/before-consecutive (the old layout)
         layout, positions = variant.split("-")
         tome.config = replace(base, memory_layout=layout, memory_positions=positions)
@@ -161,8 +161,9 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
         kw["mode"] = "uncompressed"
         if name == "full":
             tome.config = replace(base, context_budget=tome.lm.window)
-    else:
+    else:  # the memories alone measure the compressor; "/xN" adds the product's N best passages as text
         kw.update(mode="compressed", compressor=name, ratio=ratio)
+        tome.config = replace(tome.config, memory_excerpts=int(variant[1:]) if variant.startswith("x") else 0)
     try:
         last = None
         for last in tome.ask([d.id for d in docs], question, **kw):

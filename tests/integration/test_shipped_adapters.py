@@ -53,12 +53,14 @@ def test_an_adapter_is_refused_by_another_model(smollm2, tiny_llama, tmp_path, d
 
 @pytest.mark.slow
 def test_the_qwen_adapter_finds_a_pass_key_through_tome(qwen, tmp_path):
-    """A 2K-token pass-key PDF, compressed 8x by the shipped adapter, asked in compressed mode."""
+    """A 2K-token pass-key PDF, compressed 8x by the shipped adapter, asked in compressed mode (memories alone:
+    no passage as text, which would hand the key over)."""
     from bench.qa import passkey
     from tome import Config, Tome
 
     info = passkey.passkey_pdf(tmp_path / "notes.pdf", qwen.tokenizer, 2048, 0.5, seed=2050)
-    tome = Tome(Config(data_dir=tmp_path / "data", models_dir=MODELS_DIR, compress=False, max_new_tokens=16),
+    tome = Tome(Config(data_dir=tmp_path / "data", models_dir=MODELS_DIR, compress=False, max_new_tokens=16,
+                       memory_excerpts=0),
                 lm=qwen)
     try:
         doc = tome.ingest(info["path"]).document

@@ -187,7 +187,8 @@ def test_memory_excerpts_put_the_best_passages_as_text_beside_the_memories(tome_
              "Ships pay their dues each spring at the custom house."]
     doc = tome_tiny.ingest(make_pdf(tmp_path / "h.pdf", pages, title="Harbour")).document
     q = "What is the falcon called?"
-    tome_tiny.config = replace(tome_tiny.config, memory_layout=layout)
+    assert tome_tiny.config.memory_excerpts == 1  # the default
+    tome_tiny.config = replace(tome_tiny.config, memory_layout=layout, memory_excerpts=0)
     base = list(tome_tiny.ask([doc.id], q, mode="compressed", max_new_tokens=2))[-1]
     tome_tiny.config = replace(tome_tiny.config, memory_excerpts=1)
     got = list(tome_tiny.ask([doc.id], q, mode="compressed", max_new_tokens=2))[-1]
