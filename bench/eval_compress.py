@@ -17,7 +17,9 @@ interrupted run keeps what it finished and a rerun skips finished cells; memorie
 A method is ``<compressor>@<ratio>`` (compressed mode, memories made on demand by ``Tome.memory``,
 the default memory budget), ``full`` (uncompressed, the whole book in the prompt: ``context_budget``
 raised to the model's window) or ``retrieval`` (uncompressed, the default config: the segments
-closest to the question within 3,072 tokens).
+closest to the question within 3,072 tokens). Compressed cells read the memories alone; ``<method>/xN``
+adds the N passages retrieval ranks best as text (the product's ``memory_excerpts``), ``/xNnomem`` gives
+those passages alone (the control: no memory slot fits).
 
 Per cell: answers, correctness, the time to the first token (``stats.timing.ttft_s``, measured by the
 product from the start of ``ask``), slots read (``prefix_len``) against the memory's slots (where the
@@ -163,7 +165,10 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
             tome.config = replace(base, context_budget=tome.lm.window)
     else:  # the memories alone measure the compressor; "/xN" adds the product's N best passages as text
         kw.update(mode="compressed", compressor=name, ratio=ratio)
-        tome.config = replace(tome.config, memory_excerpts=int(variant[1:]) if variant.startswith("x") else 0)
+        excerpts = int(variant[1:].removesuffix("nomem")) if variant.startswith("x") else 0
+        tome.config = replace(tome.config, memory_excerpts=excerpts)
+        if variant.endswith("nomem"):  # "/x1nomem", the control: the passages alone (no segment fits 1 slot)
+            tome.config = replace(tome.config, memory_budget=1)
     try:
         last = None
         for last in tome.ask([d.id for d in docs], question, **kw):
