@@ -71,8 +71,8 @@ class Config:
                                                 '"spaced" (each slot where its source token sat in the segment, '
                                                 'scaled into the window where needed)', "TOME_MEMORY_POSITIONS")
     # By measurement (docs/COMPRESSION.md, "Seventh run"): on Qwen's planted facts 8x memories alone answered
-    # 11/42, with the best passage 31/42 (full text 31/42), with two 30/42; the passage's ~250 tokens are read
-    # at question time (first token ~3.5x later than memories alone, still ~1/8 of retrieval's).
+    # 11/42, with the best passage 31/42 (full text 31/42; the passage alone 33/42), with two 30/42; the
+    # passage's ~250 tokens are read at question time (first token ~1/8 of retrieval's).
     memory_excerpts: int = _opt(1, "compressed mode: this many passages that retrieval finds best for the question "
                                    "go into the prompt as text beside the memories (0: memories alone); their "
                                    "words arrive exact where 1 slot in 8 may have dropped a digit or a name",
