@@ -76,7 +76,7 @@ def test_compressor_override_serves_its_name_and_ratio_inside_the_block_only(tom
         assert models.compressor(8, "kvzip").identity(tome_tiny.lm) != before.identity(tome_tiny.lm)
         assert models.compressor(32, "kvzip") is not pooled  # another ratio is untouched
     assert models.compressor(8, "kvzip") is before
-    with models.compressor_override(make_compressor("snapkv", 8)):  # none made before: none left after
-        pass
-    assert models.compressor(8, "snapkv") is not None and models.compressor(8, "snapkv").params() == \
-        make_compressor("snapkv", 8).params()
+    snap = make_compressor("snapkv", 8)
+    with models.compressor_override(snap):  # none made before: none left after
+        assert models.compressor(8, "snapkv") is snap
+    assert models.compressor(8, "snapkv") is not snap
