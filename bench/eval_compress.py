@@ -184,17 +184,25 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
             if last.sources and hasattr(last.sources[0], "page_start") else None}
 
 
+SCORER: Path | None = None  # --scorer: the weights file kvzip-fast cells use instead of the shipped one
+
+
 @contextmanager
 def compressor_variant(tome, name: str, ratio: int | None, variant: str) -> Iterator[None]:
     """"kvzip-fast@8/pool5": inside the block, Tome makes and reads ``name`` at ``ratio`` with its scores
-    average-pooled over 5 tokens (``ScoringCompressor.pool``): other memories, another fingerprint."""
-    if ratio is None or not variant.startswith("pool"):
+    average-pooled over 5 tokens (``ScoringCompressor.pool``): other memories, another fingerprint.
+    With ``--scorer FILE``, kvzip-fast cells score with that file (its digest is in the fingerprint)."""
+    kw: dict = {}
+    if ratio is not None and variant.startswith("pool"):
+        kw["pool"] = int(variant[4:])
+    if ratio is not None and SCORER is not None and tome.models.compressor_name(name) == "kvzip-fast":
+        kw["weights"] = str(SCORER)
+    if not kw:
         yield
         return
     from uio.compress import make_compressor
 
-    with tome.models.compressor_override(make_compressor(tome.models.compressor_name(name), ratio,
-                                                         pool=int(variant[4:]))):
+    with tome.models.compressor_override(make_compressor(tome.models.compressor_name(name), ratio, **kw)):
         yield
 
 
@@ -646,10 +654,13 @@ def main(argv=None) -> None:
     ap.add_argument("--autoencode", action="store_true",
                     help="ppl: also auto-encoding (each segment read after its own memory: ppl, token accuracy)")
     ap.add_argument("--adapter", type=Path, default=None, help="UIO adapter file for uio@<ratio> (default: shipped)")
+    ap.add_argument("--scorer", type=Path, default=None,
+                    help="learned-scorer weights for kvzip-fast@<ratio> cells (default: the shipped file)")
     ap.add_argument("--segment-len", type=int, default=0, help="tokens per segment (0: the product's; own --work)")
     ap.add_argument("--tag", default="", help="results file suffix (bench/results/eval_compress_<model>_<part>_<tag>.json)")
     args = ap.parse_args(argv)
-    global TAG
+    global TAG, SCORER
+    SCORER = args.scorer
     TAG = f"_{args.tag}" if args.tag else ""
     {"passkey": part_passkey, "planted": part_planted, "realdocs": part_realdocs, "ppl": part_ppl,
      "report": report}[args.part](args)

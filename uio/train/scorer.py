@@ -2,6 +2,7 @@
 
     python -m uio.train.scorer --model smollm2 --segments 240 --heldout 24 --steps 3000
     python -m uio.train.scorer --model smollm2 --resume      # continue a stopped run exactly
+    python -m uio.train.scorer --model qwen --init uio/weights/scorer-qwen.safetensors ...   # fine-tune
 
 Two phases, both resumable:
 
@@ -31,6 +32,7 @@ import json
 import math
 import random
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -270,6 +272,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--extra-heldout", type=int, default=0, help="held-out segments from --extra-corpus")
     ap.add_argument("--evaluate", type=Path, default=None, help="only report this weights file's held-out "
                     "agreement (the targets must exist)")
+    ap.add_argument("--init", type=Path, default=None, help="start from this weights file (same model; its "
+                    "config and feature statistics are kept) instead of a seeded init: a fine-tune")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=1e-4)
@@ -372,10 +376,14 @@ def main(argv: list[str] | None = None) -> int:
     log({"phase": "targets-done", "train": len(train_files), "heldout": len(held_files),
          "extra_heldout": len(extra_held_files), "cpu_s": round(time.process_time() - c0, 1)})
 
-    scorer = KVScorer(ScorerConfig.for_model(lm, rank=args.rank, repeats=args.repeats, cross=args.cross,
-                                             cross_stride=args.cross_stride if args.cross_norm else 0))
-    torch.manual_seed(args.seed)
-    scorer = KVScorer(scorer.config)  # seeded init
+    if args.init:  # fine-tune: the file's config (rank, cross features) and feature statistics win over the flags
+        scorer = KVScorer.load(args.init, lm)
+        log({"phase": "init", "weights": str(args.init), "config": asdict(scorer.config), **agreement(scorer)})
+    else:
+        scorer = KVScorer(ScorerConfig.for_model(lm, rank=args.rank, repeats=args.repeats, cross=args.cross,
+                                                 cross_stride=args.cross_stride if args.cross_norm else 0))
+        torch.manual_seed(args.seed)
+        scorer = KVScorer(scorer.config)  # seeded init
     opt = torch.optim.AdamW(scorer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
@@ -388,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         sched.load_state_dict(state["sched"])
         step, cpu_done, tokens_done = state["step"], state["cpu_s"], state["tokens"]
         log({"phase": "resume", "step": step})
-    else:
+    elif not args.init:
         feature_stats(scorer, random.Random(args.seed).sample(train_files, min(32, len(train_files))))
     scorer.train().requires_grad_(True)
     for mod in scorer.layers:  # the feature statistics are data, not parameters
@@ -436,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         final = agreement(scorer)
         scorer.save(out, extra={"trained": {"steps": step, "segments": len(train_files),
                                             "heldout_segments": len(held_files), **final,
+                                            **({"init": str(args.init)} if args.init else {}),
                                             "cpu_s_train": round(cpu_done, 1)}})
         log({"phase": "saved", "path": str(out), "bytes": out.stat().st_size, **final})
     else:

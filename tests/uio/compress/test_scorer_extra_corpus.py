@@ -4,6 +4,7 @@ Runs the real command on SmolLM2 with 64-token segments, a few steps, everything
 import json
 
 import pytest
+import torch
 
 from uio.train.scorer import main
 
@@ -42,3 +43,25 @@ def test_extra_corpus_segments_train_and_report_their_own_agreement(tmp_path, sm
     assert main(common + ["--evaluate", str(tmp_path / "scorer.safetensors")]) == 0
     last = json.loads(log.read_text().splitlines()[-1])
     assert last["phase"] == "evaluate" and last["extra_heldout"] == 1 and "manuals_agree32" in last
+    # --init fine-tunes that file: its agreement is logged first (= --evaluate's), its feature statistics are
+    # kept (not re-measured), the weights move, and the saved file names where it started
+    from uio.compress.scorer import KVScorer
+
+    start = KVScorer.load(tmp_path / "scorer.safetensors")
+    tuned_path = tmp_path / "tuned.safetensors"
+    tune = [a if a != str(tmp_path / "scorer.safetensors") else str(tuned_path) for a in common]
+    tune[tune.index("--run-dir") + 1] = str(tmp_path / "run-tune")
+    assert main(tune + ["--extra-segments", "2", "--init", str(tmp_path / "scorer.safetensors"), "--steps", "2",
+                        "--eval-every", "2", "--lr", "0.01"]) == 0
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    init = next(r for r in rows if r.get("phase") == "init")
+    assert (init["agree8"], init["manuals_agree32"]) == (last["agree8"], last["manuals_agree32"])
+    tuned = KVScorer.load(tuned_path)
+    sd0, sd1 = start.state_dict(), tuned.state_dict()
+    stats = [k for k in sd0 if k.endswith(("mean", "inv_std"))]
+    assert stats and all(torch.equal(sd0[k], sd1[k]) for k in stats)
+    assert any(not torch.equal(sd0[k], sd1[k]) for k in sd0 if k not in stats)
+    from safetensors import safe_open
+
+    with safe_open(str(tuned_path), framework="pt") as f:
+        assert json.loads(f.metadata()["trained"])["init"] == str(tmp_path / "scorer.safetensors")
