@@ -366,7 +366,7 @@ def part_realdocs(args) -> None:
     work = args.work / args.model / "realdocs"
     tome = make_tome(args.model, work, args.threads, args.adapter, args.segment_len)
     data = load_part(args.model, "realdocs")
-    qset = realdocs.load()
+    qset = realdocs.load(batches=realdocs.parse_batches(args.batches))
     chosen = args.docs.split(",")
     meta = realdocs.documents(qset)
     docs = ingest_all(tome, [Path(meta[d]["path"]) for d in chosen])
@@ -376,7 +376,7 @@ def part_realdocs(args) -> None:
     data["set"] = {"docs": chosen, "questions": len(items),
                    "tokens": {d: by_id[d].tokens for d in chosen}, "pages": {d: by_id[d].pages for d in chosen}}
     print(data["set"], flush=True)
-    tag = "+".join(chosen)
+    tag = "+".join(chosen) + ("" if args.batches == "1" else f" batches {args.batches}")
     for method in args.methods.split(","):
         run_cell(tome, data, f"realdocs|{tag}|{method}", method, items, realdocs.grade, args.max_new,
                  args.model, "realdocs")
@@ -644,6 +644,8 @@ def main(argv=None) -> None:
     ap.add_argument("--depths", default="0,25,50,75,100")
     ap.add_argument("--pages", type=int, default=12, help="planted: pages per book")
     ap.add_argument("--docs", default="r-data,r-faq", help="realdocs: the manuals (ids in realdocs.json)")
+    ap.add_argument("--batches", default="1", help="realdocs: question batches (1: the first 66, whose figures "
+                    "the docs give unless they say otherwise; 1,2 or all: with the 40 added later)")
     ap.add_argument("--max-new", type=int, default=24)
     ap.add_argument("--ppl-prev", type=int, default=3, help="ppl: segments of context before each scored one")
     ap.add_argument("--ppl-tokens", type=int, default=256, help="ppl: tokens scored at the start of each segment")

@@ -614,6 +614,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--batches", default="1", help="question batches of realdocs.json (1: the 66 the docs' "
+                    "figures used; 1,2 or all: with the 40 added later)")
     ap.add_argument("--pg", default=os.environ.get("TOME_EVAL_PG", ""),
                     help="also rank over a PostgreSQL copy of the library (its full text: BM25 over tsvector)")
     ap.add_argument("--answers", action="store_true", help="also measure answer accuracy (slow)")
@@ -634,7 +636,7 @@ def main(argv=None) -> int:
     if args.report:
         report_answers(args.report)
         return 0
-    data = realdocs.load()
+    data = realdocs.load(batches=realdocs.parse_batches(args.batches))
     tome, docs = build(args.data, args.model)
     if args.fp32_embedder:
         from retrieval.embed import load_embedder

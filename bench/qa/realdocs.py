@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from bench.qa.grading import contains, grade as _grade, normalize, tokens
@@ -23,9 +24,20 @@ HERE = Path(__file__).resolve().parent
 SET_PATH = HERE / "realdocs.json"
 
 
-def load(path: str | Path = SET_PATH) -> dict:
+def load(path: str | Path = SET_PATH, batches: Iterable[int] | None = None) -> dict:
+    """The set; with ``batches``, only the questions of those batches (a question's ``batch``, 1 when
+    absent: the first 66; batch 2 was added later, so figures measured on batch 1 stay reproducible)."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        data = json.load(f)
+    if batches is not None:
+        keep = set(batches)
+        data["questions"] = [q for q in data["questions"] if q.get("batch", 1) in keep]
+    return data
+
+
+def parse_batches(text: str) -> list[int] | None:
+    """``--batches`` of the benches: "1", "1,2" or "all" (None)."""
+    return None if text == "all" else [int(b) for b in text.split(",")]
 
 
 def grade(answer_text: str, question: dict) -> bool:
