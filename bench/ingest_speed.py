@@ -9,7 +9,8 @@ compression / storage, and the store's size on disk per document token (raw text
 segment (model tokenizer), embed (passages cut and embedded), store (rows, full text, ready); the
 embedder is loaded before the clock starts (a running server has it), as is the model. ``--background
 PAGES``: on that book, stage 2's speed (the default compressor, one segment per call as the worker runs
-it, against the plain forward with logits over the same segments, interleaved), then the time to the
+it, and ``--stage2-also`` (kvzip, kvzip-fast) in the same loop, against the plain forward with logits over
+the same segments, interleaved), then the time to the
 first token of one question asked on the idle server and while the worker compresses the book in the
 background (each asked after a random part of a chunk, so the wait for the model lock is a fair
 draw; wall clock, lock wait included). The system load average is recorded next to each figure.
@@ -46,6 +47,8 @@ def main() -> None:
     ap.add_argument("--speed-segments", type=int, default=3,
                     help="--background: segments timed through the compressor and the plain forward")
     ap.add_argument("--seed", type=int, default=0, help="--background: seed of the questions' arrival times")
+    ap.add_argument("--stage2-also", default="kvzip,kvzip-fast",
+                    help="--background: compressors timed beside the default one, in the same loop (comma list)")
     ap.add_argument("--embed-check", type=Path, metavar="DATA_DIR", nargs="?", const=ROOT / ".cache" / "eval_retrieval",
                     help="passage vectors under bf16 autocast vs the float32 ones stored in bench/eval_retrieval.py's "
                          "library (default .cache/eval_retrieval): cosine, and the gold page's rank by vectors")
@@ -129,30 +132,41 @@ def stage1(tome, pdf: Path) -> tuple[dict, object]:
             **{k: round(v, 3) for k, v in r.timings.items()}, "load_1min": load}, doc
 
 
-def stage2_speed(tome, doc, n: int) -> dict:
+def stage2_speed(tome, doc, n: int, also: tuple[str, ...] = ()) -> dict:
     """Tokens/s of the default compressor (one segment per call, as the worker) and of the plain forward with
-    logits over the same ``n`` segments, interleaved, best of each (one warm-up segment each first)."""
+    logits over the same ``n`` segments, interleaved, best of each (one warm-up segment each first); the
+    compressors named in ``also`` (e.g. kvzip beside kvzip-fast) are timed in the same loop, on the same
+    segments, so their ratios to the plain forward compare within one run."""
     import torch
 
-    lm, compressor = tome.lm, tome.models.compressor()
+    lm, models = tome.lm, tome.models
+    compressors = [models.compressor()]
+    compressors += [models.compressor(name=x) for x in dict.fromkeys(also)
+                    if models.compressor_name(x) != compressors[0].name]
     segs = tome.queue._segments(doc)[:n + 1]
-    comp, plain = [], []
+    rates: dict[str, list[float]] = {c.name: [] for c in compressors}
+    plain = []
     load = _load()
     for k, s in enumerate(segs):
-        t = time.perf_counter()
-        compressor.compress(lm, [s.token_ids], [s.index], [(s.token_start, s.token_end)])
-        tc = time.perf_counter() - t
+        for c in compressors:
+            t = time.perf_counter()
+            c.compress(lm, [s.token_ids], [s.index], [(s.token_start, s.token_end)])
+            if k:  # the first is the warm-up
+                rates[c.name].append(len(s.token_ids) / (time.perf_counter() - t))
         t = time.perf_counter()
         with torch.inference_mode():
             lm.model(input_ids=torch.tensor([s.token_ids], device=lm.device), use_cache=False)
-        tp = time.perf_counter() - t
-        if k:  # the first is the warm-up
-            comp.append(len(s.token_ids) / tc)
-            plain.append(len(s.token_ids) / tp)
-    return {"compressor": compressor.name, "ratio": compressor.ratio, "segments_timed": len(comp),
+        if k:
+            plain.append(len(s.token_ids) / (time.perf_counter() - t))
+    first = compressors[0]
+    return {"compressor": first.name, "ratio": first.ratio, "segments_timed": len(plain),
             "segment_tokens": [len(s.token_ids) for s in segs[1:]],
-            "compress_tok_s": [round(x, 1) for x in comp], "plain_forward_tok_s": [round(x, 1) for x in plain],
-            "compress_vs_plain": round(max(comp) / max(plain), 3), "load_1min": [load, _load()]}
+            "compress_tok_s": [round(x, 1) for x in rates[first.name]],
+            "plain_forward_tok_s": [round(x, 1) for x in plain],
+            "compress_vs_plain": round(max(rates[first.name]) / max(plain), 3),
+            "compressors": {name: {"tok_s": [round(x, 1) for x in r], "vs_plain": round(max(r) / max(plain), 3)}
+                            for name, r in rates.items()},
+            "load_1min": [load, _load()]}
 
 
 def background(tome, doc, questions: int, rng: random.Random) -> dict:
@@ -216,7 +230,7 @@ def stages(a) -> None:
                 rows.append(row)
                 print(f"stage 1, {pages} pages: {row}", flush=True)
             if pages == a.background:
-                speed = stage2_speed(tome, doc, a.speed_segments)
+                speed = stage2_speed(tome, doc, a.speed_segments, tuple(filter(None, a.stage2_also.split(","))))
                 print(f"stage 2 speed: {speed}", flush=True)
                 bg = {"pages": pages, "tokens": doc.tokens, **speed,
                       **background(tome, doc, a.questions, random.Random(a.seed))}
@@ -235,6 +249,8 @@ def stages(a) -> None:
               f"{max(bg['compress_tok_s']):.0f} tok/s vs plain forward with logits {max(bg['plain_forward_tok_s']):.0f} "
               f"tok/s ({bg['compress_vs_plain']:.2f}x); the worker: {bg['stage2_worker_tok_s']:.0f} tok/s "
               f"({bg['chunk_s']:.1f} s per chunk of {bg['chunk_segments']} segment(s))")
+        for name, c in bg["compressors"].items():
+            print(f"  {name} {bg['ratio']}x: {max(c['tok_s']):.0f} tok/s, {c['vs_plain']:.2f}x the plain forward with logits")
         print(f"first token, median of {len(bg['ttft_idle_s'])}: idle {bg['ttft_idle_median_s']:.2f} s, during stage 2 "
               f"{bg['ttft_stage2_median_s']:.2f} s ({bg['ttft_ratio_median']:.2f}x; worst {bg['ttft_ratio_worst']:.2f}x)")
     write_json(a.out or RESULTS_DIR / f"ingest_stages_{a.model}.json",
