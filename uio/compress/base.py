@@ -247,6 +247,10 @@ class ScoringCompressor(Compressor):
     # A number or a made-up name spans several tokens, and 32 slots per head kept one by one lose digits:
     # pooled, a high-scoring token's neighbours come with it (docs/COMPRESSION.md, "Sixth run").
     pool: int = 0
+    # Share of the budget any one window of ``span`` tokens may hold (0: no cap). At 32x a document's
+    # opening takes over half of each head's slots (bench/depth0_probe.py) and starves what follows it.
+    span_cap: float = 0.0
+    span: int = 32
 
     def pool_kernel(self) -> int:
         """The pool kernel in effect (``pool`` resolved; 0 = none)."""
@@ -263,6 +267,9 @@ class ScoringCompressor(Compressor):
         p.pop("pool", None)
         if self.pool_kernel():  # unpooled memories keep the identity they had before the option existed
             p["pool"] = self.pool_kernel()
+        span_cap, span = p.pop("span_cap", 0.0), p.pop("span", 32)
+        if span_cap:  # likewise: uncapped memories keep their identity
+            p.update(span_cap=span_cap, span=span)
         return p
 
     # -- what subclasses write -------------------------------------------------------------------
@@ -320,7 +327,17 @@ class ScoringCompressor(Compressor):
         """
         scores = self.pooled(scores)
         scores[..., :self.sinks(k)] = float("inf")
+        if self.span_cap:
+            return capped_topk(scores, k, self.span, self.window_slots(k, scores.shape[-1])).sort(-1).values
         return scores.topk(k, dim=-1).indices.sort(-1).values
+
+    def window_slots(self, k: int, n: int) -> int:
+        """Slots one window of ``span`` tokens may hold: ``span_cap`` of the budget, but never fewer than the
+        sinks or than the full windows need between them to fill the budget (so a short segment is uncapped)."""
+        if not 0 < self.span_cap <= 1 or self.span < 1:
+            raise ValueError(f"span_cap must be in (0, 1] and span >= 1, got {self.span_cap}, {self.span}")
+        full = max(1, n // self.span)
+        return min(self.span, max(math.ceil(self.span_cap * k), self.sinks(k), math.ceil(k / full)))
 
     def mass(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores on a scale where averaging means something (attention mass); subclasses with log scores
@@ -373,6 +390,19 @@ class ScoringCompressor(Compressor):
         keys = torch.stack([k.reshape(len(ids), kv, hd) for k in grabbed_k])  # (layers, n, kv, hd)
         values = torch.stack([v.reshape(len(ids), kv, hd) for v in grabbed_v])
         return Prefill(ids, keys, values, cache, observed)
+
+
+def capped_topk(scores: torch.Tensor, k: int, span: int, cap: int) -> torch.Tensor:
+    """(..., n) scores -> (..., k) indices of the k best with at most ``cap`` from each window
+    [j*span, (j+1)*span): best first, a token over its window's cap is passed over for the next best.
+    Needs cap * (n // span) >= k (``ScoringCompressor.window_slots`` ensures it)."""
+    n = scores.shape[-1]
+    order = scores.argsort(dim=-1, descending=True, stable=True)
+    hot = F.one_hot(order // span, -(-n // span))  # (..., n, windows): each ranked token's window
+    rank = (hot.cumsum(-2) * hot).sum(-1) - 1  # its rank inside its window, in score order
+    allowed = rank < cap
+    pick = allowed & (allowed.cumsum(-1) <= k)
+    return order[pick].view(*scores.shape[:-1], k)
 
 
 def gather_slots(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
