@@ -19,7 +19,7 @@ def _meta(path) -> dict:
 def test_shipped_adapters_are_small_and_cut_like_tome():
     from tome.config import Config
 
-    assert adapter_path("qwen", 8) in SHIPPED
+    assert {adapter_path(key, r) for key in BASE_MODELS for r in (8, 32)} <= set(SHIPPED)
     for path in SHIPPED:
         key, ratio = path.stem.rsplit("-", 1)
         meta, size = _meta(path), path.stat().st_size
@@ -52,8 +52,9 @@ def test_an_adapter_is_refused_by_another_model(smollm2, tiny_llama, tmp_path, d
 
 
 @pytest.mark.slow
-def test_the_qwen_adapter_finds_a_pass_key_through_tome(qwen, tmp_path):
-    """A 2K-token pass-key PDF, compressed 8x by the shipped adapter, asked in compressed mode (memories alone:
+@pytest.mark.parametrize("ratio", [8, 32])
+def test_the_qwen_adapter_finds_a_pass_key_through_tome(qwen, tmp_path, ratio):
+    """A 2K-token pass-key PDF, compressed by the shipped adapter, asked in compressed mode (memories alone:
     no passage as text, which would hand the key over)."""
     from bench.qa import passkey
     from tome import Config, Tome
@@ -64,9 +65,9 @@ def test_the_qwen_adapter_finds_a_pass_key_through_tome(qwen, tmp_path):
                 lm=qwen)
     try:
         doc = tome.ingest(info["path"]).document
-        mem = tome.memory(doc, compressor="uio")
-        assert mem.fingerprint == _meta(adapter_path("qwen", 8))["fingerprint"]
-        final = list(tome.ask([doc.id], passkey.QUESTION, mode="compressed", compressor="uio"))[-1]
+        mem = tome.memory(doc, compressor="uio", ratio=ratio)
+        assert mem.fingerprint == _meta(adapter_path("qwen", ratio))["fingerprint"]
+        final = list(tome.ask([doc.id], passkey.QUESTION, mode="compressed", compressor="uio", ratio=ratio))[-1]
         assert final.stats["compressor"] == "uio" and final.stats["adapter_trained"]
         assert passkey.grade(final.text, info["key"]), final.text
     finally:
