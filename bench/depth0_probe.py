@@ -42,7 +42,8 @@ def main() -> None:
             kept = torch.zeros(layers, heads, len(ids), dtype=torch.bool)
             kept.scatter_(2, index.long().cpu(), True)
             per = kept[:, :, kp].sum(-1).float()  # the key's tokens kept, per layer and KV head
-            print(f"  {name}{f' cap {span_cap}' if span_cap else ''}: slots {k}, mean digits kept per head {per.mean():.2f}/{len(key)}, heads with all: "
+            label = f"{name} cap {span_cap}" if span_cap else name
+            print(f"  {label}: slots {k}, mean digits kept per head {per.mean():.2f}/{len(key)}, heads with all: "
                   f"{(per == len(key)).float().mean():.2f}, with none: {(per == 0).float().mean():.2f}; "
                   f"first 32 tokens' share of slots {kept[:, :, :32].float().sum(-1).mean() / k:.2f}")
 

@@ -198,7 +198,7 @@ def test_span_cap_keeps_the_best_within_each_windows_share():
         row = scores.view(6, 100)[idx].tolist()
         assert got.view(6, 12)[idx].tolist() == _greedy_capped(row, 12, 16, 3)
     assert ((got < 16).sum(-1) == 3).all()  # the opening's window is held to its cap
-    # Through a compressor: the cap changes the identity only when on; sinks stay; a short segment is uncapped.
+    # Through a compressor: the cap changes the identity only when on; sinks stay; short segments get a looser cap.
     c = make_compressor("kvzip", 32, span_cap=0.25)
     assert c.params()["span_cap"] == 0.25 and "span_cap" not in make_compressor("kvzip", 32).params()
     s = torch.rand(2, 2, 1024, generator=g)
