@@ -41,7 +41,8 @@ class Config:
     compressor: str = _opt("auto", "how segments become memories: auto (the measured default for the model: "
                                    "uio.compress.DEFAULTS) or a name of uio.compress.COMPRESSORS (kvzip, snapkv, "
                                    "keynorm, streaming, uio)", "TOME_COMPRESSOR")
-    adapter: Path | None = _opt(None, "UIO adapter file; default: the one shipped for the model and ratio",
+    adapter: Path | None = _opt(None, ("UIO adapter file, for the ratio in its header; other ratios, and by "
+                                       "default: the one shipped for the model and ratio"),
                                 "TOME_ADAPTER", Path)
     compress_batch: int = _opt(4, "segments per UIO encoder batch")
     chunk_segments: int = _opt(16, "segments per saved chunk: an interrupted ingestion resumes from the last one",

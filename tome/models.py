@@ -73,12 +73,21 @@ class Models:
         from uio.shipped import adapter_path
 
         ratio = ratio or self.config.ratio
-        if self.config.adapter and ratio == self.config.ratio:
+        if self.config.adapter and ratio == self._configured_ratio():
             return self.config.adapter
         shipped = adapter_path(self.key, ratio) if self.key else None
         if not (shipped and shipped.is_file()):
             return None
         return shipped if self._lm is None or adapter_fits(self._lm, shipped) else None
+
+    def _configured_ratio(self) -> int:
+        """The ratio the configured adapter file serves: the one in its header (a 32x file given with the
+        default ratio 8 serves 32x, it is not silently passed over for the shipped one), else the config's."""
+        from uio.adapter import adapter_ratio
+
+        path = self.config.adapter
+        found = adapter_ratio(path) if path and Path(path).is_file() else None
+        return found or self.config.ratio
 
     def adapter_trained(self, ratio: int | None = None) -> bool:
         return self.adapter_file(ratio) is not None

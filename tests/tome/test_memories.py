@@ -149,3 +149,25 @@ def test_an_adapter_file_in_memory_mode_on_kvzip_makes_the_uio_memories(tmp_path
             other.memory_identity(compressor="uio")
     finally:
         other.store.close()
+
+
+def test_a_configured_adapter_serves_the_ratio_in_its_header(tmp_path, db_url, tokenizer):
+    """A 32x file given as the adapter (config ratio left at 8) makes the 32x memories; it is not passed over
+    for the shipped or untrained one, and 8x does not pick it up."""
+    from tests.conftest import _tiny
+    from uio.adapter import UIOAdapter, adapter_ratio
+    from uio.memory import MemoryConfig
+
+    lm = _tiny("llama", tokenizer)
+    path = tmp_path / "tiny-32x.safetensors"
+    trained = UIOAdapter(lm, MemoryConfig(segment_len=64, num_mem=2), mode="memory", base="kvzip").randomize_(seed=7)
+    trained.save(path)
+    assert adapter_ratio(path) == 32
+    t = make_tome(tmp_path, db_url, lm, segment_len=64, max_new_tokens=2, adapter=path)
+    try:
+        assert t.config.ratio == 8
+        assert t.adapter_file(32) == path and t.adapter_file(8) != path
+        assert t.memory_identity(compressor="uio", ratio=32) == trained.fingerprint
+        assert t.memory_identity(compressor="uio", ratio=8) != trained.fingerprint
+    finally:
+        t.store.close()
