@@ -86,7 +86,10 @@ class Models:
         from uio.adapter import adapter_ratio
 
         path = self.config.adapter
-        found = adapter_ratio(path) if path and Path(path).is_file() else None
+        try:
+            found = adapter_ratio(path) if path and Path(path).is_file() else None
+        except Exception:  # not a safetensors file: loading it for the config's ratio says why, clearly
+            found = None
         return found or self.config.ratio
 
     def adapter_trained(self, ratio: int | None = None) -> bool:
