@@ -265,10 +265,8 @@ def adapter_fits(lm: LoadedModel, path: str | Path) -> bool:
 def adapter_ratio(path: str | Path) -> int | None:
     """The compression ratio (l / M) an adapter file was saved for, from its header; None if it has none."""
     with safe_open(str(path), framework="pt") as f:
-        cfg = json.loads((f.metadata() or {}).get("config", "{}"))
-    if not (cfg.get("segment_len") and cfg.get("num_mem")):
-        return None
-    return cfg["segment_len"] // cfg["num_mem"]
+        text = (f.metadata() or {}).get("config")
+    return MemoryConfig.from_json(text).ratio if text else None
 
 
 def read_adapter_file(lm: LoadedModel, path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
