@@ -152,7 +152,7 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
     name, ratio, variant = parse_method(method)
     if variant == "fullcache":  # the recent cache without the default policy (the gate): HF generate
         kw["cache_policy"] = "full"
-    elif variant == "int8" or variant.startswith(("pool", "cap")):  # int8: run_cell's make_memory; poolK, capP: compressor_variant
+    elif variant == "int8" or variant.startswith(("pool", "cap", "share")):  # int8: run_cell's make_memory; others: compressor_variant
         pass
     elif variant.startswith("x"):  # kvzip-fast@8/x2: the 2 best passages as text beside the memories (below)
         pass
@@ -191,13 +191,16 @@ SCORER: Path | None = None  # --scorer: the weights file kvzip-fast cells use in
 def compressor_variant(tome, name: str, ratio: int | None, variant: str) -> Iterator[None]:
     """"kvzip-fast@8/pool5": inside the block, Tome makes and reads ``name`` at ``ratio`` with its scores
     average-pooled over 5 tokens (``ScoringCompressor.pool``): other memories, another fingerprint;
-    "kvzip@32/cap25": no 32-token window holds more than 25 % of a head's slots (``span_cap``).
+    "kvzip@32/cap25": no 32-token window holds more than 25 % of a head's slots (``span_cap``);
+    "kvzip-fast@32/share16": groups of 16 segments split one budget by their scores (``share``).
     With ``--scorer FILE``, kvzip-fast cells score with that file (its digest is in the fingerprint)."""
     kw: dict = {}
     if ratio is not None and variant.startswith("pool"):
         kw["pool"] = int(variant[4:])
     if ratio is not None and variant.startswith("cap"):
         kw["span_cap"] = int(variant[3:]) / 100
+    if ratio is not None and variant.startswith("share"):  # "share16": groups of 16 segments split one budget
+        kw["share"] = int(variant[5:])
     if ratio is not None and SCORER is not None and tome.models.compressor_name(name) == "kvzip-fast":
         kw["weights"] = str(SCORER)
     if not kw:

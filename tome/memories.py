@@ -42,7 +42,8 @@ class Memories:
         segment, while waiting for the model and (with ``force=True``) after each saved chunk (a worker's
         heartbeat: it may raise to stop the work).
         The model lock is taken per chunk of ``chunk`` segments (default ``Config.chunk_segments``), never
-        for the whole book, so a question asked meanwhile waits for one chunk at most. A chunk saved by an
+        for the whole book, so a question asked meanwhile waits for one chunk at most (per segment for a
+        compressor whose segments share a budget: its chunks round up to whole groups). A chunk saved by an
         earlier, interrupted run is read back instead of made again when it holds the same segments.
         """
         from uio.compress import storage_dtype
@@ -60,6 +61,10 @@ class Memories:
         fp, ratio = compressor.identity(lm), compressor.ratio
         encoder = self.encoder(compressor)
         n, size = len(segments), chunk or self.models.config.chunk_segments
+        # Segments that split one budget (ScoringCompressor.share) are compressed in one call: chunks hold
+        # whole groups, so the memories do not depend on the chunk size (background chunks included).
+        group = getattr(compressor, "share", 1)
+        size = -(-size // group) * group
         tick = step or (lambda done, force=False: None)
         parts = []
         for c, start in enumerate(range(0, n, size)):
@@ -73,11 +78,20 @@ class Memories:
                 report((start + done) / n, f"{name}: memories {start + done}/{n} segments")
                 tick(start + done)
 
-            with self._model_lock(lambda start=start: tick(start)):
-                if self.models.loaded is not lm:  # the model was switched: these memories would mix two models
-                    raise ModelSwitched("the model was switched during compression; it starts again")
-                mem = encoder.compress([s.token_ids for s in part], segment_ids=[s.index for s in part],
-                                       token_spans=[(s.token_start, s.token_end) for s in part], progress=one)
+            @contextmanager
+            def held(start: int = start):
+                with self._model_lock(lambda: tick(start)):
+                    if self.models.loaded is not lm:  # the model was switched: these memories would mix two models
+                        raise ModelSwitched("the model was switched during compression; it starts again")
+                    yield
+
+            args = dict(segment_ids=[s.index for s in part], token_spans=[(s.token_start, s.token_end) for s in part],
+                        progress=one)
+            if group > 1:  # the lock per segment, not per group: a question waits one segment's compression
+                mem = encoder.compress([s.token_ids for s in part], hold=held, **args)
+            else:
+                with held():
+                    mem = encoder.compress([s.token_ids for s in part], **args)
             mem.keys, mem.values = mem.keys.to(dtype), mem.values.to(dtype)
             mem.save(self.files.path(self.files.part(doc.sha256, fp, ratio, c)))
             parts.append(mem)
@@ -233,5 +247,5 @@ class _Bound:
     def __init__(self, compressor, lm):
         self.compressor, self.lm = compressor, lm
 
-    def compress(self, token_lists, segment_ids=None, token_spans=None, progress=None):
-        return self.compressor.compress(self.lm, token_lists, segment_ids, token_spans, progress)
+    def compress(self, token_lists, segment_ids=None, token_spans=None, progress=None, **kw):
+        return self.compressor.compress(self.lm, token_lists, segment_ids, token_spans, progress, **kw)

@@ -171,3 +171,40 @@ def test_a_configured_adapter_serves_the_ratio_in_its_header(tmp_path, db_url, t
         assert t.memory_identity(compressor="uio", ratio=8) != trained.fingerprint
     finally:
         t.store.close()
+
+
+def test_segments_that_share_a_budget_give_the_same_memories_whatever_the_chunk_and_lock_per_segment(tome_tiny,
+                                                                                                     tmp_path):
+    """``ScoringCompressor.share``: chunks round up to whole groups (a background chunk of 1 included), so the
+    memories equal a one-chunk run's; the model lock is taken once per segment, not once per group."""
+    from uio.compress import make_compressor
+
+    t = tome_tiny
+    doc = t.ingest(make_pdf(tmp_path / "lamp.pdf", PAGES)).document
+    segments = t.store.segments(doc.id)
+    assert len(segments) >= 6
+    shared = make_compressor("kvzip", 8, share=4)
+    taken = []
+    acquire = t.models.lock.acquire
+
+    def counted(*a, **kw):
+        taken.append(1)
+        return acquire(*a, **kw)
+
+    t.models.lock.acquire = counted
+    try:
+        one = t.memories.compress(doc, t.memories.stored_segments(doc), "lamp", lambda *_: None, shared, chunk=1)
+    finally:
+        del t.models.lock.acquire
+    assert len(taken) == len(segments)  # per segment
+    from uio.memory import Memory
+
+    a = Memory.load(t.config.memories_path / one.path)
+    t.files.remove_parts(doc.sha256, one.fingerprint, one.ratio)
+    (t.config.memories_path / one.path).unlink()
+    whole = t.memories.compress(doc, t.memories.stored_segments(doc), "lamp", lambda *_: None, shared, chunk=64)
+    b = Memory.load(t.config.memories_path / whole.path)
+    assert a.slots == b.slots and torch.equal(a.keys, b.keys) and torch.equal(a.positions, b.positions)
+    plain = t.memory(doc)  # the configured kvzip: each segment its own ceil(n / 8)
+    assert whole.fingerprint == one.fingerprint != plain.fingerprint
+    assert sum(a.slots) == sum(plain.slots) and a.slots != plain.slots

@@ -31,9 +31,9 @@ import hashlib
 import json
 import math
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
-from typing import Callable, ClassVar, Iterator, Sequence
+from typing import Callable, ClassVar, ContextManager, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -251,6 +251,13 @@ class ScoringCompressor(Compressor):
     # opening takes over half of each head's slots (bench/depth0_probe.py) and starves what follows it.
     span_cap: float = 0.0
     span: int = 32
+    # Segments that split one budget (1: each keeps its own ceil(n / ratio)): consecutive groups of ``share``
+    # segments (by segment id: ``segment_id // share``) pool their slots and give each segment the share its
+    # scores win (``share_budget``), as KVzip ranks a whole context rather than each chunk alone: a page of
+    # filler gives its slots to the page that holds a pass key. Callers pass whole groups (``Tome.memory``
+    # rounds its chunks up to a multiple of ``share``) so memories do not depend on how a document is chunked.
+    share: int = 1
+    share_floor: float = 0.25  # no segment of a group keeps under this fraction of its own ceil(n / ratio)
 
     def pool_kernel(self) -> int:
         """The pool kernel in effect (``pool`` resolved; 0 = none)."""
@@ -270,6 +277,9 @@ class ScoringCompressor(Compressor):
         span_cap, span = p.pop("span_cap", 0.0), p.pop("span", 32)
         if span_cap:  # likewise: uncapped memories keep their identity
             p.update(span_cap=span_cap, span=span)
+        share, floor = p.pop("share", 1), p.pop("share_floor", 0.25)
+        if share > 1:  # likewise: per-segment budgets keep their identity
+            p.update(share=share, share_floor=floor)
         return p
 
     # -- what subclasses write -------------------------------------------------------------------
@@ -286,7 +296,10 @@ class ScoringCompressor(Compressor):
     def compress(self, lm: LoadedModel, token_lists: Sequence[Sequence[int]],
                  segment_ids: Sequence[int] | None = None,
                  token_spans: Sequence[tuple[int, int]] | None = None,
-                 progress: Progress | None = None) -> Memory:
+                 progress: Progress | None = None,
+                 hold: Callable[[], ContextManager] | None = None) -> Memory:
+        """``Compressor.compress``; ``hold``: a context entered around each segment's model work (the caller's
+        model lock, so a question waits one segment, not a whole group of ``share``)."""
         if not token_lists:
             raise ValueError("nothing to compress")
         if any(len(t) == 0 for t in token_lists):
@@ -295,8 +308,7 @@ class ScoringCompressor(Compressor):
         spans = [tuple(s) for s in token_spans] if token_spans is not None else []
         out_dtype = storage_dtype(lm, self.store)
         keys, values, positions, slots = [], [], [], []
-        for i, tokens in enumerate(token_lists):
-            k, v, index = self.compress_one(lm, tokens)
+        for i, (k, v, index) in enumerate(self.compress_all(lm, token_lists, ids, hold or nullcontext)):
             keys.append(k.to(out_dtype))
             values.append(v.to(out_dtype))
             positions.append(index.transpose(1, 2).to(torch.int32).cpu())  # (layers, slots, kv)
@@ -306,26 +318,62 @@ class ScoringCompressor(Compressor):
         return Memory(torch.cat(keys, 1), torch.cat(values, 1), ids, slots, spans, identity(self, lm), self.ratio,
                       torch.cat(positions, 1))
 
+    def compress_all(self, lm: LoadedModel, token_lists: Sequence[Sequence[int]], segment_ids: Sequence[int],
+                     hold: Callable[[], ContextManager] = nullcontext
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``compress_one`` for each segment in order; with ``share > 1``, each group of segments (same
+        ``segment_id // share``) is scored whole, then its slots are split by ``share_budget``."""
+        if self.share < 1:
+            raise ValueError(f"share must be >= 1, got {self.share}")
+        if self.share == 1:
+            for tokens in token_lists:
+                with hold():
+                    out = self.compress_one(lm, tokens)
+                yield out
+            return
+        i = 0
+        while i < len(token_lists):
+            j = i
+            while j < len(token_lists) and segment_ids[j] // self.share == segment_ids[i] // self.share:
+                j += 1
+            scored = []
+            for tokens in token_lists[i:j]:
+                with hold():
+                    pre = self.prefill(lm, tokens)
+                    scores = self.pooled(self.score(lm, pre).float())
+                pre.cache = None  # only keys, values and scores are kept for the group's split
+                scored.append((pre, scores))
+            budgets = share_budget([s for _, s in scored], [slots_at_ratio(p.n, self.ratio) for p, _ in scored],
+                                   self.share_floor, self.sinks)
+            for (pre, scores), k in zip(scored, budgets):
+                yield self.keep(lm, pre, scores, k, pooled=True)
+            i = j
+
     def compress_one(self, lm: LoadedModel, tokens: Sequence[int]
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One segment -> kept keys (pre-RoPE), values (layers, slots, kv_heads, head_dim) in compute dtype,
         and the kept tokens' indices (layers, kv_heads, slots), ascending."""
         pre = self.prefill(lm, tokens)
         k = slots_at_ratio(pre.n, self.ratio)
+        return self.keep(lm, pre, None if k == pre.n else self.score(lm, pre).float(), k)
+
+    def keep(self, lm: LoadedModel, pre: Prefill, scores: torch.Tensor | None, k: int, pooled: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``k`` best of ``pre``'s tokens per head by ``scores`` (None: keep-all, k == n)."""
         if k == pre.n:  # keep-all: no scoring pass needed
             layers, _, kv, _ = model_shape(lm)
             return pre.keys, pre.values, torch.arange(pre.n, device=pre.keys.device).expand(layers, kv, -1)
-        scores = self.score(lm, pre).float()
-        index = self.select(scores, k)
+        index = self.select(scores, k, pooled=pooled)
         return gather_slots(pre.keys, index), gather_slots(pre.values, index), index
 
-    def select(self, scores: torch.Tensor, k: int) -> torch.Tensor:
+    def select(self, scores: torch.Tensor, k: int, pooled: bool = False) -> torch.Tensor:
         """(layers, kv, n) scores -> (layers, kv, k) kept token indices, ascending (document order).
 
         The first ``sinks(k)`` tokens are forced in; ties are broken by topk's fixed order on the CPU
-        (deterministic), and subclasses whose scores tie by design break ties themselves.
+        (deterministic), and subclasses whose scores tie by design break ties themselves. ``pooled``: the
+        scores are ``pooled()`` already (a copy this may change).
         """
-        scores = self.pooled(scores)
+        scores = scores if pooled else self.pooled(scores)
         scores[..., :self.sinks(k)] = float("inf")
         if self.span_cap:
             return capped_topk(scores, k, self.span, self.window_slots(k, scores.shape[-1])).sort(-1).values
@@ -390,6 +438,45 @@ class ScoringCompressor(Compressor):
         keys = torch.stack([k.reshape(len(ids), kv, hd) for k in grabbed_k])  # (layers, n, kv, hd)
         values = torch.stack([v.reshape(len(ids), kv, hd) for v in grabbed_v])
         return Prefill(ids, keys, values, cache, observed)
+
+
+def share_budget(scores: Sequence[torch.Tensor], bases: Sequence[int], floor: float,
+                 sinks: Callable[[int], int]) -> list[int]:
+    """Slots per segment of a group that shares ``sum(bases)`` slots per head.
+
+    scores: per segment (layers, kv, n_i), on one scale (``pooled``). Each layer and KV head ranks the group's
+    tokens together (sinks left out: every segment keeps its own) and keeps as many as the group's budget
+    holds; a segment's share is the mean over heads of the tokens it won, at least ceil(floor * base) (what
+    the floors add is taken from the others in proportion to their gain above their floors), rounded so the
+    shares add up to the budget exactly (largest remainders; ties to the earlier segment).
+    """
+    sizes = [int(s.shape[-1]) for s in scores]
+    total = sum(bases)
+    lo = [min(n, max(math.ceil(floor * b), 1)) for n, b in zip(sizes, bases)]
+    if total <= sum(lo) or len(scores) == 1:
+        return list(bases)
+    forced = [sinks(b) for b in bases]
+    free = [s.clone() for s in scores]
+    for f, c in zip(free, forced):
+        f[..., :c] = float("-inf")
+    flat = torch.cat(free, -1)  # (layers, kv, sum n)
+    top = flat.topk(total - sum(forced), dim=-1).indices
+    owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    won = F.one_hot(owner[top], len(sizes)).sum(-2).float().mean((0, 1))  # mean over heads, per segment
+    want = [float(w) + c for w, c in zip(won.tolist(), forced)]
+    # Floors are paid by the others, in proportion to what they won above their own floors. want_i <= n_i
+    # (a head cannot win more tokens than a segment has) and the scale is <= 1, so no share passes n_i.
+    surplus = [max(w - a, 0.0) for w, a in zip(want, lo)]
+    scale = (total - sum(lo)) / sum(surplus)  # sum(want) == total > sum(lo), so sum(surplus) > 0
+    share = [a + scale * x for a, x in zip(lo, surplus)]
+    hi = sizes
+    out = [min(max(math.floor(x), lo[i]), hi[i]) for i, x in enumerate(share)]
+    # Whole slots (sum(lo) <= total <= sum(hi), so this ends): the largest remainder gains, the smallest loses.
+    while sum(out) < total:
+        out[max((i for i in range(len(out)) if out[i] < hi[i]), key=lambda i: (share[i] - out[i], -i))] += 1
+    while sum(out) > total:
+        out[min((i for i in range(len(out)) if out[i] > lo[i]), key=lambda i: (share[i] - out[i], -i))] -= 1
+    return out
 
 
 def capped_topk(scores: torch.Tensor, k: int, span: int, cap: int) -> torch.Tensor:

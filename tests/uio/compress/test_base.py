@@ -208,3 +208,46 @@ def test_span_cap_keeps_the_best_within_each_windows_share():
     assert c.window_slots(4, 100) == 2  # 100 tokens = 3 full windows of 32: 1 a window (25 % of 4) could not fill 4
     with pytest.raises(ValueError, match="span_cap"):
         make_compressor("kvzip", 32, span_cap=1.5).select(s, 32)
+
+
+# -- share: a group of segments splits one budget ---------------------------------------------------------
+def test_share_budget_gives_the_slots_to_the_segment_whose_tokens_win():
+    from uio.compress.base import share_budget
+
+    quiet, loud = torch.zeros(2, 2, 64), torch.ones(2, 2, 64)  # every head prefers the second segment
+    assert share_budget([quiet, loud], [8, 8], 0.25, lambda k: 0) == [2, 14]  # the floor: ceil(0.25 * 8)
+    assert share_budget([loud, quiet], [8, 8], 0.0, lambda k: 0) == [15, 1]  # floor 0 still keeps 1
+    # sinks are each segment's own: the first token of each wins nothing from the ranking but is kept
+    assert share_budget([quiet, loud], [8, 8], 0.25, lambda k: 1) == [2, 14]
+    # a segment never gets more slots than tokens; the floor of the quiet one is paid by the others
+    short = torch.ones(2, 2, 5) * 2
+    assert share_budget([quiet, short, loud], [8, 1, 8], 0.25, lambda k: 0) == [2, 4, 11]
+    # half the heads prefer each: an even split; exact budget whatever the remainders
+    mixed = torch.cat([torch.ones(1, 2, 64), torch.zeros(1, 2, 64)])
+    assert share_budget([mixed, 1 - mixed], [8, 8], 0.25, lambda k: 0) == [8, 8]
+    assert share_budget([loud], [8], 0.25, lambda k: 0) == [8]  # one segment: its own budget
+
+
+@pytest.mark.parametrize("name", ["kvzip", "snapkv"])
+def test_share_keeps_the_groups_total_and_does_not_depend_on_chunking(tiny_qwen, name):
+    lengths = [256, 256, 256, 100]
+    segs = [tokens(n, 10 + i) for i, n in enumerate(lengths)]
+    comp = make_compressor(name, 8, share=2, store="model")
+    assert comp.params()["share"] == 2 and "share" not in make_compressor(name, 8).params()
+    assert identity(comp, tiny_qwen) != identity(make_compressor(name, 8, store="model"), tiny_qwen)
+    whole = comp.compress(tiny_qwen, segs, segment_ids=[0, 1, 2, 3])
+    # groups {0, 1} and {2, 3} each keep their own total: 32 + 32 and 32 + 13
+    assert whole.slots[0] + whole.slots[1] == 64 and whole.slots[2] + whole.slots[3] == 45
+    assert whole.slots != [32, 32, 32, 13]  # random tokens score unevenly
+    assert all(s >= -(-slots_at_ratio(n, 8) // 4) for s, n in zip(whole.slots, lengths))  # the floor
+    # compressed in two calls of one group each: the same memories
+    a = comp.compress(tiny_qwen, segs[:2], segment_ids=[0, 1])
+    b = comp.compress(tiny_qwen, segs[2:], segment_ids=[2, 3])
+    assert a.slots + b.slots == whole.slots
+    assert torch.equal(torch.cat([a.keys, b.keys], 1), whole.keys)
+    assert torch.equal(torch.cat([a.positions, b.positions], 1), whole.positions)
+    # a group of one segment: the per-segment rule
+    alone = comp.compress(tiny_qwen, segs[:1], segment_ids=[0])
+    assert alone.slots == [32]
+    with pytest.raises(ValueError, match="share"):
+        make_compressor(name, 8, share=0).compress(tiny_qwen, segs[:1])
