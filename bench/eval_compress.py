@@ -199,16 +199,16 @@ def compressor_variant(tome, name: str, ratio: int | None, variant: str) -> Iter
         kw["pool"] = int(variant[4:])
     if ratio is not None and variant.startswith("cap"):
         kw["span_cap"] = int(variant[3:]) / 100
-    if ratio is not None and variant.startswith("share"):  # "share16": groups of 16 segments split one budget
+    if ratio is not None and variant.startswith("share"):  # "share16": groups of 16 segments split one budget; "share1": none
         kw["share"] = int(variant[5:])
     if ratio is not None and SCORER is not None and tome.models.compressor_name(name) == "kvzip-fast":
         kw["weights"] = str(SCORER)
     if not kw:
         yield
         return
-    from uio.compress import make_compressor
-
-    with tome.models.compressor_override(make_compressor(tome.models.compressor_name(name), ratio, **kw)):
+    # The configured compressor with these fields changed: a variant keeps the product's other settings
+    # (Config.memory_share included; "/share1" is the per-segment control).
+    with tome.models.compressor_override(replace(tome.models.compressor(ratio, name), **kw)):
         yield
 
 

@@ -106,10 +106,12 @@ def make_tome(tmp_path, db_url, lm, **config):
 def tome_tiny(tmp_path, db_url, tokenizer):
     """A Tome service on a fresh data dir with a fresh tiny Llama (answers are gibberish, flows are real).
 
-    Small segments (64 tokens, 8x: 8 slots) so documents have several segments and chunks.
+    Small segments (64 tokens, 8x: 8 slots) so documents have several segments and chunks; each segment keeps
+    its own budget (``memory_share=1``), so chunks hold the segments a test counts (sharing:
+    tests/tome/test_memories.py).
     """
     t = make_tome(tmp_path, db_url, _tiny("llama", tokenizer), max_new_tokens=8, segment_len=64,
-                  chunk_segments=2, context_budget=3072)
+                  chunk_segments=2, context_budget=3072, memory_share=1)
     yield t
     t.store.close()
 

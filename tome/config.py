@@ -78,6 +78,12 @@ class Config:
                                    "go into the prompt as text beside the memories (0: memories alone); their "
                                    "words arrive exact where 1 slot in 8 may have dropped a digit or a name",
                                 "TOME_MEMORY_EXCERPTS", int)
+    # By measurement (docs/COMPRESSION.md, "Ninth run"): on Qwen's 32x pass keys, 16 segments that split one
+    # budget kept the key at 18 of 20 positions (2K-32K) against 15 of 20 with each segment's own share.
+    memory_share: int = _opt(16, "segments whose memories split one budget by their scores (KVzip and kvzip-fast: "
+                                 "a page of filler gives slots to a dense one; 1: each segment keeps 1/ratio "
+                                 "of itself); a document's slots stay 1/ratio of its tokens either way",
+                             "TOME_MEMORY_SHARE", int)
     memory_dtype: str = _opt("16bit", 'how new memory files store keys and values: "16bit" (bf16 for a bf16 '
                                       'model, else fp16) or "int8" (KIVI-style: keys per channel, values per '
                                       'token; about half the bytes, docs/COMPRESSION.md); files of either load',

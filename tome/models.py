@@ -143,7 +143,7 @@ class Models:
 
     def compressor(self, ratio: int | None = None, name: str | None = None):
         """The compressor that makes (and identifies) memories at ``ratio`` (loaded once per name and ratio)."""
-        from uio.compress import make_compressor
+        from uio.compress import COMPRESSORS, make_compressor
 
         name, ratio = self.compressor_name(name), ratio or self.config.ratio
         if (name, ratio) not in self._compressors:
@@ -152,7 +152,8 @@ class Models:
                                        batch_size=self.config.compress_batch)
             else:
                 self._check_ratio(ratio)
-                made = make_compressor(name, ratio)
+                kw = {"share": self.config.memory_share} if COMPRESSORS[name].shares else {}
+                made = make_compressor(name, ratio, **kw)
             self._compressors[(name, ratio)] = made
         return self._compressors[(name, ratio)]
 

@@ -131,7 +131,7 @@ def test_an_adapter_file_in_memory_mode_on_kvzip_makes_the_uio_memories(tmp_path
     path = tmp_path / "tiny-8x.safetensors"
     trained = UIOAdapter(lm, MemoryConfig(segment_len=64, num_mem=8), mode="memory", base="kvzip").randomize_(seed=5)
     trained.save(path)
-    t = make_tome(tmp_path, db_url, lm, segment_len=64, max_new_tokens=2, adapter=path)
+    t = make_tome(tmp_path, db_url, lm, segment_len=64, max_new_tokens=2, adapter=path, memory_share=1)
     try:
         doc = t.ingest(make_pdf(tmp_path / "lamp.pdf", PAGES)).document
         uio = t.memory(doc, compressor="uio")
@@ -163,7 +163,7 @@ def test_a_configured_adapter_serves_the_ratio_in_its_header(tmp_path, db_url, t
     trained = UIOAdapter(lm, MemoryConfig(segment_len=64, num_mem=2), mode="memory", base="kvzip").randomize_(seed=7)
     trained.save(path)
     assert adapter_ratio(path) == 32
-    t = make_tome(tmp_path, db_url, lm, segment_len=64, max_new_tokens=2, adapter=path)
+    t = make_tome(tmp_path, db_url, lm, segment_len=64, max_new_tokens=2, adapter=path, memory_share=1)
     try:
         assert t.config.ratio == 8
         assert t.adapter_file(32) == path and t.adapter_file(8) != path
@@ -205,6 +205,24 @@ def test_segments_that_share_a_budget_give_the_same_memories_whatever_the_chunk_
     whole = t.memories.compress(doc, t.memories.stored_segments(doc), "lamp", lambda *_: None, shared, chunk=64)
     b = Memory.load(t.config.memories_path / whole.path)
     assert a.slots == b.slots and torch.equal(a.keys, b.keys) and torch.equal(a.positions, b.positions)
-    plain = t.memory(doc)  # the configured kvzip: each segment its own ceil(n / 8)
+    plain = t.memory(doc)  # the fixture's kvzip (memory_share=1): each segment its own ceil(n / 8)
     assert whole.fingerprint == one.fingerprint != plain.fingerprint
     assert sum(a.slots) == sum(plain.slots) and a.slots != plain.slots
+
+
+def test_the_default_config_shares_budgets_for_kvzip_only(tmp_path, db_url, tokenizer):
+    from tests.conftest import _tiny
+
+    t = make_tome(tmp_path, db_url, _tiny("llama", tokenizer), segment_len=64, max_new_tokens=2)
+    try:
+        assert t.config.memory_share == 16
+        assert t.models.compressor(8, "kvzip").share == 16 and t.models.compressor(32, "kvzip").share == 16
+        assert t.models.compressor(8, "snapkv").share == 1 and t.models.compressor(8, "streaming").share == 1
+        doc = t.ingest(make_pdf(tmp_path / "lamp.pdf", PAGES)).document
+        mem = t.memory(doc)
+        made = t.memory_sets(doc.id)[0]
+        assert made.params["share"] == 16 and mem.fingerprint == t.memory_identity()
+        per_segment = t.memory(doc, compressor="snapkv")
+        assert sum(mem.slots) == sum(per_segment.slots) and mem.slots != per_segment.slots
+    finally:
+        t.store.close()

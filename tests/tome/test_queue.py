@@ -196,7 +196,8 @@ from uio.model import load_model
 
 tmp, db, pdf = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 tome = make_tome(tmp, db, _tiny("llama", load_model("smollm2", MODELS_DIR, device="cpu").tokenizer),
-                 max_new_tokens=8, segment_len=64, chunk_segments=2, background_chunk_segments=1)
+                 max_new_tokens=8, segment_len=64, chunk_segments=2, background_chunk_segments=1,
+                 memory_share=1)
 r = tome.ingest(pdf, wait=False)
 print("askable", r.document.ready, flush=True)
 real = _Bound.compress
@@ -227,7 +228,7 @@ def test_kill_9_during_stage_2_then_a_new_service_finishes_from_the_last_chunk(d
     assert len(saved) >= 3
 
     lm = _tiny("llama", tokenizer)  # the same seeded weights as the killed process
-    tome = make_tome(tmp_path, db_url, lm, max_new_tokens=8, segment_len=64, chunk_segments=2,
+    tome = make_tome(tmp_path, db_url, lm, max_new_tokens=8, segment_len=64, chunk_segments=2, memory_share=1,
                      background_chunk_segments=1)
     doc = tome.documents()[0]
     assert doc.ready and tome.store.jobs()[0].status == "running"  # askable; its worker is gone
@@ -248,7 +249,7 @@ def test_kill_9_during_stage_2_then_a_new_service_finishes_from_the_last_chunk(d
     assert tome.recover().orphans == []
 
     clean = make_tome(tmp_path / "clean", f"sqlite:///{tmp_path / 'clean.sqlite'}", lm, max_new_tokens=8,
-                      segment_len=64, chunk_segments=2, background_chunk_segments=1)
+                      segment_len=64, chunk_segments=2, background_chunk_segments=1, memory_share=1)
     reference = clean.memory(clean.ingest(pdf).document)
     resumed = tome.memory(doc)
     assert resumed.segment_ids == reference.segment_ids

@@ -96,6 +96,10 @@ class Compressor:
     name: ClassVar[str] = "base"
     label: ClassVar[str] = ""  # what the UI shows (uio.compress.compressor_label); empty: the name
     version: ClassVar[str] = "1"
+    # Whether Tome lets segments split one budget (``ScoringCompressor.share``, ``Config.memory_share``):
+    # only where scores compare across segments (attention a reconstruction gives, KVzip and kvzip-fast);
+    # StreamingLLM's recency would hand a group's budget to its last segment.
+    shares: ClassVar[bool] = False
     ratio: int = 8
 
     def params(self) -> dict:

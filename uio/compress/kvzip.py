@@ -77,6 +77,7 @@ class KVzipCompressor(ScoringCompressor):
     name: ClassVar[str] = "kvzip"
     label: ClassVar[str] = "KVzip (context reconstruction)"
     version: ClassVar[str] = "2"  # 2: slot positions stored, sinks at most 1/8 of a budget
+    shares: ClassVar[bool] = True  # scores compare across segments (Config.memory_share)
     chunk_size: int = 2048  # segment tokens reconstructed per repeat pass
     pool: int = AUTO_POOL  # pooled over 3 tokens at 32x (the base class's rule)
     query_block: int = 256  # reconstruction queries per explicit-attention block (memory bound, not a result)

@@ -65,6 +65,7 @@ class KVzipFastCompressor(ScoringCompressor):
     name: ClassVar[str] = "kvzip-fast"
     label: ClassVar[str] = "KVzip-fast (learned scorer, one pass)"
     version: ClassVar[str] = "2"  # 2: the scorer may read the prefill's queries and keys (cross features)
+    shares: ClassVar[bool] = True  # scores compare across segments (Config.memory_share)
     pool: int = AUTO_POOL  # pooled over 3 tokens at 32x (the base class's rule)
     weights: str = field(default="", metadata={"identity": False})  # "" -> the shipped scorer; its digest counts
 
