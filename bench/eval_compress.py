@@ -152,7 +152,7 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
     name, ratio, variant = parse_method(method)
     if variant == "fullcache":  # the recent cache without the default policy (the gate): HF generate
         kw["cache_policy"] = "full"
-    elif variant == "int8" or variant.startswith(("pool", "cap", "share")):  # int8: run_cell's make_memory; others: compressor_variant
+    elif variant == "int8" or variant.startswith(COMPRESSOR_VARIANTS):  # int8: run_cell's make_memory; others: compressor_variant
         pass
     elif variant.startswith("x"):  # kvzip-fast@8/x2: the 2 best passages as text beside the memories (below)
         pass
@@ -184,6 +184,7 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
             if last.sources and hasattr(last.sources[0], "page_start") else None}
 
 
+COMPRESSOR_VARIANTS = ("pool", "cap", "share")  # cell variants that change the compressor (compressor_variant)
 SCORER: Path | None = None  # --scorer: the weights file kvzip-fast cells use instead of the shipped one
 
 
@@ -401,13 +402,15 @@ def next_segment_nll(tome, doc, method: str, prev: int, target: int,
     from uio.decoder import build_context
 
     lm = tome.lm
-    name, ratio, positions = parse_method(method)
-    int8 = positions == "int8"  # the memories stored as a KIVI-style int8 file and read back (use_int8_file)
-    positions = tome.config.memory_positions if int8 or not positions else positions
+    name, ratio, variant = parse_method(method)
+    int8 = variant == "int8"  # the memories stored as a KIVI-style int8 file and read back (use_int8_file)
+    made_by = variant if variant.startswith(COMPRESSOR_VARIANTS) else ""  # "/pool3", "/share16": another compressor
+    positions = variant if variant and not (int8 or made_by) else tome.config.memory_positions
     segs = tome.memories.stored_segments(doc)
     mem = None
     if ratio is not None:
-        mem = tome.memory(doc, ratio=ratio, compressor=name)
+        with compressor_variant(tome, name, ratio, made_by):
+            mem = tome.memory(doc, ratio=ratio, compressor=name)
         if int8:
             mem = use_int8_file(tome, doc, name, ratio)[0]
             drop_int8_files(tome)
