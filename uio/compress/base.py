@@ -312,27 +312,28 @@ class ScoringCompressor(Compressor):
         spans = [tuple(s) for s in token_spans] if token_spans is not None else []
         out_dtype = storage_dtype(lm, self.store)
         keys, values, positions, slots = [], [], [], []
-        for i, (k, v, index) in enumerate(self.compress_all(lm, token_lists, ids, hold or nullcontext)):
+        done = (lambda i: progress(i, len(token_lists))) if progress else (lambda i: None)
+        for k, v, index in self.compress_all(lm, token_lists, ids, hold or nullcontext, done):
             keys.append(k.to(out_dtype))
             values.append(v.to(out_dtype))
             positions.append(index.transpose(1, 2).to(torch.int32).cpu())  # (layers, slots, kv)
             slots.append(k.shape[1])
-            if progress:
-                progress(i + 1, len(token_lists))
         return Memory(torch.cat(keys, 1), torch.cat(values, 1), ids, slots, spans, identity(self, lm), self.ratio,
                       torch.cat(positions, 1))
 
     def compress_all(self, lm: LoadedModel, token_lists: Sequence[Sequence[int]], segment_ids: Sequence[int],
-                     hold: Callable[[], ContextManager] = nullcontext
+                     hold: Callable[[], ContextManager] = nullcontext, done: Callable[[int], None] = lambda i: None
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """``compress_one`` for each segment in order; with ``share > 1``, each group of segments (same
-        ``segment_id // share``) is scored whole, then its slots are split by ``share_budget``."""
+        ``segment_id // share``) is scored whole, then its slots are split by ``share_budget``. ``done(i)``
+        after the i-th segment's model work (progress, and a worker's heartbeat while a group is scored)."""
         if self.share < 1:
             raise ValueError(f"share must be >= 1, got {self.share}")
         if self.share == 1:
-            for tokens in token_lists:
+            for i, tokens in enumerate(token_lists):
                 with hold():
                     out = self.compress_one(lm, tokens)
+                done(i + 1)
                 yield out
             return
         i = 0
@@ -347,6 +348,7 @@ class ScoringCompressor(Compressor):
                     scores = self.pooled(self.score(lm, pre).float())
                 pre.cache = None  # only keys, values and scores are kept for the group's split
                 scored.append((pre, scores))
+                done(i + len(scored))
             budgets = share_budget([s for _, s in scored], [slots_at_ratio(p.n, self.ratio) for p, _ in scored],
                                    self.share_floor, self.sinks)
             for (pre, scores), k in zip(scored, budgets):

@@ -251,3 +251,21 @@ def test_share_keeps_the_groups_total_and_does_not_depend_on_chunking(tiny_qwen,
     assert alone.slots == [32]
     with pytest.raises(ValueError, match="share"):
         make_compressor(name, 8, share=0).compress(tiny_qwen, segs[:1])
+
+
+def test_shared_compression_reports_progress_as_each_segment_is_scored(tiny_llama):
+    """A group's split waits for its last segment, but progress (a worker's heartbeat) comes per segment."""
+    segs = [tokens(64, 30 + i) for i in range(5)]
+    seen, held = [], []
+
+    class Hold:
+        def __enter__(self):
+            held.append(len(seen))
+
+        def __exit__(self, *exc):
+            return False
+
+    mem = make_compressor("kvzip", 8, share=4).compress(tiny_llama, segs, progress=lambda d, n: seen.append((d, n)),
+                                                       hold=Hold)
+    assert seen == [(i, 5) for i in range(1, 6)] and held == [0, 1, 2, 3, 4]  # one hold per segment
+    assert sum(mem.slots[:4]) == 32 and mem.slots[4] == 8  # groups {0..3} and {4}
