@@ -19,7 +19,10 @@ Slot rule (all scoring methods): a segment of ``n`` tokens keeps
 (at least 1, at most n): a full 1,024-token segment keeps 128 at 8x and 32 at
 32x, exactly the UIO encoder's M; a short final segment keeps its own share
 instead of UIO's ``min(M, n)``, so a document's memory is never more than
-1/ratio of it (rounded up per segment).
+1/ratio of it (rounded up per segment). With ``share > 1`` (Tome's default for
+KVzip and kvzip-fast, ``Config.memory_share``) a group of segments keeps the sum
+of those budgets and splits it by score (``share_budget``): per segment the
+count varies, per layer and KV head within a segment it does not.
 
 Heads keep different tokens: slot j of head h and slot j of head h' may come
 from different source tokens. The decoder places slot j at position j for
