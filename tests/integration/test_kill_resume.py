@@ -15,6 +15,8 @@ from tests.conftest import MODELS_DIR, ROOT, make_pdf
 def _env(data_dir):
     return {"TOME_DATA_DIR": str(data_dir), "TOME_MODELS_DIR": str(MODELS_DIR), "TOME_MODEL": "smollm2",
             "TOME_SEGMENT_LEN": "128", "TOME_BACKGROUND_CHUNK_SEGMENTS": "2", "HF_HUB_OFFLINE": "1",
+            # shared budgets round chunks up to whole groups; groups of 2 keep several chunks to kill between
+            "TOME_MEMORY_SHARE": "2",
             "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 
