@@ -18,8 +18,9 @@ A method is ``<compressor>@<ratio>`` (compressed mode, memories made on demand b
 the default memory budget), ``full`` (uncompressed, the whole book in the prompt: ``context_budget``
 raised to the model's window) or ``retrieval`` (uncompressed, the default config: the segments
 closest to the question within 3,072 tokens). Compressed cells read the memories alone; ``<method>/xN``
-adds the N passages retrieval ranks best as text (the product's ``memory_excerpts``), ``/xNnomem`` gives
-those passages alone (the control: no memory slot fits).
+adds the N passages retrieval ranks best as text (the product's ``memory_excerpts``), ``/pN`` the pages
+of each book's N best passages, whole (``memory_excerpt_unit="page"``), ``/xNnomem`` and ``/pNnomem`` give
+that text alone (the control: no memory slot fits).
 
 Per cell: answers, correctness, the time to the first token (``stats.timing.ttft_s``, measured by the
 product from the start of ``ask``), slots read (``prefix_len``) against the memory's slots (where the
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import time
 from contextlib import contextmanager
@@ -154,8 +156,8 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
         kw["cache_policy"] = "full"
     elif variant == "int8" or variant.startswith(COMPRESSOR_VARIANTS):  # int8: run_cell's make_memory; others: compressor_variant
         pass
-    elif variant.startswith("x"):  # kvzip-fast@8/x2: the 2 best passages as text beside the memories (below)
-        pass
+    elif EXCERPT_CELL.fullmatch(variant):  # kvzip-fast@8/x2: the 2 best passages as text beside the memories,
+        pass                                # /p1: each book's best page (below)
     elif variant:  # <layout>-<positions> of compressed mode, e.g. kvzip@8/before-consecutive (the old layout)
         layout, positions = variant.split("-")
         tome.config = replace(base, memory_layout=layout, memory_positions=positions)
@@ -165,8 +167,9 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
             tome.config = replace(base, context_budget=tome.lm.window)
     else:  # the memories alone measure the compressor; "/xN" adds the product's N best passages as text
         kw.update(mode="compressed", compressor=name, ratio=ratio)
-        excerpts = int(variant[1:].removesuffix("nomem")) if variant.startswith("x") else 0
-        tome.config = replace(tome.config, memory_excerpts=excerpts)
+        cell = EXCERPT_CELL.fullmatch(variant)
+        tome.config = replace(tome.config, memory_excerpts=int(cell[2]) if cell else 0,
+                              memory_excerpt_unit="page" if cell and cell[1] == "p" else "passage")
         if variant.endswith("nomem"):  # "/x1nomem", the control: the passages alone (no segment fits 1 slot)
             tome.config = replace(tome.config, memory_budget=1)
     try:
@@ -184,6 +187,7 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
             if last.sources and hasattr(last.sources[0], "page_start") else None}
 
 
+EXCERPT_CELL = re.compile(r"([xp])(\d+)(nomem)?")  # /xN: N passages as text, /pN: N pages a book; nomem: no memory
 COMPRESSOR_VARIANTS = ("pool", "cap", "share")  # cell variants that change the compressor (compressor_variant)
 SCORER: Path | None = None  # --scorer: the weights file kvzip-fast cells use instead of the shipped one
 

@@ -81,6 +81,7 @@ class Excerpt:
     title: str
     page: int
     text: str
+    document_id: int | None = None
 
     def labelled(self) -> str:
         return f"[{self.title}, p. {self.page}]\n{self.text}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 from retrieval.citations import Source, cite
-from retrieval.narrow import best_pages, narrower
+from retrieval.narrow import best_pages, narrower, page_text
 from retrieval.prompt import Excerpt, Selection, build_messages, count_tokens, fit_budget
 from retrieval.retriever import Retriever
 from retrieval.select import select_segments
@@ -116,8 +116,31 @@ class CompressedContext:
 
     def _messages(self, question: str, history) -> list[dict]:
         return build_messages(fit_budget([], 0), question, history, memory_of=self.titles,
-                              memory_marker=self.MARK if self.layout == "inline" else None,
-                              excerpts=[Excerpt(h.title, h.page_start, h.text) for h in self.excerpts])
+                              memory_marker=self.MARK if self.layout == "inline" else None, excerpts=self.excerpts)
+
+    def _excerpts(self, docs: Sequence[DocumentInfo], ranking, stored: list) -> list[Excerpt]:
+        """The text given beside the memories (``Config.memory_excerpts``, ``memory_excerpt_unit``), best first:
+        the best passages of all the books, or the pages of each book's best passages, whole (a passage is a
+        window of its page; the words that answer may sit beside it)."""
+        cfg = self.a.models.config
+        n = max(0, cfg.memory_excerpts)
+        if cfg.memory_excerpt_unit == "passage":
+            return [Excerpt(h.title, h.page_start, h.text, h.document_id) for h in ranking.hits[:n]]
+        if cfg.memory_excerpt_unit != "page":
+            raise ValueError(f'memory_excerpt_unit must be "passage" or "page", not {cfg.memory_excerpt_unit!r}')
+        segments = {d.id: segs for d, segs in zip(docs, stored)}
+        books = max(1, min(len(docs), cfg.context_books))
+        pages: dict[int, list] = {}  # document id -> its chosen hits, one per page; books in order of their best
+        for h in ranking.hits:
+            have = pages.get(h.document_id)
+            if have is None and len(pages) < books:
+                have = pages[h.document_id] = []
+            if have is not None and len(have) < n and all(h.page_start != o.page_start for o in have):
+                have.append(h)
+        chosen = sorted((h for hs in pages.values() for h in hs), key=lambda h: -h.score)
+        return [Excerpt(h.title, h.page_start, page_text(ranking, h.document_id, h.page_start,
+                                                         segments[h.document_id]) or h.text, h.document_id)
+                for h in chosen]
 
     def select(self, docs: Sequence[DocumentInfo], question: str, history, max_new: int, timer: Timer) -> Context:
         a = self.a
@@ -128,7 +151,7 @@ class CompressedContext:
             stored = [a.store.segments(d.id) for d in docs]
         with timer.phase("select"):
             ranking = a.retriever.rank(docs, question)
-        self.excerpts = ranking.hits[:max(0, a.models.config.memory_excerpts)]  # best first
+        self.excerpts = self._excerpts(docs, ranking, stored)
         books = [(d.title, [_SlotSegment(s.text, s.page_start, s.page_end, s.index, mem.slots[j])
                             for j, s in enumerate(segs)])
                  for d, mem, segs in zip(docs, self.memories, stored)]
@@ -161,7 +184,8 @@ class CompressedContext:
         ctx.stats = {"compressor": c.name, "ratio": c.ratio, "memory_slots": sum(m.num_slots for m in chosen),
                      "memory_layout": self.layout,
                      "memory_positions": self.positions, "adapter_trained": self.a.models.trained(c.ratio, c.name),
-                     "excerpts": [{"document_id": e.document_id, "page": e.page_start} for e in self.excerpts]}
+                     "excerpts": [{"document_id": e.document_id, "page": e.page} for e in self.excerpts],
+                     "excerpt_unit": self.a.models.config.memory_excerpt_unit}
 
 
 BUILDERS = {"uncompressed": UncompressedContext, "compressed": CompressedContext}

@@ -78,6 +78,11 @@ class Config:
                                    "go into the prompt as text beside the memories (0: memories alone); their "
                                    "words arrive exact where 1 slot in 8 may have dropped a digit or a name",
                                 "TOME_MEMORY_EXCERPTS", int)
+    memory_excerpt_unit: str = _opt("passage", 'what one excerpt of compressed mode is: "passage" (<= 200 word '
+                                               'pieces, the best ones of all the books) or "page" (the page of '
+                                               "each book's best passage, whole: each of the chosen books, up to "
+                                               "context_books, gets memory_excerpts pages)",
+                                    "TOME_MEMORY_EXCERPT_UNIT")
     # By measurement (docs/COMPRESSION.md, "Ninth run"): on Qwen's 32x pass keys, 16 segments that split one
     # budget kept the key at 18 of 20 positions (2K-32K) against 15 of 20 with each segment's own share.
     memory_share: int = _opt(16, "segments whose memories split one budget by their scores (KVzip and kvzip-fast: "

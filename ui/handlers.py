@@ -179,7 +179,8 @@ def figures_line(u: AnswerUpdate) -> str:
             else f"uncompressed · {u.context_tokens:,} document tokens")
     if u.mode == "compressed" and s.get("excerpts"):
         n = len(s["excerpts"])
-        what += f" + {n} passage{'s' if n > 1 else ''} as text"
+        unit = "page" if s.get("excerpt_unit") == "page" else "passage"
+        what += f" + {n} {unit}{'s' if n > 1 else ''} as text"
     untrained = " · untrained adapter" if u.mode == "compressed" and not s.get("adapter_trained", True) else ""
     policy = s.get("cache_policy", "full")
     if policy != "full":

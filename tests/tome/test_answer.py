@@ -206,3 +206,41 @@ def test_memory_excerpts_put_the_best_passages_as_text_beside_the_memories(tome_
     from ui.handlers import figures_line
 
     assert "+ 1 passage as text" in figures_line(got) and "passage" not in figures_line(base)
+
+
+def test_page_excerpts_give_each_books_best_page_whole(tome_tiny, tmp_path):
+    """``memory_excerpt_unit="page"``: the page of each chosen book's best passage goes in whole (the words
+    that answer may sit beside the passage that matched), a two-book question gets a page of each book."""
+    from dataclasses import replace
+
+    from retrieval.narrow import page_text
+
+    filler = "The tide ran over the shingle and the boats lay still in the grey harbour water. " * 14
+    harbour = ["The harbour master keeps the ledgers in the stone tower by the quay.",
+               "The lighthouse keeper owns a tame falcon named Ossian. " + filler + "Its perch is of ash wood.",
+               "Ships pay their dues each spring at the custom house."]
+    moor = ["Sheep graze the high moor all summer.", "The shepherd's falcon is called Bran and hunts at dawn."]
+    a = tome_tiny.ingest(make_pdf(tmp_path / "h.pdf", harbour, title="Harbour")).document
+    b = tome_tiny.ingest(make_pdf(tmp_path / "m.pdf", moor, title="Moor")).document
+    q = "What are the falcons called?"
+    passages = [p for p in tome_tiny.store.passages(a.id) if p.page == 2]
+    assert len(passages) > 1  # page 2 is longer than one passage
+    tome_tiny.config = replace(tome_tiny.config, memory_excerpt_unit="page")
+    got = list(tome_tiny.ask([a.id, b.id], q, mode="compressed", max_new_tokens=2))[-1]
+    assert sorted((e["document_id"], e["page"]) for e in got.stats["excerpts"]) == [(a.id, 2), (b.id, 2)]
+    assert got.stats["excerpt_unit"] == "page"
+    one = list(tome_tiny.ask([a.id], q, mode="compressed", max_new_tokens=2))[-1]
+    ranking = tome_tiny.retriever.rank([a], q)
+    page = page_text(ranking, a.id, 2, tome_tiny.store.segments(a.id))
+    assert "Ossian" in page and "ash wood" in page
+    tome_tiny.config = replace(tome_tiny.config, memory_excerpt_unit="passage")
+    short = list(tome_tiny.ask([a.id], q, mode="compressed", max_new_tokens=2))[-1]
+    tok = tome_tiny.lm.tokenizer
+    extra = len(tok(page)["input_ids"]) - len(tok(passages[0].text)["input_ids"])
+    assert one.stats["prompt_tokens"] - short.stats["prompt_tokens"] >= extra // 2 > 0  # the whole page is read
+    from ui.handlers import figures_line
+
+    assert "+ 1 page as text" in figures_line(one) and "+ 1 passage as text" in figures_line(short)
+    tome_tiny.config = replace(tome_tiny.config, memory_excerpt_unit="chapter")
+    with pytest.raises(ValueError, match="memory_excerpt_unit"):
+        list(tome_tiny.ask([a.id], q, mode="compressed"))
