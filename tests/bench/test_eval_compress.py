@@ -16,3 +16,18 @@ def test_a_ppl_cell_with_a_compressor_variant_reads_that_compressors_memories(to
     assert len(shared) == len(plain) > 2 and all(n == 15 for _, n, _ in shared)  # 16 tokens, 15 predicted
     assert [round(nll, 4) for nll, _, _ in shared] != [round(nll, 4) for nll, _, _ in plain]
     assert tome_tiny.models.compressor(8, "kvzip").share == 1  # the override ended with the cell
+
+
+def test_an_excerpt_cell_asks_with_that_text_beside_the_memories(tome_tiny, tmp_path):
+    """"/p1": each book's best page whole, "/x1": the best passage, "/p1nomem": the page and no memory slot;
+    the product's config is back after each cell."""
+    from bench.eval_compress import EXCERPT_CELL, ask
+
+    assert EXCERPT_CELL.fullmatch("pool5") is None and EXCERPT_CELL.fullmatch("share16") is None
+    doc = tome_tiny.ingest(make_pdf(tmp_path / "lamp.pdf", PAGES)).document
+    base = tome_tiny.config
+    rows = {v: ask(tome_tiny, [doc], "Who lit the lamp?", f"kvzip@8/{v}", 2) for v in ("x1", "p1", "p1nomem", "x0")}
+    assert tome_tiny.config == base
+    assert rows["p1"]["prompt_tokens"] > rows["x1"]["prompt_tokens"] > rows["x0"]["prompt_tokens"]
+    assert rows["p1nomem"]["prompt_tokens"] == rows["p1"]["prompt_tokens"]
+    assert rows["p1nomem"]["prefix_len"] == 0 < rows["p1"]["prefix_len"] == rows["x0"]["prefix_len"]
