@@ -45,23 +45,27 @@ def page_text(ranking, doc_id: int, page: int, segments: Sequence) -> str:
 
 
 def best_pages(ranking, titles: dict[int, str], segments_of: Callable[[int], Sequence],
-               count: Callable[[str], int], books: int = 2) -> tuple[Selection, dict[int, int]]:
-    """The page of each book's best passage (best books first, at most ``books``), as a selection.
+               count: Callable[[str], int], books: int = 2, pages: int = 1) -> tuple[Selection, dict[int, int]]:
+    """The pages of each book's ``pages`` best passages (distinct pages; books in order of their best
+    passage, at most ``books``), as a selection, best passage first.
 
     Returns the selection and its owner map (id(segment) -> document id), as ``Answerer.choose`` does.
     """
-    passages, owner, seen = [], {}, set()
+    passages, owner, seen = [], {}, {}  # seen: document id -> the pages its best passages are on
     for h in ranking.hits:  # best first
-        if h.document_id in seen or h.document_id not in titles:
+        have = seen.get(h.document_id)
+        if have is None and len(seen) < books and h.document_id in titles:
+            have = seen[h.document_id] = []
+        if have is None or len(have) >= pages or h.page_start in have:
             continue
-        seen.add(h.document_id)
+        have.append(h.page_start)
         text = page_text(ranking, h.document_id, h.page_start, segments_of(h.document_id))
         if not text:
             continue
         seg = PageText(text, h.page_start, h.page_start, h.index, count(text))
         passages.append(Passage(titles[h.document_id], seg, h.score, match=h, breaks=((0, h.page_start),)))
         owner[id(seg)] = h.document_id
-        if len(seen) >= books:
+        if len(seen) >= books and all(len(p) >= pages for p in seen.values()):
             break
     return Selection(passages, []), owner
 

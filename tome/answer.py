@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 from retrieval.citations import Source, cite
-from retrieval.narrow import best_pages, narrower, page_text
+from retrieval.narrow import best_pages, narrower
 from retrieval.prompt import Excerpt, Selection, build_messages, count_tokens, fit_budget
 from retrieval.retriever import Retriever
 from retrieval.select import select_segments
@@ -113,6 +113,9 @@ class CompressedContext:
         self.positions = answerer.models.config.memory_positions
         if self.layout not in ("inline", "before"):
             raise ValueError(f'memory_layout must be "inline" or "before", not {self.layout!r}')
+        if answerer.models.config.memory_excerpt_unit not in ("passage", "page"):
+            raise ValueError('memory_excerpt_unit must be "passage" or "page", '
+                             f"not {answerer.models.config.memory_excerpt_unit!r}")
 
     def _messages(self, question: str, history) -> list[dict]:
         return build_messages(fit_budget([], 0), question, history, memory_of=self.titles,
@@ -126,21 +129,11 @@ class CompressedContext:
         n = max(0, cfg.memory_excerpts)
         if cfg.memory_excerpt_unit == "passage":
             return [Excerpt(h.title, h.page_start, h.text, h.document_id) for h in ranking.hits[:n]]
-        if cfg.memory_excerpt_unit != "page":
-            raise ValueError(f'memory_excerpt_unit must be "passage" or "page", not {cfg.memory_excerpt_unit!r}')
         segments = {d.id: segs for d, segs in zip(docs, stored)}
         books = max(1, min(len(docs), cfg.context_books))
-        pages: dict[int, list] = {}  # document id -> its chosen hits, one per page; books in order of their best
-        for h in ranking.hits:
-            have = pages.get(h.document_id)
-            if have is None and len(pages) < books:
-                have = pages[h.document_id] = []
-            if have is not None and len(have) < n and all(h.page_start != o.page_start for o in have):
-                have.append(h)
-        chosen = sorted((h for hs in pages.values() for h in hs), key=lambda h: -h.score)
-        return [Excerpt(h.title, h.page_start, page_text(ranking, h.document_id, h.page_start,
-                                                         segments[h.document_id]) or h.text, h.document_id)
-                for h in chosen]
+        pages, owner = best_pages(ranking, {d.id: d.title for d in docs}, segments.__getitem__, self.a.count_tokens,
+                                  books, n)
+        return [Excerpt(p.title, p.segment.page_start, p.segment.text, owner[id(p.segment)]) for p in pages.passages]
 
     def select(self, docs: Sequence[DocumentInfo], question: str, history, max_new: int, timer: Timer) -> Context:
         a = self.a
@@ -200,6 +193,10 @@ class Answerer:
     @property
     def lm(self):
         return self.models.lm
+
+    def count_tokens(self, text: str) -> int:
+        """``text``'s length in the model's tokens."""
+        return len(self.lm.tokenizer(text)["input_ids"])
 
     def memory_budget(self) -> int:
         """Most memory slots a compressed answer attends to; 0: no cap (see Config.memory_budget)."""
@@ -298,7 +295,7 @@ class Answerer:
         books = max(1, min(len(docs), self.models.config.context_books))
         segments = {d.id: self.store.segments(d.id) for d in docs}
         selection, owner = best_pages(ctx.ranking, {d.id: d.title for d in docs}, segments.__getitem__,
-                                      lambda t: len(self.lm.tokenizer(t)["input_ids"]), books)
+                                      self.count_tokens, books)
         if not narrower(ctx.selection, selection):
             return
         narrow = Context(selection, owner, ranking=ctx.ranking)

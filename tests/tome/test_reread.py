@@ -39,6 +39,11 @@ def test_a_page_is_cut_whole_from_the_segments_it_spans(tome_tiny, tmp_path):
     [p] = sel.passages
     assert (p.title, p.segment.page_start, p.segment.text) == ("Birch", 2, text)
     assert owner[id(p.segment)] == doc.id and p.match.page_start == 2 and sel.tokens == len(text.split())
+    two, _ = best_pages(ranking, {doc.id: "Birch"}, lambda _: segs, lambda t: len(t.split()), pages=2)
+    pages = [q.segment.page_start for q in two.passages]
+    assert pages[0] == 2 and len(pages) == 2 and len(set(pages)) == 2  # the next best passage's page, not page 2 again
+    assert [q.segment.page_start for q in two.passages] == list(dict.fromkeys(
+        h.page_start for h in ranking.hits if h.document_id == doc.id))[:2]  # in the ranking's order
 
 
 def test_an_answer_that_restates_the_question_is_asked_again_over_the_best_page(tome_tiny, tmp_path):
