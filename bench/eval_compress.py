@@ -20,7 +20,8 @@ raised to the model's window) or ``retrieval`` (uncompressed, the default config
 closest to the question within 3,072 tokens). Compressed cells read the memories alone; ``<method>/xN``
 adds the N passages retrieval ranks best as text (the product's ``memory_excerpts``), ``/pN`` the pages
 of each book's N best passages, whole (``memory_excerpt_unit="page"``), ``/xNnomem`` and ``/pNnomem`` give
-that text alone (the control: no memory slot fits).
+that text alone (the control: no memory slot fits), ``/xNbM`` that text beside at most M memory slots
+(``memory_budget``: the segments closest to the question first).
 
 Per cell: answers, correctness, the time to the first token (``stats.timing.ttft_s``, measured by the
 product from the start of ``ask``), slots read (``prefix_len``) against the memory's slots (where the
@@ -170,8 +171,9 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
         cell = EXCERPT_CELL.fullmatch(variant)
         tome.config = replace(tome.config, memory_excerpts=int(cell[2]) if cell else 0,
                               memory_excerpt_unit="page" if cell and cell[1] == "p" else "passage")
-        if variant.endswith("nomem"):  # "/x1nomem", the control: the passages alone (no segment fits 1 slot)
-            tome.config = replace(tome.config, memory_budget=1)
+        if cell and cell[3]:  # "/x1nomem", the control: the passages alone (no segment fits 1 slot);
+            budget = 1 if cell[3] == "nomem" else int(cell[3][1:])  # "/x1b512": at most 512 memory slots
+            tome.config = replace(tome.config, memory_budget=budget)
     try:
         last = None
         for last in tome.ask([d.id for d in docs], question, **kw):
@@ -187,7 +189,8 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
             if last.sources and hasattr(last.sources[0], "page_start") else None}
 
 
-EXCERPT_CELL = re.compile(r"([xp])(\d+)(nomem)?")  # /xN: N passages as text, /pN: N pages a book; nomem: no memory
+EXCERPT_CELL = re.compile(r"([xp])(\d+)(nomem|b\d+)?")  # /xN: N passages as text, /pN: N pages a book;
+# then nomem: no memory slot, bM: at most M memory slots (the product's memory_budget)
 COMPRESSOR_VARIANTS = ("pool", "cap", "share")  # cell variants that change the compressor (compressor_variant)
 SCORER: Path | None = None  # --scorer: the weights file kvzip-fast cells use instead of the shipped one
 

@@ -19,8 +19,8 @@ def test_a_ppl_cell_with_a_compressor_variant_reads_that_compressors_memories(to
 
 
 def test_an_excerpt_cell_asks_with_that_text_beside_the_memories(tome_tiny, tmp_path):
-    """"/p1": each book's best page whole, "/x1": the best passage, "/p1nomem": the page and no memory slot;
-    the product's config is back after each cell."""
+    """"/p1": each book's best page whole, "/x1": the best passage, "/p1nomem": the page and no memory slot,
+    "/x1bM": the passage and at most M slots; the product's config is back after each cell."""
     from bench.eval_compress import EXCERPT_CELL, ask
 
     assert EXCERPT_CELL.fullmatch("pool5") is None and EXCERPT_CELL.fullmatch("share16") is None
@@ -31,3 +31,7 @@ def test_an_excerpt_cell_asks_with_that_text_beside_the_memories(tome_tiny, tmp_
     assert rows["p1"]["prompt_tokens"] > rows["x1"]["prompt_tokens"] > rows["x0"]["prompt_tokens"]
     assert rows["p1nomem"]["prompt_tokens"] == rows["p1"]["prompt_tokens"]
     assert rows["p1nomem"]["prefix_len"] == 0 < rows["p1"]["prefix_len"] == rows["x0"]["prefix_len"]
+    cap = rows["x0"]["prefix_len"] - 1
+    capped = ask(tome_tiny, [doc], "Who lit the lamp?", f"kvzip@8/x1b{cap}", 2)
+    assert tome_tiny.config == base
+    assert 0 < capped["prefix_len"] <= cap and capped["prompt_tokens"] == rows["x1"]["prompt_tokens"]
