@@ -21,7 +21,7 @@ closest to the question within 3,072 tokens). Compressed cells read the memories
 adds the N passages retrieval ranks best as text (the product's ``memory_excerpts``), ``/pN`` the pages
 of each book's N best passages, whole (``memory_excerpt_unit="page"``), ``/xNnomem`` and ``/pNnomem`` give
 that text alone (the control: no memory slot fits), ``/xNbM`` that text beside at most M memory slots
-(``memory_budget``: the segments closest to the question first).
+(``memory_budget``, with ``memory_excerpt_budget`` off: the segments closest to the question first).
 
 Per cell: answers, correctness, the time to the first token (``stats.timing.ttft_s``, measured by the
 product from the start of ``ask``), slots read (``prefix_len``) against the memory's slots (where the
@@ -173,7 +173,7 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
                               memory_excerpt_unit="page" if cell and cell[1] == "p" else "passage")
         if cell and cell[3]:  # "/x1nomem", the control: the passages alone (no segment fits 1 slot);
             budget = 1 if cell[3] == "nomem" else int(cell[3][1:])  # "/x1b512": at most 512 memory slots
-            tome.config = replace(tome.config, memory_budget=budget)
+            tome.config = replace(tome.config, memory_budget=budget, memory_excerpt_budget=0)
     try:
         last = None
         for last in tome.ask([d.id for d in docs], question, **kw):
@@ -301,7 +301,8 @@ def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, st
     data.get("partial", {}).pop(key, None)
     data["cells"][key] = {"method": method, "accuracy": acc, "n": len(rows), "memories": memories,
                           "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
-                          "memory_budget": tome.memory_budget(), "finished": time.strftime("%H:%M:%S"),
+                          "memory_budget": tome.memory_budget(),
+                          "memory_excerpt_budget": tome.memory_budget(excerpts=True), "finished": time.strftime("%H:%M:%S"),
                           "dtype": dtype_name(tome)}
     save_part(model, part, data)
     print(f"== {key}: {acc:.2%} of {len(rows)} ({time.perf_counter() - t0:.0f}s)", flush=True)

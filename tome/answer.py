@@ -151,7 +151,7 @@ class CompressedContext:
         bare = count_tokens(a.lm.tokenizer, self._messages(question, history))
         self.room = max(0, a.lm.window - bare - max_new - 16)  # positions the memories may span
         budget = self.room
-        cap = a.memory_budget()
+        cap = a.memory_budget(excerpts=bool(self.excerpts))
         if cap:  # the question attends to every slot: cap them for a flat TTFT
             budget = min(budget, cap)
         return a.choose(docs, books, question, budget, timer, ranking)
@@ -198,13 +198,19 @@ class Answerer:
         """``text``'s length in the model's tokens."""
         return len(self.lm.tokenizer(text)["input_ids"])
 
-    def memory_budget(self) -> int:
-        """Most memory slots a compressed answer attends to; 0: no cap (see Config.memory_budget)."""
-        if self.models.config.memory_budget >= 0:
-            return self.models.config.memory_budget
-        from uio.model import flat_ttft_slots
+    def memory_budget(self, excerpts: bool = False) -> int:
+        """Most memory slots a compressed answer attends to, with text ``excerpts`` beside them or not; 0: no
+        cap (see Config.memory_budget and memory_excerpt_budget)."""
+        cfg = self.models.config
+        if cfg.memory_budget >= 0:
+            cap = cfg.memory_budget
+        else:
+            from uio.model import flat_ttft_slots
 
-        return 0 if self.lm.device.type != "cpu" else flat_ttft_slots(self.lm)
+            cap = 0 if self.lm.device.type != "cpu" else flat_ttft_slots(self.lm)
+        if excerpts and cfg.memory_excerpt_budget > 0:
+            cap = min(cap, cfg.memory_excerpt_budget) if cap else cfg.memory_excerpt_budget
+        return cap
 
     def choose(self, docs: Sequence[DocumentInfo], books, question: str, budget: int, timer: Timer,
                ranking=None) -> Context:

@@ -83,6 +83,12 @@ class Config:
                                                "each book's best passage, whole: each of the chosen books, up to "
                                                "context_books, gets memory_excerpts pages)",
                                     "TOME_MEMORY_EXCERPT_UNIT")
+    # By measurement (docs/COMPRESSION.md, "Eleventh run"): on Qwen's 40 real-manual questions, the best passage
+    # beside at most 256 memory slots answered 23/40, beside ~2,060 (the CPU budget) 19/40, at 2/3 of the
+    # first token: the 0.5B reader loses answers to many slots of other pages.
+    memory_excerpt_budget: int = _opt(256, "compressed mode with excerpts: most memory slots beside them (the "
+                                          "segments closest to the question first; also below memory_budget); "
+                                          "0: memory_budget alone decides", "TOME_MEMORY_EXCERPT_BUDGET", int)
     # By measurement (docs/COMPRESSION.md, "Ninth run"): on Qwen's 32x pass keys, 16 segments that split one
     # budget kept the key at 18 of 20 positions (2K-32K) against 15 of 20 with each segment's own share.
     memory_share: int = _opt(16, "segments whose memories split one budget by their scores (KVzip and kvzip-fast: "

@@ -207,8 +207,8 @@ class Tome:
         docs = [d for d in (self.store.get_document(r) for r in doc_refs) if d.ready]
         return self.retriever.retrieve(docs, query, k)
 
-    def memory_budget(self) -> int:
-        return self.answerer.memory_budget()
+    def memory_budget(self, excerpts: bool = False) -> int:
+        return self.answerer.memory_budget(excerpts)
 
     def ask(self, doc_refs: Sequence[int | str], question: str, **kwargs) -> Iterator[AnswerUpdate]:
         """Answer ``question`` over the chosen books, streaming (``tome.answer.Answerer.ask``)."""

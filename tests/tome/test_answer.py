@@ -57,6 +57,32 @@ def test_default_memory_budget_is_sized_to_the_model_on_cpu(tome_tiny, smollm2, 
     for fixed in (0, 16):
         tome_tiny.config = replace(tome_tiny.config, memory_budget=fixed)
         assert tome_tiny.memory_budget() == fixed
+    excerpt = Config().memory_excerpt_budget
+    assert 0 < excerpt < 2080
+    assert tome_tiny.memory_budget(excerpts=True) == 16  # the lower of both caps
+    tome_tiny.config = replace(tome_tiny.config, memory_budget=0)  # no cap: the excerpts' alone
+    assert tome_tiny.memory_budget(excerpts=True) == excerpt
+    tome_tiny.config = replace(tome_tiny.config, memory_excerpt_budget=0)
+    assert tome_tiny.memory_budget(excerpts=True) == 0
+
+
+def test_excerpts_cap_the_memory_slots_beside_them(tome_tiny, tmp_path):
+    """With a passage as text, compressed mode reads at most memory_excerpt_budget slots, the segments closest
+    to the question first; without excerpts the cap does not apply (docs/COMPRESSION.md, "Eleventh run")."""
+    from dataclasses import replace
+
+    doc = tome_tiny.ingest(make_pdf(tmp_path / "keeper.pdf", PAGES)).document
+    q = "Where did the keeper light the lantern?"
+
+    def slots(**cfg) -> int:
+        tome_tiny.config = replace(tome_tiny.config, **cfg)
+        return list(tome_tiny.ask([doc.id], q, mode="compressed", max_new_tokens=2))[-1].stats["memory_slots"]
+
+    every = slots(memory_excerpts=0, memory_excerpt_budget=24)
+    assert every > 48  # the whole memory: the cap is for excerpts only
+    capped = slots(memory_excerpts=1, memory_excerpt_budget=24)
+    assert 0 < capped <= 24
+    assert slots(memory_excerpts=1, memory_excerpt_budget=0) == every
 
 
 FILLER = "The committee met on Tuesday and discussed the budget, the roads and the new library. "
