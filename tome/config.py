@@ -85,7 +85,8 @@ class Config:
                                     "TOME_MEMORY_EXCERPT_UNIT")
     # By measurement (docs/COMPRESSION.md, "Eleventh run"): on Qwen's 40 real-manual questions, the best passage
     # beside at most 256 memory slots answered 23/40, beside ~2,060 (the CPU budget) 19/40, at 2/3 of the
-    # first token: the 0.5B reader loses answers to many slots of other pages.
+    # first token (SmolLM2's planted facts: 27/42 against 19/42 at its 768): small readers lose answers to
+    # many slots of other pages.
     memory_excerpt_budget: int = _opt(256, "compressed mode with excerpts: most memory slots beside them (the "
                                           "segments closest to the question first; also below memory_budget); "
                                           "0: memory_budget alone decides", "TOME_MEMORY_EXCERPT_BUDGET", int)
