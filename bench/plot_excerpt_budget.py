@@ -3,7 +3,7 @@
     .venv/bin/python bench/plot_excerpt_budget.py --out docs/compression_excerpt_budget.png
 
 Reads the eleventh run's cells (``bench/eval_compress.py`` ``/x1bM``, ``/x1`` and ``/x1nomem`` cells of
-``bench/results/eval_compress_qwen_{realdocs,planted}_budget*.json``); each point is a cell: its share of
+``bench/results/eval_compress_qwen_{realdocs,planted}_budget{,2}.json``); each point is a cell: its share of
 questions right and its median first token, at the median slots its answers read (docs/COMPRESSION.md,
 "Eleventh run").
 """
@@ -17,15 +17,19 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ONE_PASSAGE = re.compile(r"kvzip-fast@8/x1(b\d+|nomem)?")  # the 8x cells with one passage
+TAGS = ("budget", "budget2")
 
 
-def points(pattern: str) -> list[tuple[float, float, float]]:
+def points(part: str) -> list[tuple[float, float, float]]:
     """(median slots read, share right, median first token in s) of every one-passage 8x cell, by slots."""
     out = {}
-    for path in sorted(RESULTS.glob(pattern)):
+    for tag in TAGS:  # 24-token answers only (budget48 and budget64 are other scales)
+        path = RESULTS / f"eval_compress_qwen_{part}_{tag}.json"
+        if not path.exists():
+            continue
         for key, cell in json.loads(path.read_text())["cells"].items():
             method = key.split("|")[-1]
-            if not ONE_PASSAGE.fullmatch(method) or "48" in path.stem:  # 48-token answers: another scale
+            if not ONE_PASSAGE.fullmatch(method):
                 continue
             rows = cell["rows"]
             slots = statistics.median(r["prefix_len"] or 0 for r in rows)
@@ -44,9 +48,8 @@ def main(argv=None) -> None:
     import matplotlib.pyplot as plt
 
     fig, (right, first) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, pattern in (("real manuals (40 q)", "eval_compress_qwen_realdocs_budget*.json"),
-                          ("planted facts (42 q)", "eval_compress_qwen_planted_budget*.json")):
-        pts = points(pattern)
+    for name, part in (("real manuals (40 q)", "realdocs"), ("planted facts (42 q)", "planted")):
+        pts = points(part)
         right.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
         if name.startswith("real"):
             first.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=name)
