@@ -123,14 +123,23 @@ class CompressedContext:
 
     def _excerpts(self, docs: Sequence[DocumentInfo], ranking, stored: list) -> list[Excerpt]:
         """The text given beside the memories (``Config.memory_excerpts``, ``memory_excerpt_unit``), best first:
-        the best passages of all the books, or the pages of each book's best passages, whole (a passage is a
-        window of its page; the words that answer may sit beside it)."""
+        each chosen book's best passages, or the pages of each book's best passages, whole (a passage is a
+        window of its page; the words that answer may sit beside it). The books are those of the best
+        passages, up to ``context_books``: a question over two books gets text of both, as in uncompressed
+        mode."""
         cfg = self.a.models.config
         n = max(0, cfg.memory_excerpts)
-        if cfg.memory_excerpt_unit == "passage":
-            return [Excerpt(h.title, h.page_start, h.text, h.document_id) for h in ranking.hits[:n]]
-        segments = {d.id: segs for d, segs in zip(docs, stored)}
         books = max(1, min(len(docs), cfg.context_books))
+        if cfg.memory_excerpt_unit == "passage":
+            taken: dict[int, int] = {}  # document id -> its passages taken
+            out = []
+            for h in ranking.hits:  # best first
+                if taken.get(h.document_id, 0) >= n or (h.document_id not in taken and len(taken) >= books):
+                    continue
+                taken[h.document_id] = taken.get(h.document_id, 0) + 1
+                out.append(Excerpt(h.title, h.page_start, h.text, h.document_id))
+            return out
+        segments = {d.id: segs for d, segs in zip(docs, stored)}
         pages, owner = best_pages(ranking, {d.id: d.title for d in docs}, segments.__getitem__, self.a.count_tokens,
                                   books, n)
         return [Excerpt(p.title, p.segment.page_start, p.segment.text, owner[id(p.segment)]) for p in pages.passages]

@@ -74,9 +74,11 @@ class Config:
     # By measurement (docs/COMPRESSION.md, "Seventh run"): on Qwen's planted facts 8x memories alone answered
     # 11/42, with the best passage 31/42 (full text 31/42; the passage alone 33/42), with two 30/42; the
     # passage's ~250 tokens are read at question time (first token ~1/8 of retrieval's).
-    memory_excerpts: int = _opt(1, "compressed mode: this many passages that retrieval finds best for the question "
-                                   "go into the prompt as text beside the memories (0: memories alone); their "
-                                   "words arrive exact where 1 slot in 8 may have dropped a digit or a name",
+    memory_excerpts: int = _opt(1, "compressed mode: this many of each chosen book's passages that retrieval finds "
+                                   "best for the question (books: those of the best passages, up to "
+                                   "context_books) go into the prompt as text beside the memories (0: memories "
+                                   "alone); their words arrive exact where 1 slot in 8 may have dropped a digit "
+                                   "or a name",
                                 "TOME_MEMORY_EXCERPTS", int)
     memory_excerpt_unit: str = _opt("passage", 'what one excerpt of compressed mode is: "passage" (<= 200 word '
                                                'pieces, the best ones of all the books) or "page" (the page of '

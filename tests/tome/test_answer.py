@@ -112,6 +112,7 @@ def test_question_about_book_b_cites_b_page_across_three_books(tome_tiny, tmp_pa
     assert all(tome_tiny.document(i).passage_embedder == "all-MiniLM-L6-v2" for i in ids.values())
     tome_tiny.config.context_budget = 300  # uncompressed: three books do not fit, the selector chooses
     if mode == "compressed":  # compressed: shrink the window so the memories do not all fit either
+        tome_tiny.config.memory_excerpts = 0  # the memories' selection alone (a passage per book would fill it)
         lm = tome_tiny.lm
         lm.model.config.max_position_embeddings = 60 + 16 + 3 + _bare_prompt(tome_tiny, mode)
     final = list(tome_tiny.ask(list(ids.values()), "What is the name of the lighthouse keeper's falcon?",
@@ -236,7 +237,8 @@ def test_memory_excerpts_put_the_best_passages_as_text_beside_the_memories(tome_
 
 def test_page_excerpts_give_each_books_best_page_whole(tome_tiny, tmp_path):
     """``memory_excerpt_unit="page"``: the page of each chosen book's best passage goes in whole (the words
-    that answer may sit beside the passage that matched), a two-book question gets a page of each book."""
+    that answer may sit beside the passage that matched), a two-book question gets a page of each book; with
+    "passage" it gets a passage of each book (up to ``context_books``)."""
     from dataclasses import replace
 
     from retrieval.narrow import page_text
@@ -261,6 +263,12 @@ def test_page_excerpts_give_each_books_best_page_whole(tome_tiny, tmp_path):
     assert "Ossian" in page and "ash wood" in page
     tome_tiny.config = replace(tome_tiny.config, memory_excerpt_unit="passage")
     short = list(tome_tiny.ask([a.id], q, mode="compressed", max_new_tokens=2))[-1]
+    assert [e["document_id"] for e in short.stats["excerpts"]] == [a.id]
+    both = list(tome_tiny.ask([a.id, b.id], q, mode="compressed", max_new_tokens=2))[-1]
+    assert sorted(e["document_id"] for e in both.stats["excerpts"]) == [a.id, b.id]  # a passage of each book
+    tome_tiny.config = replace(tome_tiny.config, context_books=1)
+    assert len(list(tome_tiny.ask([a.id, b.id], q, mode="compressed", max_new_tokens=2))[-1].stats["excerpts"]) == 1
+    tome_tiny.config = replace(tome_tiny.config, context_books=2)
     tok = tome_tiny.lm.tokenizer
     extra = len(tok(page)["input_ids"]) - len(tok(passages[0].text)["input_ids"])
     assert one.stats["prompt_tokens"] - short.stats["prompt_tokens"] >= extra // 2 > 0  # the whole page is read
