@@ -83,13 +83,15 @@ class Models:
     def _configured_ratio(self) -> int:
         """The ratio the configured adapter file serves: the one in its header (a 32x file given with the
         default ratio 8 serves 32x, it is not silently passed over for the shipped one), else the config's."""
+        from safetensors import SafetensorError
+
         from uio.adapter import adapter_ratio
 
         path = self.config.adapter
         try:
             found = adapter_ratio(path) if path and Path(path).is_file() else None
-        except Exception:  # not a safetensors file: loading it for the config's ratio says why, clearly
-            found = None
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError):  # not an adapter file (or a bad
+            found = None  # header): loading it for the config's ratio says why, clearly
         return found or self.config.ratio
 
     def adapter_trained(self, ratio: int | None = None) -> bool:
@@ -120,7 +122,12 @@ class Models:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 return UIOAdapter(lm, MemoryConfig(segment_len=seg, num_mem=seg // ratio))
-        adapter = UIOAdapter.load(lm, path)
+        from safetensors import SafetensorError
+
+        try:
+            adapter = UIOAdapter.load(lm, path)
+        except SafetensorError as e:  # TOME_ADAPTER names some other file
+            raise ValueError(f"{path} is not a UIO adapter file (safetensors: {e})") from e
         if adapter.config.segment_len != seg:
             # Books are cut at config.segment_len; the encoder refuses longer segments.
             raise ValueError(f"adapter {path.name} was trained for {adapter.config.segment_len}-token segments, "

@@ -181,6 +181,21 @@ def test_an_adapter_for_another_segment_length_is_refused_clearly(tmp_path, toke
     tome.store.close()
 
 
+def test_a_configured_file_that_is_no_adapter_is_refused_clearly(tmp_path, tokenizer):
+    """TOME_ADAPTER naming a file that is not a safetensors adapter: it still serves the config's ratio (not
+    silently passed over for the shipped one) and loading it says why."""
+    from tests.conftest import _tiny, make_tome
+
+    path = tmp_path / "notes.safetensors"
+    path.write_text("not an adapter")
+    tome = make_tome(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", _tiny("llama", tokenizer), segment_len=64,
+                     adapter=path)
+    assert tome.models.adapter_file(8) == path
+    with pytest.raises(ValueError, match="notes.safetensors is not a UIO adapter file"):
+        tome.adapter_for(8)
+    tome.store.close()
+
+
 def test_stage_1_stores_passages_with_vectors_and_no_segment_vectors(tome_tiny, tmp_path):
     r = tome_tiny.ingest(tides_book(tmp_path), wait=False)
     doc = r.document
