@@ -302,8 +302,8 @@ def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, st
     data["cells"][key] = {"method": method, "accuracy": acc, "n": len(rows), "memories": memories,
                           "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
                           "memory_budget": tome.memory_budget(),
-                          "memory_excerpt_budget": tome.memory_budget(excerpts=True), "finished": time.strftime("%H:%M:%S"),
-                          "dtype": dtype_name(tome)}
+                          "memory_excerpt_budget": tome.memory_budget(excerpts=True),
+                          "finished": time.strftime("%H:%M:%S"), "dtype": dtype_name(tome)}
     save_part(model, part, data)
     print(f"== {key}: {acc:.2%} of {len(rows)} ({time.perf_counter() - t0:.0f}s)", flush=True)
 

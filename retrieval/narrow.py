@@ -10,7 +10,7 @@ the page of each book's best passage, and nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Iterator, Sequence
 
 from retrieval.prompt import Passage, Selection, page_parts
 
@@ -44,6 +44,24 @@ def page_text(ranking, doc_id: int, page: int, segments: Sequence) -> str:
     return "\n".join(parts)
 
 
+def best_per_book(ranking, doc_ids, books: int, per_book: int,
+                  key: Callable[[object], Hashable] = id) -> Iterator:
+    """The ranking's hits, best first: at most ``per_book`` of each book (hits with distinct ``key``s), from
+    the first ``books`` of ``doc_ids`` in order of their best hit."""
+    seen: dict[int, list] = {}  # document id -> the keys of its hits taken
+    for h in ranking.hits:  # best first
+        have = seen.get(h.document_id)
+        if have is None and len(seen) < books and h.document_id in doc_ids:
+            have = seen[h.document_id] = []
+        k = key(h)
+        if have is None or len(have) >= per_book or k in have:
+            continue
+        have.append(k)
+        yield h
+        if len(seen) >= books and all(len(p) >= per_book for p in seen.values()):
+            return
+
+
 def best_pages(ranking, titles: dict[int, str], segments_of: Callable[[int], Sequence],
                count: Callable[[str], int], books: int = 2, pages: int = 1) -> tuple[Selection, dict[int, int]]:
     """The pages of each book's ``pages`` best passages (distinct pages; books in order of their best
@@ -51,22 +69,14 @@ def best_pages(ranking, titles: dict[int, str], segments_of: Callable[[int], Seq
 
     Returns the selection and its owner map (id(segment) -> document id), as ``Answerer.choose`` does.
     """
-    passages, owner, seen = [], {}, {}  # seen: document id -> the pages its best passages are on
-    for h in ranking.hits:  # best first
-        have = seen.get(h.document_id)
-        if have is None and len(seen) < books and h.document_id in titles:
-            have = seen[h.document_id] = []
-        if have is None or len(have) >= pages or h.page_start in have:
-            continue
-        have.append(h.page_start)
+    passages, owner = [], {}
+    for h in best_per_book(ranking, titles, books, pages, key=lambda h: h.page_start):
         text = page_text(ranking, h.document_id, h.page_start, segments_of(h.document_id))
         if not text:
             continue
         seg = PageText(text, h.page_start, h.page_start, h.index, count(text))
         passages.append(Passage(titles[h.document_id], seg, h.score, match=h, breaks=((0, h.page_start),)))
         owner[id(seg)] = h.document_id
-        if len(seen) >= books and all(len(p) >= pages for p in seen.values()):
-            break
     return Selection(passages, []), owner
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 from retrieval.citations import Source, cite
-from retrieval.narrow import best_pages, narrower
+from retrieval.narrow import best_pages, best_per_book, narrower
 from retrieval.prompt import Excerpt, Selection, build_messages, count_tokens, fit_budget
 from retrieval.retriever import Retriever
 from retrieval.select import select_segments
@@ -131,14 +131,8 @@ class CompressedContext:
         n = max(0, cfg.memory_excerpts)
         books = max(1, min(len(docs), cfg.context_books))
         if cfg.memory_excerpt_unit == "passage":
-            taken: dict[int, int] = {}  # document id -> its passages taken
-            out = []
-            for h in ranking.hits:  # best first
-                if taken.get(h.document_id, 0) >= n or (h.document_id not in taken and len(taken) >= books):
-                    continue
-                taken[h.document_id] = taken.get(h.document_id, 0) + 1
-                out.append(Excerpt(h.title, h.page_start, h.text, h.document_id))
-            return out
+            return [Excerpt(h.title, h.page_start, h.text, h.document_id)
+                    for h in best_per_book(ranking, {d.id for d in docs}, books, n)]
         segments = {d.id: segs for d, segs in zip(docs, stored)}
         pages, owner = best_pages(ranking, {d.id: d.title for d in docs}, segments.__getitem__, self.a.count_tokens,
                                   books, n)
