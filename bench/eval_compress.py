@@ -174,6 +174,8 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
         if cell and cell[3]:  # "/x1nomem", the control: the passages alone (no segment fits 1 slot);
             budget = 1 if cell[3] == "nomem" else int(cell[3][1:])  # "/x1b512": at most 512 memory slots
             tome.config = replace(tome.config, memory_budget=budget, memory_excerpt_budget=0)
+        if cell and cell[4]:
+            tome.config = replace(tome.config, memory_skip_excerpted=True)
     try:
         last = None
         for last in tome.ask([d.id for d in docs], question, **kw):
@@ -189,8 +191,9 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
             if last.sources and hasattr(last.sources[0], "page_start") else None}
 
 
-EXCERPT_CELL = re.compile(r"([xp])(\d+)(nomem|b\d+)?")  # /xN: N passages as text, /pN: N pages a book;
-# then nomem: no memory slot, bM: at most M memory slots (the product's memory_budget)
+EXCERPT_CELL = re.compile(r"([xp])(\d+)(nomem|b\d+)?(skip)?")  # /xN: N passages as text, /pN: N pages a book;
+# then nomem: no memory slot, bM: at most M memory slots (the product's memory_budget); skip: the memory slots
+# go to other segments than the excerpts' (memory_skip_excerpted)
 COMPRESSOR_VARIANTS = ("pool", "cap", "share")  # cell variants that change the compressor (compressor_variant)
 SCORER: Path | None = None  # --scorer: the weights file kvzip-fast cells use instead of the shipped one
 

@@ -82,6 +82,7 @@ class Excerpt:
     page: int
     text: str
     document_id: int | None = None
+    segment: int | None = None  # index of the segment it comes from
 
     def labelled(self) -> str:
         return f"[{self.title}, p. {self.page}]\n{self.text}"

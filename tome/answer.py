@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 from retrieval.citations import Source, cite
 from retrieval.narrow import best_pages, best_per_book, narrower
@@ -131,12 +131,13 @@ class CompressedContext:
         n = max(0, cfg.memory_excerpts)
         books = max(1, min(len(docs), cfg.context_books))
         if cfg.memory_excerpt_unit == "passage":
-            return [Excerpt(h.title, h.page_start, h.text, h.document_id)
+            return [Excerpt(h.title, h.page_start, h.text, h.document_id, h.index)
                     for h in best_per_book(ranking, {d.id for d in docs}, books, n)]
         segments = {d.id: segs for d, segs in zip(docs, stored)}
         pages, owner = best_pages(ranking, {d.id: d.title for d in docs}, segments.__getitem__, self.a.count_tokens,
                                   books, n)
-        return [Excerpt(p.title, p.segment.page_start, p.segment.text, owner[id(p.segment)]) for p in pages.passages]
+        return [Excerpt(p.title, p.segment.page_start, p.segment.text, owner[id(p.segment)], p.segment.index)
+                for p in pages.passages]
 
     def select(self, docs: Sequence[DocumentInfo], question: str, history, max_new: int, timer: Timer) -> Context:
         a = self.a
@@ -157,7 +158,9 @@ class CompressedContext:
         cap = a.memory_budget(excerpts=bool(self.excerpts))
         if cap:  # the question attends to every slot: cap them for a flat TTFT
             budget = min(budget, cap)
-        return a.choose(docs, books, question, budget, timer, ranking)
+        skip = ({(e.document_id, e.segment) for e in self.excerpts}
+                if a.models.config.memory_skip_excerpted else ())
+        return a.choose(docs, books, question, budget, timer, ranking, skip)
 
     def assemble(self, ctx: Context, question: str, history, timer: Timer) -> None:
         from uio.decoder import build_cache, build_context
@@ -180,7 +183,8 @@ class CompressedContext:
         ctx.stats = {"compressor": c.name, "ratio": c.ratio, "memory_slots": sum(m.num_slots for m in chosen),
                      "memory_layout": self.layout,
                      "memory_positions": self.positions, "adapter_trained": self.a.models.trained(c.ratio, c.name),
-                     "excerpts": [{"document_id": e.document_id, "page": e.page} for e in self.excerpts],
+                     "excerpts": [{"document_id": e.document_id, "page": e.page, "segment": e.segment}
+                                  for e in self.excerpts],
                      "excerpt_unit": self.a.models.config.memory_excerpt_unit}
 
 
@@ -216,19 +220,21 @@ class Answerer:
         return cap
 
     def choose(self, docs: Sequence[DocumentInfo], books, question: str, budget: int, timer: Timer,
-               ranking=None) -> Context:
+               ranking=None, skip: Collection[tuple[int, int]] = ()) -> Context:
         """The segments of ``books`` closest to ``question`` within ``budget`` (all of them when they fit).
 
         Segments are scored by their best passage (vectors and full text fused, see
         ``retrieval.retriever``); a hit brings its neighbours only where that passage
         touches its segment's edge; each chosen segment keeps that passage, for its
         citation, and its page breaks, for the prompt's page labels. ``ranking``: the question's
-        ranking where the caller made it already.
+        ranking where the caller made it already. ``skip``: (document id, segment index) pairs never chosen as
+        hits (they may still come in as a hit's neighbours).
         """
         neighbours = self.models.config.neighbours
         with timer.phase("select"):
             ranking = ranking or self.retriever.rank(docs, question)
             scores = ranking.segment_scores([d.id for d in docs])
+            scores = {d: {j: v for j, v in m.items() if (d, j) not in skip} for d, m in scores.items()}
             # a hit's neighbours come only where its best passage touches its segment's edge
             reach = [ranking.reach(d.id, [s.text for s in segs], neighbours) for d, (_, segs) in zip(docs, books)]
             selection = select_segments(books, [scores[d.id] for d in docs], budget, neighbours, reach=reach)

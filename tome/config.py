@@ -92,6 +92,10 @@ class Config:
     memory_excerpt_budget: int = _opt(256, "compressed mode with excerpts: most memory slots beside them (the "
                                           "segments closest to the question first; also below memory_budget); "
                                           "0: memory_budget alone decides", "TOME_MEMORY_EXCERPT_BUDGET", int)
+    memory_skip_excerpted: bool = _opt(False, "compressed mode with excerpts: the memory slots go to segments "
+                                              "other than those the excerpts come from (their text is read "
+                                              "already), so the memories cover more of the book",
+                                       "TOME_MEMORY_SKIP_EXCERPTED", _flag)
     # By measurement (docs/COMPRESSION.md, "Ninth run"): on Qwen's 32x pass keys, 16 segments that split one
     # budget kept the key at 18 of 20 positions (2K-32K) against 15 of 20 with each segment's own share.
     memory_share: int = _opt(16, "segments whose memories split one budget by their scores (KVzip and kvzip-fast: "

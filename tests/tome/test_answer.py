@@ -85,6 +85,30 @@ def test_excerpts_cap_the_memory_slots_beside_them(tome_tiny, tmp_path):
     assert slots(memory_excerpts=1, memory_excerpt_budget=0) == every
 
 
+def test_skip_excerpted_gives_the_memory_slots_to_other_segments(tome_tiny, tmp_path):
+    """memory_skip_excerpted: the segment the passage comes from is read as text, so its memory is not chosen
+    again; without the option the best segment's memory sits beside its own passage."""
+    from dataclasses import replace
+
+    pages = [FILLER * 8, "The keeper lit the lantern at the north wall before the storm. " * 3 + FILLER * 5,
+             FILLER * 8, FILLER * 8]
+    doc = tome_tiny.ingest(make_pdf(tmp_path / "keeper.pdf", pages)).document
+    assert len(tome_tiny.store.segments(doc.id)) >= 3
+    q = "Where did the keeper light the lantern?"
+
+    def ask(skip: bool) -> tuple[int, set[int]]:
+        tome_tiny.config = replace(tome_tiny.config, memory_excerpts=1, memory_excerpt_budget=40, neighbours=0,
+                                   memory_skip_excerpted=skip)
+        final = list(tome_tiny.ask([doc.id], q, mode="compressed", max_new_tokens=2))[-1]
+        (excerpt,) = final.stats["excerpts"]
+        return excerpt["segment"], {s.segment for s in final.sources}
+
+    seg, chosen = ask(skip=False)
+    assert seg in chosen
+    seg_skip, chosen_skip = ask(skip=True)
+    assert seg_skip == seg and chosen_skip and seg not in chosen_skip
+
+
 FILLER = "The committee met on Tuesday and discussed the budget, the roads and the new library. "
 
 
