@@ -85,6 +85,9 @@ def test_excerpts_cap_the_memory_slots_beside_them(tome_tiny, tmp_path):
     assert slots(memory_excerpts=1, memory_excerpt_budget=0) == every
 
 
+FILLER = "The committee met on Tuesday and discussed the budget, the roads and the new library. "
+
+
 def test_skip_excerpted_gives_the_memory_slots_to_other_segments(tome_tiny, tmp_path):
     """memory_skip_excerpted: the segment the passage comes from is read as text, so its memory is not chosen
     again; without the option the best segment's memory sits beside its own passage."""
@@ -107,9 +110,6 @@ def test_skip_excerpted_gives_the_memory_slots_to_other_segments(tome_tiny, tmp_
     assert seg in chosen
     seg_skip, chosen_skip = ask(skip=True)
     assert seg_skip == seg and chosen_skip and seg not in chosen_skip
-
-
-FILLER = "The committee met on Tuesday and discussed the budget, the roads and the new library. "
 
 
 def _books(tmp_path):
@@ -244,7 +244,7 @@ def test_memory_excerpts_put_the_best_passages_as_text_beside_the_memories(tome_
     tome_tiny.config = replace(tome_tiny.config, memory_excerpts=1)
     got = list(tome_tiny.ask([doc.id], q, mode="compressed", max_new_tokens=2))[-1]
     assert base.stats["excerpts"] == []
-    assert got.stats["excerpts"] == [{"document_id": doc.id, "page": 2}]
+    assert got.stats["excerpts"] == [{"document_id": doc.id, "page": 2, "segment": 0}]
     assert got.stats["memory_slots"] == base.stats["memory_slots"] > 0
     tok = tome_tiny.lm.tokenizer
     passage = next(p for p in tome_tiny.store.passages(doc.id) if p.page == 2).text
