@@ -21,7 +21,9 @@ closest to the question within 3,072 tokens). Compressed cells read the memories
 adds the N passages retrieval ranks best as text (the product's ``memory_excerpts``), ``/pN`` the pages
 of each book's N best passages, whole (``memory_excerpt_unit="page"``), ``/xNnomem`` and ``/pNnomem`` give
 that text alone (the control: no memory slot fits), ``/xNbM`` that text beside at most M memory slots
-(``memory_budget``, with ``memory_excerpt_budget`` off: the segments closest to the question first).
+(``memory_budget``, with ``memory_excerpt_budget`` off: the segments closest to the question first), and a
+``skip`` suffix (``/x1skip``, ``/x1b512skip``) gives those slots to segments other than the text's own
+(``memory_skip_excerpted``). ``--set TOME_X=value`` sets a product setting for every cell of a run.
 
 Per cell: answers, correctness, the time to the first token (``stats.timing.ttft_s``, measured by the
 product from the start of ``ask``), slots read (``prefix_len``) against the memory's slots (where the
@@ -46,7 +48,7 @@ import re
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -63,8 +65,8 @@ def make_tome(model: str, work: Path, threads: int, adapter: Path | None = None,
     from tome.config import Config
     from tome.service import Tome
 
-    cfg = Config(data_dir=work, model=model, models_dir=MODELS_DIR, compress=False, threads=threads,
-                 max_new_tokens=24, adapter=adapter)
+    cfg = replace(Config.from_env(env=SETTINGS), data_dir=work, model=model, models_dir=MODELS_DIR, compress=False,
+                  threads=threads, max_new_tokens=24, adapter=adapter)
     if segment_len:
         cfg = replace(cfg, segment_len=segment_len)
     t = Tome(cfg)
@@ -196,6 +198,7 @@ EXCERPT_CELL = re.compile(r"([xp])(\d+)(nomem|b\d+)?(skip)?")  # /xN: N passages
 # go to other segments than the excerpts' (memory_skip_excerpted)
 COMPRESSOR_VARIANTS = ("pool", "cap", "share")  # cell variants that change the compressor (compressor_variant)
 SCORER: Path | None = None  # --scorer: the weights file kvzip-fast cells use instead of the shipped one
+SETTINGS: dict[str, str] = {}  # --set TOME_X=value: product settings of every cell of the run (recorded in each)
 
 
 @contextmanager
@@ -306,7 +309,7 @@ def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, st
                           "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
                           "memory_budget": tome.memory_budget(),
                           "memory_excerpt_budget": tome.memory_budget(excerpts=True),
-                          "finished": time.strftime("%H:%M:%S"), "dtype": dtype_name(tome)}
+                          "finished": time.strftime("%H:%M:%S"), "dtype": dtype_name(tome), "settings": SETTINGS}
     save_part(model, part, data)
     print(f"== {key}: {acc:.2%} of {len(rows)} ({time.perf_counter() - t0:.0f}s)", flush=True)
 
@@ -679,10 +682,21 @@ def main(argv=None) -> None:
     ap.add_argument("--scorer", type=Path, default=None,
                     help="learned-scorer weights for kvzip-fast@<ratio> cells (default: the shipped file)")
     ap.add_argument("--segment-len", type=int, default=0, help="tokens per segment (0: the product's; own --work)")
+    ap.add_argument("--set", action="append", default=[], metavar="TOME_X=VALUE",
+                    help="a product setting (README's variables) for every cell of this run, e.g. "
+                         "TOME_MEMORY_EXCERPT_PLACE=user; repeatable; recorded in each cell")
     ap.add_argument("--tag", default="", help="results file suffix (bench/results/eval_compress_<model>_<part>_<tag>.json)")
     args = ap.parse_args(argv)
     global TAG, SCORER
     SCORER = args.scorer
+    from tome.config import Config
+
+    known = {f.metadata.get("env") for f in fields(Config)} - {None}
+    for pair in args.set:
+        var, eq, value = pair.partition("=")
+        if not eq or var not in known:
+            ap.error(f"--set wants TOME_VARIABLE=value with a variable of the README's table, not {pair!r}")
+        SETTINGS[var] = value
     TAG = f"_{args.tag}" if args.tag else ""
     {"passkey": part_passkey, "planted": part_planted, "realdocs": part_realdocs, "ppl": part_ppl,
      "report": report}[args.part](args)

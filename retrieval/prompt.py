@@ -121,22 +121,26 @@ def fit_budget(books: Sequence[tuple[str, Sequence[TextSegment]]], budget: int) 
 
 def build_messages(selection: Selection, question: str, history: Sequence[dict] = (),
                    memory_of: Sequence[str] = (), memory_marker: str | None = None,
-                   excerpts: Sequence[Excerpt] = ()) -> list[dict]:
+                   excerpts: Sequence[Excerpt] = (), excerpts_in: str = "system") -> list[dict]:
     """System prompt with the passages, then earlier turns, then the question.
 
     With ``memory_of`` (compressed mode) the documents are not in the text: they are memories in the
     cache. Without ``memory_marker`` they come before this prompt and the system prompt only names them;
     with it, the system prompt is the uncompressed one with each book's title followed by the marker,
     where its memories go (``uio.generate.split_chat``). ``excerpts`` (compressed mode): passages given
-    as text after the documents, labelled [book, p. N].
+    as text, labelled [book, p. N]: after the documents in the system message (``excerpts_in="system"``)
+    or in the question's own message, before it (``"user"``).
     """
+    if excerpts_in not in ("system", "user"):
+        raise ValueError(f'excerpts_in must be "system" or "user", not {excerpts_in!r}')
     if memory_of and memory_marker:
         docs = "\n\n".join(f"[{t}]\n{memory_marker}" for t in memory_of)
         system = f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"
     elif memory_of:
         system = MEMORY_PROMPT + " ".join(f"[{t}]" for t in memory_of)
-    if memory_of and excerpts:
-        system += EXCERPTS_HEADER + "\n\n".join(e.labelled() for e in excerpts)
+    passages = EXCERPTS_HEADER + "\n\n".join(e.labelled() for e in excerpts) if memory_of and excerpts else ""
+    if passages and excerpts_in == "system":
+        system += passages
     if not memory_of:
         blocks = [p.labelled() for p in selection.passages]
         docs = "\n\n".join(blocks) if blocks else "(no documents selected)"
@@ -147,6 +151,8 @@ def build_messages(selection: Selection, question: str, history: Sequence[dict] 
     messages = [{"role": "system", "content": system}]
     messages += [{"role": m["role"], "content": m["content"]} for m in history
                  if m.get("role") in ("user", "assistant")]
+    if passages and excerpts_in == "user":
+        question = f"{passages.strip()}\n\nQuestion: {question}"
     messages.append({"role": "user", "content": question})
     return messages
 

@@ -113,13 +113,17 @@ class CompressedContext:
         self.positions = answerer.models.config.memory_positions
         if self.layout not in ("inline", "before"):
             raise ValueError(f'memory_layout must be "inline" or "before", not {self.layout!r}')
+        if answerer.models.config.memory_excerpt_place not in ("system", "user"):
+            raise ValueError('memory_excerpt_place must be "system" or "user", '
+                             f"not {answerer.models.config.memory_excerpt_place!r}")
         if answerer.models.config.memory_excerpt_unit not in ("passage", "page"):
             raise ValueError('memory_excerpt_unit must be "passage" or "page", '
                              f"not {answerer.models.config.memory_excerpt_unit!r}")
 
     def _messages(self, question: str, history) -> list[dict]:
         return build_messages(fit_budget([], 0), question, history, memory_of=self.titles,
-                              memory_marker=self.MARK if self.layout == "inline" else None, excerpts=self.excerpts)
+                              memory_marker=self.MARK if self.layout == "inline" else None, excerpts=self.excerpts,
+                              excerpts_in=self.a.models.config.memory_excerpt_place)
 
     def _excerpts(self, docs: Sequence[DocumentInfo], ranking, stored: list) -> list[Excerpt]:
         """The text given beside the memories (``Config.memory_excerpts``, ``memory_excerpt_unit``), best first:

@@ -92,6 +92,9 @@ class Config:
     memory_excerpt_budget: int = _opt(256, "compressed mode with excerpts: most memory slots beside them (the "
                                           "segments closest to the question first; also below memory_budget); "
                                           "0: memory_budget alone decides", "TOME_MEMORY_EXCERPT_BUDGET", int)
+    memory_excerpt_place: str = _opt("system", 'compressed mode: where the excerpts go, "system" (after the '
+                                               'memory prompt) or "user" (in the question\'s message, before '
+                                               "it: closer to the question)", "TOME_MEMORY_EXCERPT_PLACE")
     memory_skip_excerpted: bool = _opt(False, "compressed mode with excerpts: the memory slots go to segments "
                                               "other than those the excerpts come from (their text is read "
                                               "already), so the memories cover more of the book",

@@ -35,3 +35,18 @@ def test_an_excerpt_cell_asks_with_that_text_beside_the_memories(tome_tiny, tmp_
     capped = ask(tome_tiny, [doc], "Who lit the lamp?", f"kvzip@8/x1b{cap}", 2)
     assert tome_tiny.config == base
     assert 0 < capped["prefix_len"] <= cap and capped["prompt_tokens"] == rows["x1"]["prompt_tokens"]
+
+
+def test_set_takes_only_the_products_variables_and_parses_them(monkeypatch):
+    import pytest
+
+    import bench.eval_compress as ev
+    from tome.config import Config
+
+    with pytest.raises(SystemExit):
+        ev.main(["report", "--set", "TOME_NOT_A_SETTING=1"])
+    with pytest.raises(SystemExit):
+        ev.main(["report", "--set", "TOME_MEMORY_EXCERPT_PLACE"])  # no value
+    monkeypatch.setattr(ev, "SETTINGS", {"TOME_MEMORY_EXCERPT_PLACE": "user", "TOME_MEMORY_SKIP_EXCERPTED": "1"})
+    cfg = Config.from_env(env=ev.SETTINGS)  # what make_tome starts from
+    assert (cfg.memory_excerpt_place, cfg.memory_skip_excerpted) == ("user", True)

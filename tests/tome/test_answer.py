@@ -259,6 +259,37 @@ def test_memory_excerpts_put_the_best_passages_as_text_beside_the_memories(tome_
     assert "+ 1 passage as text" in figures_line(got) and "passage" not in figures_line(base)
 
 
+def test_excerpts_in_the_question_message(tome_tiny, tmp_path):
+    """memory_excerpt_place="user": the same passage, labelled, in the question's message before the question
+    instead of in the system message; the question's own words stay last; a bad value is refused."""
+    from dataclasses import replace
+
+    from retrieval.prompt import Excerpt, build_messages, count_tokens, fit_budget
+
+    q = "What is the falcon called?"
+    ex = [Excerpt("Harbour", 2, "The lighthouse keeper owns a tame falcon named Ossian.")]
+    sys_msgs = build_messages(fit_budget([], 0), q, memory_of=["Harbour"], excerpts=ex)
+    user_msgs = build_messages(fit_budget([], 0), q, memory_of=["Harbour"], excerpts=ex, excerpts_in="user")
+    label = "[Harbour, p. 2]\nThe lighthouse keeper owns a tame falcon named Ossian."
+    assert label in sys_msgs[0]["content"] and sys_msgs[-1]["content"] == q
+    assert label not in user_msgs[0]["content"] and label in user_msgs[-1]["content"]
+    assert user_msgs[-1]["content"].endswith("Question: " + q)
+    bare = build_messages(fit_budget([], 0), q, memory_of=["Harbour"], excerpts_in="user")
+    assert bare[-1]["content"] == q  # no excerpts: the question alone
+    with pytest.raises(ValueError, match="excerpts_in"):
+        build_messages(fit_budget([], 0), q, memory_of=["Harbour"], excerpts=ex, excerpts_in="middle")
+
+    doc = tome_tiny.ingest(make_pdf(tmp_path / "h.pdf", ["The harbour master keeps the ledgers.",
+                                                         "The lighthouse keeper owns a tame falcon named Ossian."],
+                                    title="Harbour")).document
+    tome_tiny.config = replace(tome_tiny.config, memory_excerpt_place="user")
+    got = list(tome_tiny.ask([doc.id], q, mode="compressed", max_new_tokens=2))[-1]
+    assert got.stats["excerpts"] and got.stats["prompt_tokens"] > count_tokens(tome_tiny.lm.tokenizer, bare)
+    tome_tiny.config = replace(tome_tiny.config, memory_excerpt_place="middle")
+    with pytest.raises(ValueError, match="memory_excerpt_place"):
+        list(tome_tiny.ask([doc.id], q, mode="compressed", max_new_tokens=2))
+
+
 def test_page_excerpts_give_each_books_best_page_whole(tome_tiny, tmp_path):
     """``memory_excerpt_unit="page"``: the page of each chosen book's best passage goes in whole (the words
     that answer may sit beside the passage that matched), a two-book question gets a page of each book; with
