@@ -70,7 +70,6 @@ class Context:
     prompt_ids: list[int] | None = None  # the prompt after the cache, where the cache holds part of the template
     stats: dict = field(default_factory=dict)  # mode-specific figures for the answer
     ranking: object = None  # the retriever's Ranking the selection came from (None: not ranked)
-    logit_bias: dict[int, float] | None = None  # added to these tokens' logits at every step (copy bias)
 
 
 class UncompressedContext:
@@ -185,10 +184,6 @@ class CompressedContext:
                 ctx.cache, ctx.prefix = build_cache(lm, chosen, c.identity(lm))
             else:
                 ctx.cache, ctx.prefix = build_context(lm, chosen, c.identity(lm), self.positions, self.room)
-        bias = self.a.models.config.memory_copy_bias
-        if bias and self.excerpts:  # the excerpts' own tokens a little likelier: names copied whole
-            ids = {t for e in self.excerpts for t in lm.tokenizer(e.text, add_special_tokens=False)["input_ids"]}
-            ctx.logit_bias = dict.fromkeys(ids, bias)
         ctx.stats = {"compressor": c.name, "ratio": c.ratio, "memory_slots": sum(m.num_slots for m in chosen),
                      "memory_layout": self.layout,
                      "memory_positions": self.positions, "adapter_trained": self.a.models.trained(c.ratio, c.name),
@@ -299,8 +294,7 @@ class Answerer:
         from uio.generate import stream
 
         gen = stream(self.lm, ctx.messages, policy, past_key_values=ctx.cache, prefix_len=ctx.prefix,
-                     max_new_tokens=max_new, temperature=temperature, stop=stop, prompt_ids=ctx.prompt_ids,
-                     logit_bias=ctx.logit_bias)
+                     max_new_tokens=max_new, temperature=temperature, stop=stop, prompt_ids=ctx.prompt_ids)
         pieces = iter(gen)
         try:
             for piece in pieces:

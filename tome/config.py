@@ -95,9 +95,6 @@ class Config:
     memory_excerpt_place: str = _opt("system", 'compressed mode: where the excerpts go, "system" (after the '
                                                'memory prompt) or "user" (in the question\'s message, before '
                                                "it: closer to the question)", "TOME_MEMORY_EXCERPT_PLACE")
-    memory_copy_bias: float = _opt(0.0, "compressed mode with excerpts: added to the logit of every token of the "
-                                        "excerpts at each step, so names and values are copied whole (0: off)",
-                                   "TOME_MEMORY_COPY_BIAS", float)
     memory_skip_excerpted: bool = _opt(False, "compressed mode with excerpts: the memory slots go to segments "
                                               "other than those the excerpts come from (their text is read "
                                               "already), so the memories cover more of the book",

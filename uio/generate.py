@@ -212,7 +212,7 @@ def _streamed(lm: LoadedModel, stats: GenerationStats, stop: threading.Event | N
 def stream(lm: LoadedModel, messages: list[dict], policy: CachePolicy = FullCache(), past_key_values=None,
            prefix_len: int = 0, max_new_tokens: int = 256, temperature: float = 0.0,
            stop: threading.Event | None = None, chunk: int = PREFILL_CHUNK, evict_every: int = EVICT_EVERY,
-           prompt_ids: list[int] | None = None, logit_bias: dict[int, float] | None = None) -> Generation:
+           prompt_ids: list[int] | None = None) -> Generation:
     """Generate an answer to chat ``messages`` in a background thread, streaming its text, with the
     recent-cache ``policy`` (uio.cache) applied as the cache grows.
 
@@ -221,41 +221,17 @@ def stream(lm: LoadedModel, messages: list[dict], policy: CachePolicy = FullCach
     policy evicts after each chunk and every ``evict_every`` decoded tokens. A policy that never evicts
     (FullCache) skips that machinery: HF ``generate`` reads the prompt in one prefill (same tokens).
     ``prompt_ids``: the prompt's tokens when part of the chat template is already in the cache (``split_chat``).
-    ``logit_bias``: {token id: added to its logit} at every step, before the pick (the recorded log-probabilities,
-    the answer's confidence, stay the model's own).
     """
-    bias = _bias_vector(lm, logit_bias)
     enc, stats = _encode(lm, messages, prefix_len, max_new_tokens, prompt_ids)
     stats.policy = policy.name
     if policy.fast_path:
-        return _generate(lm, enc, stats, past_key_values, prefix_len, max_new_tokens, temperature, stop, bias)
+        return _generate(lm, enc, stats, past_key_values, prefix_len, max_new_tokens, temperature, stop)
     return _with_policy(lm, enc["input_ids"], stats, policy, past_key_values, prefix_len, max_new_tokens,
-                        temperature, stop, chunk, evict_every, bias)
-
-
-def _bias_vector(lm: LoadedModel, logit_bias: dict[int, float] | None) -> torch.Tensor | None:
-    if not logit_bias:
-        return None
-    vocab = lm.model.get_output_embeddings().weight.shape[0]
-    out = torch.zeros(vocab, dtype=torch.float32)
-    ids = torch.tensor([i for i in logit_bias if 0 <= i < vocab], dtype=torch.long)
-    out[ids] = torch.tensor([logit_bias[int(i)] for i in ids], dtype=torch.float32)
-    return out.to(lm.device)
-
-
-class _Bias(LogitsProcessor):
-    """Adds a fixed vector to every step's scores (``stream``'s ``logit_bias``)."""
-
-    def __init__(self, bias: torch.Tensor):
-        self.bias = bias
-
-    def __call__(self, input_ids, scores):
-        return scores + self.bias.to(scores.dtype)
+                        temperature, stop, chunk, evict_every)
 
 
 def _generate(lm: LoadedModel, enc: dict, stats: GenerationStats, past_key_values, prefix_len: int,
-              max_new_tokens: int, temperature: float, stop: threading.Event | None,
-              bias: torch.Tensor | None = None) -> Generation:
+              max_new_tokens: int, temperature: float, stop: threading.Event | None) -> Generation:
     """Everything kept: HF ``generate`` on the whole prompt (one prefill)."""
     if prefix_len:
         # generate() skips the input positions the cache already covers; placeholders stand for them.
@@ -275,8 +251,7 @@ def _generate(lm: LoadedModel, enc: dict, stats: GenerationStats, past_key_value
     def work(streamer: _TimedStreamer, stop: threading.Event) -> None:
         logprobs = _LogProbs(stats.token_logprobs)
         try:
-            processors = [logprobs] + ([_Bias(bias)] if bias is not None else [])  # the raw scores recorded
-            out = lm.model.generate(**kwargs, streamer=streamer, logits_processor=LogitsProcessorList(processors),
+            out = lm.model.generate(**kwargs, streamer=streamer, logits_processor=LogitsProcessorList([logprobs]),
                                     stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
             logprobs.finish(out[0, -1])
         finally:
@@ -294,19 +269,17 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
 
 def _with_policy(lm: LoadedModel, ids: torch.Tensor, stats: GenerationStats, policy: CachePolicy,
                  past_key_values, prefix_len: int, max_new_tokens: int, temperature: float,
-                 stop: threading.Event | None, chunk: int, evict_every: int,
-                 bias: torch.Tensor | None = None) -> Generation:
+                 stop: threading.Event | None, chunk: int, evict_every: int) -> Generation:
     """The prompt in chunks through a PolicyCache, evicting after each chunk and every ``evict_every``
     decoded tokens."""
     ids = ids.to(lm.device)
     eos = _eos_ids(lm)
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
-        chosen = logits.float() + bias if bias is not None else logits
         if temperature > 0:
-            token = torch.multinomial((chosen.float() / temperature).softmax(-1), 1)[:, 0]
+            token = torch.multinomial((logits.float() / temperature).softmax(-1), 1)[:, 0]
         else:
-            token = chosen.argmax(-1)
+            token = logits.argmax(-1)
         stats.token_logprobs.append(float(torch.log_softmax(logits[0].float(), -1)[int(token)]))
         return token
 

@@ -74,27 +74,3 @@ def test_each_handed_out_token_carries_its_log_probability(adapter, policy):
     assert gen.stats.new_tokens == 5 and gen.stats.token_logprobs == pytest.approx(expect, abs=1e-3)
     assert gen.stats.confidence == pytest.approx(float(torch.tensor(expect).mean().exp()), rel=1e-3)
     assert gen.stats.as_dict()["confidence"] == pytest.approx(gen.stats.confidence, rel=1e-3)
-
-
-@pytest.mark.parametrize("policy", ["full", "streaming"])  # HF generate, and our own decode loop
-def test_logit_bias_moves_the_pick_not_the_recorded_probabilities(adapter, policy):
-    """A large bias on one token makes greedy decoding pick it at every step; the log-probability recorded
-    for it (the answer's confidence) is the model's own, unbiased one."""
-    from uio.cache import resolve_policy
-
-    lm = adapter.lm
-    messages = [{"role": "user", "content": "Where is the lantern?"}]
-    plain = stream(lm, messages, resolve_policy(policy, 0.0), max_new_tokens=4)
-    "".join(plain)
-    ids = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True)["input_ids"]
-    with torch.inference_mode():
-        logp = torch.log_softmax(lm.model(ids).logits[0, -1].float(), -1)
-    target = int(logp.argsort()[len(logp) // 2])  # a token greedy decoding would not choose
-    eos = {lm.tokenizer.eos_token_id}
-    assert target not in eos
-    biased = stream(lm, messages, resolve_policy(policy, 0.0), max_new_tokens=4, logit_bias={target: 1e4})
-    "".join(biased)
-    assert biased.stats.new_tokens == 4
-    assert biased.stats.token_logprobs[0] == pytest.approx(float(logp[target]), abs=1e-3)  # not ~0
-    assert biased.stats.token_logprobs[0] < plain.stats.token_logprobs[0]
