@@ -71,3 +71,44 @@ def test_hybrid_ranking_puts_the_passage_both_indexes_like_first(db_url, monkeyp
     assert hits[0].page_start == MANUAL[2][0]
     assert {h.passage for h in hits} == {0, 1, 2, 3, 4}
     store.close()
+
+
+TOC = ("Contents\n"
+       "1 Pelicans . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . 1\n"
+       "1.1 Counting the nesting pelicans . . . . . . . . . . . . . . . . . . . . . 2\n"
+       "1.2 The census file . . . . . . . . . . . . . . . . . . . . . . . . . . . . 3\n"
+       "2 Herons . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . 4\n")
+
+
+def test_tables_of_contents_and_indexes_are_told_from_text():
+    from retrieval.passages import is_navigation
+
+    assert is_navigation(TOC)
+    assert is_navigation("zqxtally . . . . . . . . . 2\n--by-colony . . . . . . . . 2\nheron . . . . . . 4\n"
+                         "pelican, nesting . . . . . . . . . . . xii")  # an index, a roman page number
+    assert not is_navigation(_long_segments()[1].text)
+    assert not is_navigation("Wait . . . . and then count.\nThe census file lists 12 colonies.")  # one line
+    prose = "\n".join(["The census ran for a week."] * 8)
+    assert not is_navigation(prose + "\n" + TOC.splitlines()[1] + "\n" + TOC.splitlines()[2]
+                             + "\n" + TOC.splitlines()[3])  # three leader lines of eleven: prose with a list
+
+
+def test_demote_navigation_ranks_a_table_of_contents_after_the_text(db_url):
+    """The contents page matches the question's words best; with the option it ranks after every passage of
+    text, without it first."""
+    from ingest.segments import Segment
+    from retrieval.retriever import Retriever
+    from storage import Store
+
+    store = Store(db_url)
+    body = ("On the first morning the wardens walk the shore. To count the nesting pelicans, run zqxtally on "
+            "the census file, colony by colony.")
+    doc = store.add_document(sha256="a" * 64, title="Birds", filename="b.pdf", kind="pdf", pages=2,
+                             segments=[Segment(0, TOC, 1, 1, 0, 90), Segment(1, body, 2, 2, 90, 130)])
+    q = "Counting the nesting pelicans: the census file"
+    plain = Retriever(store).rank([store.get_document(doc.id)], q).hits
+    demoted = Retriever(store, demote_navigation=True).rank([store.get_document(doc.id)], q).hits
+    assert plain[0].page_start == 1  # the contents line holds every word of the question
+    assert demoted[0].page_start == 2 and demoted[-1].page_start == 1
+    assert {h.passage for h in plain} == {h.passage for h in demoted}  # demoted, not dropped
+    store.close()
