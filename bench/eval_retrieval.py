@@ -145,13 +145,6 @@ def ranked_units(tome, docs, question, method):
         finally:
             r.fusion_weights, r.rrf_k = old
         return _pages(ranking), ranking.segment_scores([d.id for d in docs]), ranking
-    if method == "hybrid-nav":  # tables of contents and indexes after every passage of text
-        r.demote_navigation = True
-        try:
-            ranking = r.rank(docs, question, "hybrid")
-        finally:
-            r.demote_navigation = False
-        return _pages(ranking), ranking.segment_scores([d.id for d in docs]), ranking
     if method == "hybrid-whole":  # without searching a two-part question's parts
         r.decompose = False
         try:
@@ -294,12 +287,11 @@ CONTEXT_NAMES = {"context": "neighbour each way, global", "context_n0": "no neig
                  "context_mem_global": "compressed 8x, edge, global", "context_mem_share": "compressed 8x, edge, per book",
                  "context_mem_share_n0": "compressed 8x, no neighbours, per book"}
 
-METHODS = ("segments", "vector", "lexical", "hybrid", "hybrid-whole", "hybrid-nav", "rrf:60:1:1", "rrf:60:1:2", "rrf:60:1:4", "rrf:10:1:2",
+METHODS = ("segments", "vector", "lexical", "hybrid", "hybrid-whole", "rrf:60:1:1", "rrf:60:1:2", "rrf:60:1:4", "rrf:10:1:2",
            "rrf:5:1:2", "rrf:1:1:2", "rrf:2:1:1", "rrf:2:1:3")
 LABELS = {"segments": "today: segment vectors", "vector": "passage vectors", "lexical": "full text (FTS5 BM25)",
           "hybrid": "hybrid (shipped: RRF k=2, 1:2, two-part questions also by part)",
-          "hybrid-whole": "hybrid, the question only whole",
-          "hybrid-nav": "hybrid, contents and index pages last (TOME_DEMOTE_NAVIGATION)"}  # rrf:K:WV:WL = RRF k, vector weight, full-text weight
+          "hybrid-whole": "hybrid, the question only whole"}  # rrf:K:WV:WL = RRF k, vector weight, full-text weight
 
 
 def recall(tome, docs, data, methods=METHODS) -> dict:

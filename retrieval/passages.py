@@ -14,7 +14,6 @@ segment's pages over its text by length.
 from __future__ import annotations
 
 import bisect
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -128,15 +127,3 @@ def make_passages(segments: Sequence, tokenizer, breaks: Sequence[Breaks] | None
         b = breaks[k] if breaks is not None else estimated_breaks(seg.text, seg.page_start, seg.page_end)
         out += split_passages(seg.text, b, tokenizer, seg.index, len(out))
     return out
-
-
-# A table-of-contents or index line: a title, dot leaders, a page number ("3.2.4 Lists . . . . . 10").
-_LEADER_LINE = re.compile(r"(?:\.\s*){4,}(?:\d+|[ivxlcdm]+)\s*$", re.IGNORECASE)
-
-
-def is_navigation(text: str, share: float = 0.4, least: int = 3) -> bool:
-    """True for a passage of a table of contents or an index: at least ``least`` of its lines, and ``share``
-    of them, end in dot leaders and a page number. It names a topic's page; the answer is on that page."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    leaders = sum(1 for ln in lines if _LEADER_LINE.search(ln))
-    return leaders >= least and leaders >= share * len(lines)

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 from retrieval.decompose import parts as question_parts
 from retrieval.embed import load_embedder, to_bytes
 from retrieval.fusion import rrf
-from retrieval.passages import PassageSpan, is_navigation, make_passages, page_breaks
+from retrieval.passages import PassageSpan, make_passages, page_breaks
 from retrieval.search import VectorSearch
 from storage import DocumentInfo, PassageRecord, Store
 
@@ -123,7 +123,7 @@ class Retriever:
 
     def __init__(self, store: Store, embedder: str = "minilm", index_threshold: int = 100_000,
                  fusion_weights: tuple[float, float] = FUSION_WEIGHTS, fusion_k: int = FUSION_K,
-                 decompose: bool = True, demote_navigation: bool = False):
+                 decompose: bool = True):
         self.store = store
         self.embedder_name = embedder
         self.vectors = VectorSearch(store, index_threshold=index_threshold)  # whole segments (the old way)
@@ -131,9 +131,6 @@ class Retriever:
         self.fusion_weights = fusion_weights  # (vector, full text) in the reciprocal-rank fusion
         self.rrf_k = fusion_k
         self.decompose = decompose  # also search each part of a two-part question (retrieval.decompose)
-        # tables of contents and indexes (retrieval.passages.is_navigation) rank after every passage of text:
-        # their words match many questions, their answers are on other pages
-        self.demote_navigation = demote_navigation
         # doc -> its pages (ingest.pages.Page) or None; set by the library, to place page breaks exactly
         # when passages are made for a document stored before they existed
         self.pages_of: Callable[[DocumentInfo], Sequence | None] | None = None
@@ -267,9 +264,7 @@ class Retriever:
         titles = {d.id: d.title for d in docs}
         hits = []
         lowest = float("-inf")  # ties (one first, one second place each way) go to the closer meaning
-        nav = (lambda key: is_navigation(records[key[0]][key[1]].text)) if self.demote_navigation else (lambda key: False)
-        order = sorted(fused.items(), key=lambda x: (nav(x[0]), -x[1], -vscore.get(x[0], lowest),
-                                                     -lscore.get(x[0], lowest), x[0]))
+        order = sorted(fused.items(), key=lambda x: (-x[1], -vscore.get(x[0], lowest), -lscore.get(x[0], lowest), x[0]))
         for (doc_id, pi), sc in order:
             p = records[doc_id][pi]
             hits.append(Retrieved(doc_id, titles[doc_id], p.segment, p.text, p.page, p.page, sc, p.index,

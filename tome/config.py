@@ -130,9 +130,6 @@ class Config:
                                         "wrong, docs/RESULTS.md)", "TOME_CONFIDENCE_FLOOR", float)
     embedder: str = _opt("minilm", 'segment embedder: "minilm" (all-MiniLM-L6-v2, shipped in a wheel), a hub id '
                                    "or a path", "TOME_EMBEDDER")
-    demote_navigation: bool = _opt(False, "retrieval: passages of a table of contents or an index (dot leaders and "
-                                          "page numbers) rank after every passage of text",
-                                   "TOME_DEMOTE_NAVIGATION", _flag)
     neighbours: int = _opt(0, "segments on each side of a retrieved one that come with it (where its best "
                               "passage touches that side), when they fit; 0: none (measured best, docs/RESULTS.md)",
                            "TOME_NEIGHBOURS", int)

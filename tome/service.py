@@ -31,8 +31,7 @@ class Tome:
         self.models = Models(config, lm, adapter)
         self.store = Store(config.db)
         self.files = MemoryFiles(config.memories_path)
-        self.retriever = Retriever(self.store, config.embedder, config.vector_index_min,
-                                   demote_navigation=config.demote_navigation)
+        self.retriever = Retriever(self.store, config.embedder, config.vector_index_min)
         self.memories = Memories(self.models, self.store, self.files, config.memory_cache_mb)
         self.queue = Queue(self.models, self.store, self.files, self.memories)
         self.library = Library(self.models, self.store, self.files, Uploads(config.uploads_path),
