@@ -72,6 +72,7 @@ class Passage:
 
 
 EXCERPTS_HEADER = "\n\nPassages that may hold the answer, word for word, labelled [book, page]:\n\n"
+EXCERPT_PLACES = ("system", "user")  # where build_messages may put compressed mode's excerpts
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,8 @@ def build_messages(selection: Selection, question: str, history: Sequence[dict] 
     as text, labelled [book, p. N]: after the documents in the system message (``excerpts_in="system"``)
     or in the question's own message, before it (``"user"``).
     """
-    if excerpts_in not in ("system", "user"):
-        raise ValueError(f'excerpts_in must be "system" or "user", not {excerpts_in!r}')
+    if excerpts_in not in EXCERPT_PLACES:
+        raise ValueError(f"excerpts_in must be one of {EXCERPT_PLACES}, not {excerpts_in!r}")
     if memory_of and memory_marker:
         docs = "\n\n".join(f"[{t}]\n{memory_marker}" for t in memory_of)
         system = f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"

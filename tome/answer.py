@@ -16,7 +16,7 @@ from typing import Collection, Iterator, Sequence
 
 from retrieval.citations import Source, cite
 from retrieval.narrow import best_pages, best_per_book, narrower
-from retrieval.prompt import Excerpt, Selection, build_messages, count_tokens, fit_budget
+from retrieval.prompt import EXCERPT_PLACES, Excerpt, Selection, build_messages, count_tokens, fit_budget
 from retrieval.retriever import Retriever
 from retrieval.select import select_segments
 from storage import DocumentInfo, Store
@@ -113,8 +113,8 @@ class CompressedContext:
         self.positions = answerer.models.config.memory_positions
         if self.layout not in ("inline", "before"):
             raise ValueError(f'memory_layout must be "inline" or "before", not {self.layout!r}')
-        if answerer.models.config.memory_excerpt_place not in ("system", "user"):
-            raise ValueError('memory_excerpt_place must be "system" or "user", '
+        if answerer.models.config.memory_excerpt_place not in EXCERPT_PLACES:
+            raise ValueError(f"memory_excerpt_place must be one of {EXCERPT_PLACES}, "
                              f"not {answerer.models.config.memory_excerpt_place!r}")
         if answerer.models.config.memory_excerpt_unit not in ("passage", "page"):
             raise ValueError('memory_excerpt_unit must be "passage" or "page", '
@@ -238,7 +238,8 @@ class Answerer:
         with timer.phase("select"):
             ranking = ranking or self.retriever.rank(docs, question)
             scores = ranking.segment_scores([d.id for d in docs])
-            scores = {d: {j: v for j, v in m.items() if (d, j) not in skip} for d, m in scores.items()}
+            if skip:
+                scores = {d: {j: v for j, v in m.items() if (d, j) not in skip} for d, m in scores.items()}
             # a hit's neighbours come only where its best passage touches its segment's edge
             reach = [ranking.reach(d.id, [s.text for s in segs], neighbours) for d, (_, segs) in zip(docs, books)]
             selection = select_segments(books, [scores[d.id] for d in docs], budget, neighbours, reach=reach)
