@@ -259,7 +259,8 @@ class Answerer:
         ``cache_policy``/``cache_eviction`` prune the recent cache (prompt and generated tokens; never the
         memories), ``compressor``/``ratio`` choose the memories of compressed mode (made on demand where
         missing); all default to the config's. An uncompressed answer that only restates the question is
-        asked again over each book's best page alone (``Config.reread``; its first answer kept in the figures).
+        asked again over each book's best page alone, as text, in either mode (``Config.reread``; its first answer
+        kept in the figures).
         """
         timer = Timer()  # stats["timing"]: where the time to the first token went
         question = question.strip()
@@ -280,10 +281,12 @@ class Answerer:
         update.stats = self._figures(gen.stats, ctx, policy, timer)
         update.text = update.text.strip()
         update.stats["restates_question"] = restates_question(update.text, question)  # found no answer
-        if (update.stats["restates_question"] and mode == "uncompressed" and self.models.config.reread
-                and not (stop is not None and stop.is_set())):
-            yield from self._reread(ctx, docs, builder, question, history, update, max_new, temperature, stop,
-                                    lambda: self.models.cache_policy(cache_policy, cache_eviction))
+        if update.stats["restates_question"] and self.models.config.reread and not (stop is not None and stop.is_set()):
+            # compressed mode re-reads the page as text too: its memories and passage gave no answer already
+            reader = builder if mode == "uncompressed" else UncompressedContext(self)
+            yield from self._reread(ctx, docs, reader, question, history, update, max_new, temperature, stop,
+                                    lambda: self.models.cache_policy(cache_policy, cache_eviction),
+                                    narrow_only=mode == "uncompressed")
         update.done = True
         self.store.add_message(conversation_id, "assistant", update.text, mode=mode,
                                stats=update.stats | {"sources": [s.as_dict() for s in update.sources]})
@@ -307,16 +310,19 @@ class Answerer:
 
     def _reread(self, ctx: Context, docs: Sequence[DocumentInfo], builder, question: str, history,
                 update: AnswerUpdate, max_new: int, temperature: float, stop: threading.Event | None,
-                new_policy) -> Iterator[AnswerUpdate]:
+                new_policy, narrow_only: bool = True) -> Iterator[AnswerUpdate]:
         """Ask again over each book's best page alone (``retrieval.narrow``) after an answer that restated the
-        question; ``update`` then carries the second answer, and its figures the first one's under "reread"."""
+        question; ``update`` then carries the second answer, and its figures the first one's under "reread".
+
+        ``narrow_only``: only when the pages hold less text than the first read (uncompressed mode; a compressed
+        read's slots and passage are not text to compare with, and it never saw the page whole)."""
         if ctx.ranking is None:
             return
         books = max(1, min(len(docs), self.models.config.context_books))
         segments = {d.id: self.store.segments(d.id) for d in docs}
         selection, owner = best_pages(ctx.ranking, {d.id: d.title for d in docs}, segments.__getitem__,
                                       self.count_tokens, books)
-        if not narrower(ctx.selection, selection):
+        if not selection.passages or (narrow_only and not narrower(ctx.selection, selection)):
             return
         narrow = Context(selection, owner, ranking=ctx.ranking)
         pages = [f"{p.title}, p. {p.segment.page_start}" for p in selection.passages]

@@ -122,8 +122,9 @@ class Config:
     context_books: int = _opt(2, "a question over several books gets context_budget per book, up to this many "
                                  "books' worth (both books' answering pages fit; docs/RESULTS.md)",
                               "TOME_CONTEXT_BOOKS", int)
-    reread: bool = _opt(True, "an uncompressed answer that only restates the question is asked again over each "
-                              "book's best-matching page alone (retrieval/narrow.py; docs/RESULTS.md)",
+    reread: bool = _opt(True, "an answer (either mode) that only restates the question is asked again over each "
+                              "book's best-matching page alone, as text (retrieval/narrow.py; docs/RESULTS.md, "
+                              "docs/COMPRESSION.md)",
                         "TOME_REREAD", _flag)
     confidence_floor: float = _opt(0.0, "mark an answer whose confidence (geometric mean of its token probabilities) "
                                         "is below this; 0: never (on Qwen2.5-0.5B it does not tell right from "

@@ -62,11 +62,19 @@ def test_an_answer_that_restates_the_question_is_asked_again_over_the_best_page(
     assert stored["reread"]["pages"][0] == "Birch, p. 2" and stored["sources"][0]["page_start"] == 2
 
 
-def test_no_second_read_when_turned_off_or_compressed(tome_tiny, tmp_path):
+def test_a_compressed_answer_that_restates_the_question_is_read_again_as_text(tome_tiny, tmp_path):
     birch = tome_tiny.ingest(_birch(tmp_path)).document
     _silent(tome_tiny)
-    compressed = list(tome_tiny.ask([birch.id], QUESTION, max_new_tokens=2, mode="compressed"))[-1]
-    assert compressed.stats["restates_question"] and "reread" not in compressed.stats
+    final = list(tome_tiny.ask([birch.id], QUESTION, max_new_tokens=2, mode="compressed"))[-1]
+    assert final.stats["restates_question"] and final.stats["reread"]["pages"] == ["Birch, p. 2"]
+    assert final.stats["memory_slots"] > 0  # the first read was the memories' (its figures stay)
+    assert final.sources[0].label() == "Birch, p. 2" and final.context_tokens == final.stats["context_tokens"] > 0
+
+
+def test_no_second_read_when_turned_off(tome_tiny, tmp_path):
+    birch = tome_tiny.ingest(_birch(tmp_path)).document
+    _silent(tome_tiny)
     tome_tiny.config.reread = False
-    plain = list(tome_tiny.ask([birch.id], QUESTION, max_new_tokens=2))[-1]
-    assert plain.stats["restates_question"] and "reread" not in plain.stats
+    for mode in ("uncompressed", "compressed"):
+        plain = list(tome_tiny.ask([birch.id], QUESTION, max_new_tokens=2, mode=mode))[-1]
+        assert plain.stats["restates_question"] and "reread" not in plain.stats
