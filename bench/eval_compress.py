@@ -189,6 +189,7 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
             "prompt_tokens": st.get("prompt_tokens"), "prefix_len": st.get("memory_slots", st.get("prefix_len")),
             "context_tokens": last.context_tokens, "kv_bytes": st.get("kv_bytes"),
             "truncated": bool(last.truncated), "total_s": st.get("total_s"),
+            "first_answer": (st.get("reread") or {}).get("first_answer"),  # set when the answer was re-read
             "pages": sorted({p for s in last.sources for p in range(s.page_start, s.page_end + 1)})
             if last.sources and hasattr(last.sources[0], "page_start") else None}
 
