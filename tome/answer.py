@@ -258,7 +258,7 @@ class Answerer:
 
         ``cache_policy``/``cache_eviction`` prune the recent cache (prompt and generated tokens; never the
         memories), ``compressor``/``ratio`` choose the memories of compressed mode (made on demand where
-        missing); all default to the config's. An uncompressed answer that only restates the question is
+        missing); all default to the config's. An answer that only restates the question is
         asked again over each book's best page alone, as text, in either mode (``Config.reread``; its first answer
         kept in the figures).
         """
