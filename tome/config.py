@@ -123,8 +123,8 @@ class Config:
                                  "books' worth (both books' answering pages fit; docs/RESULTS.md)",
                               "TOME_CONTEXT_BOOKS", int)
     reread: bool = _opt(True, "an answer (either mode) that only restates the question is asked again over each "
-                              "book's best-matching page alone, as text (retrieval/narrow.py; docs/RESULTS.md, "
-                              "docs/COMPRESSION.md)",
+                              "book's best-matching page alone, as text (compressed mode: only with memory_excerpts; "
+                              "retrieval/narrow.py; docs/RESULTS.md, docs/COMPRESSION.md)",
                         "TOME_REREAD", _flag)
     confidence_floor: float = _opt(0.0, "mark an answer whose confidence (geometric mean of its token probabilities) "
                                         "is below this; 0: never (on Qwen2.5-0.5B it does not tell right from "
