@@ -174,13 +174,16 @@ def _text(content) -> str:
 
 def figures_line(u: AnswerUpdate) -> str:
     s = u.stats
-    what = (f"compressed {s.get('compressor', '')} {s.get('ratio', '')}x · {u.context_tokens:,} memory slots"
+    slots = s.get("memory_slots", u.context_tokens)  # after a second read context_tokens is the page's text
+    what = (f"compressed {s.get('compressor', '')} {s.get('ratio', '')}x · {slots:,} memory slots"
             if u.mode == "compressed"
             else f"uncompressed · {u.context_tokens:,} document tokens")
     if u.mode == "compressed" and s.get("excerpts"):
         n = len(s["excerpts"])
         unit = "page" if s.get("excerpt_unit") == "page" else "passage"
         what += f" + {n} {unit}{'s' if n > 1 else ''} as text"
+    if u.mode == "compressed" and s.get("reread"):
+        what += f" · re-read as text: {u.context_tokens:,} tokens"
     untrained = " · untrained adapter" if u.mode == "compressed" and not s.get("adapter_trained", True) else ""
     policy = s.get("cache_policy", "full")
     if policy != "full":

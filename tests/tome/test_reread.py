@@ -69,6 +69,11 @@ def test_a_compressed_answer_that_restates_the_question_is_read_again_as_text(to
     assert final.stats["restates_question"] and final.stats["reread"]["pages"] == ["Birch, p. 2"]
     assert final.stats["memory_slots"] > 0  # the first read was the memories' (its figures stay)
     assert final.sources[0].label() == "Birch, p. 2" and final.context_tokens == final.stats["context_tokens"] > 0
+    from ui.handlers import figures_line
+    line = figures_line(final)  # the memories' slots, and the page's tokens named as the second read's
+    assert f"{final.stats['memory_slots']:,} memory slots" in line
+    assert f"re-read as text: {final.context_tokens:,} tokens" in line
+    assert final.stats["memory_slots"] != final.context_tokens
     tome_tiny.config.memory_excerpts = 0  # memories alone: no text read, so none on the second read either
     alone = list(tome_tiny.ask([birch.id], QUESTION, max_new_tokens=2, mode="compressed"))[-1]
     assert alone.stats["restates_question"] and "reread" not in alone.stats and alone.stats["excerpts"] == []
