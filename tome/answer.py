@@ -260,7 +260,7 @@ class Answerer:
         memories), ``compressor``/``ratio`` choose the memories of compressed mode (made on demand where
         missing); all default to the config's. An answer that only restates the question is
         asked again over each book's best page alone, as text, in either mode (``Config.reread``; its first answer
-        kept in the figures; compressed mode only where it reads passages as text, ``Config.memory_excerpts``).
+        kept in the figures; compressed mode only where it read passages as text, ``Config.memory_excerpts``).
         """
         timer = Timer()  # stats["timing"]: where the time to the first token went
         question = question.strip()
@@ -281,11 +281,11 @@ class Answerer:
         update.stats = self._figures(gen.stats, ctx, policy, timer)
         update.text = update.text.strip()
         update.stats["restates_question"] = restates_question(update.text, question)  # found no answer
-        cfg = self.models.config
-        # compressed mode re-reads the page as text too where it reads text at all (memory_excerpts): memories
-        # alone stay memories alone
-        text_read = mode == "uncompressed" or cfg.memory_excerpts > 0
-        if update.stats["restates_question"] and cfg.reread and text_read and not (stop is not None and stop.is_set()):
+        # compressed mode re-reads the page as text too where this answer read text at all (its excerpts):
+        # memories alone stay memories alone
+        text_read = mode == "uncompressed" or bool(update.stats.get("excerpts"))
+        if (update.stats["restates_question"] and self.models.config.reread and text_read
+                and not (stop is not None and stop.is_set())):
             reader = builder if mode == "uncompressed" else UncompressedContext(self)
             yield from self._reread(ctx, docs, reader, question, history, update, max_new, temperature, stop,
                                     lambda: self.models.cache_policy(cache_policy, cache_eviction),
