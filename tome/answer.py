@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Collection, Iterator, Sequence
 
+from retrieval.aim import aimed
 from retrieval.citations import Source, cite
-from retrieval.narrow import best_pages, best_per_book, narrower
+from retrieval.narrow import best_pages, best_per_book, narrower, page_text
 from retrieval.prompt import EXCERPT_PLACES, Excerpt, Selection, build_messages, count_tokens, fit_budget
 from retrieval.retriever import Retriever
 from retrieval.select import select_segments
@@ -125,7 +126,15 @@ class CompressedContext:
                               memory_marker=self.MARK if self.layout == "inline" else None, excerpts=self.excerpts,
                               excerpts_in=self.a.models.config.memory_excerpt_place)
 
-    def _excerpts(self, docs: Sequence[DocumentInfo], ranking, stored: list) -> list[Excerpt]:
+    def _passage_text(self, hit, ranking, segments: dict, question: str) -> str:
+        """A passage's text as read: re-cut around the question's best sentence (``Config.memory_excerpt_aim``)
+        or as ranked."""
+        if not self.a.models.config.memory_excerpt_aim:
+            return hit.text
+        page = page_text(ranking, hit.document_id, hit.page_start, segments[hit.document_id])
+        return aimed(hit, page, question)
+
+    def _excerpts(self, docs: Sequence[DocumentInfo], ranking, stored: list, question: str) -> list[Excerpt]:
         """The text given beside the memories (``Config.memory_excerpts``, ``memory_excerpt_unit``), best first:
         each chosen book's best passages, or the pages of each book's best passages, whole (a passage is a
         window of its page; the words that answer may sit beside it). The books are those of the best
@@ -134,10 +143,11 @@ class CompressedContext:
         cfg = self.a.models.config
         n = max(0, cfg.memory_excerpts)
         books = max(1, min(len(docs), cfg.context_books))
-        if cfg.memory_excerpt_unit == "passage":
-            return [Excerpt(h.title, h.page_start, h.text, h.document_id, h.index)
-                    for h in best_per_book(ranking, {d.id for d in docs}, books, n)]
         segments = {d.id: segs for d, segs in zip(docs, stored)}
+        if cfg.memory_excerpt_unit == "passage":
+            return [Excerpt(h.title, h.page_start, self._passage_text(h, ranking, segments, question),
+                            h.document_id, h.index)
+                    for h in best_per_book(ranking, {d.id for d in docs}, books, n)]
         pages, owner = best_pages(ranking, {d.id: d.title for d in docs}, segments.__getitem__, self.a.count_tokens,
                                   books, n)
         return [Excerpt(p.title, p.segment.page_start, p.segment.text, owner[id(p.segment)], p.segment.index)
@@ -152,7 +162,7 @@ class CompressedContext:
             stored = [a.store.segments(d.id) for d in docs]
         with timer.phase("select"):
             ranking = a.retriever.rank(docs, question)
-        self.excerpts = self._excerpts(docs, ranking, stored)
+        self.excerpts = self._excerpts(docs, ranking, stored, question)
         books = [(d.title, [_SlotSegment(s.text, s.page_start, s.page_end, s.index, mem.slots[j])
                             for j, s in enumerate(segs)])
                  for d, mem, segs in zip(docs, self.memories, stored)]

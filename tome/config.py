@@ -92,6 +92,10 @@ class Config:
     memory_excerpt_budget: int = _opt(256, "compressed mode with excerpts: most memory slots beside them (the "
                                           "segments closest to the question first; also below memory_budget); "
                                           "0: memory_budget alone decides", "TOME_MEMORY_EXCERPT_BUDGET", int)
+    memory_excerpt_aim: bool = _opt(True, "compressed mode: each passage read as text is re-cut, at its length and "
+                                          "on its page, to start just before the sentence sharing the most rare "
+                                          "words with the question (the answer often follows the words that "
+                                          "match; retrieval.aim)", "TOME_MEMORY_EXCERPT_AIM", _flag)
     memory_excerpt_place: str = _opt("system", 'compressed mode: where the excerpts go, "system" (after the '
                                                'memory prompt) or "user" (in the question\'s message, before '
                                                "it: closer to the question)", "TOME_MEMORY_EXCERPT_PLACE")
