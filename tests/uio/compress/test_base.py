@@ -269,3 +269,40 @@ def test_shared_compression_reports_progress_as_each_segment_is_scored(tiny_llam
                                                        hold=Hold)
     assert seen == [(i, 5) for i in range(1, 6)] and held == [0, 1, 2, 3, 4]  # one hold per segment
     assert sum(mem.slots[:4]) == 32 and mem.slots[4] == 8  # groups {0..3} and {4}
+
+
+def test_token_surprisal_is_the_models_own_next_token_loss(tiny_qwen):
+    from uio.compress.base import token_surprisal
+    from uio.adapter import body
+
+    ids = torch.tensor(tokens(40, seed=3))
+    with torch.inference_mode():
+        hidden = body(tiny_qwen)(input_ids=ids[None]).last_hidden_state[0]
+        logits = tiny_qwen.model(input_ids=ids[None]).logits[0].float()
+        got = token_surprisal(tiny_qwen, hidden, ids, chunk=7)  # chunks that do not divide n
+    want = torch.nn.functional.cross_entropy(logits[:-1], ids[1:], reduction="none")
+    assert got[0] == 0 and torch.allclose(got[1:], want, atol=1e-4)
+
+
+def test_surprise_adds_to_log_scores_multiplies_mass_and_is_in_the_identity_only_when_on(tiny_llama):
+    ids = tokens(64, seed=4)
+    plain = make_compressor("kvzip", 8)
+    assert "surprise" not in plain.params()  # memories made before the option keep their fingerprint
+    sur = make_compressor("kvzip", 8, surprise=0.5)
+    assert identity(plain, tiny_llama) != identity(sur, tiny_llama) and sur.params()["surprise"] == 0.5
+    with torch.inference_mode():
+        pre = sur.prefill(tiny_llama, ids)
+        assert pre.surprisal is not None and pre.surprisal.shape == (64,) and plain.prefill(tiny_llama, ids).surprisal is None
+        scores = sur.score(tiny_llama, pre).float()
+        assert torch.allclose(sur.ranked(tiny_llama, pre), scores * (0.5 * pre.surprisal).exp())
+    # kvzip-fast's scores are log scores: the prior adds (a token the model could not predict gains rank)
+    fast = make_compressor("kvzip-fast", 8, surprise=2.0)
+    assert fast.log_scores and not plain.log_scores
+    s = torch.zeros(1, 1, 8)
+    surprisal = torch.tensor([0.0, 0, 0, 9.0, 0, 0, 0, 0])
+    from uio.compress.base import Prefill
+
+    pre = Prefill(torch.arange(8), torch.zeros(1, 8, 1, 2), torch.zeros(1, 8, 1, 2), None, [s], surprisal)
+    fast.score = lambda lm, p: p.observed[0]  # flat scores for this check (no scorer needed)
+    assert torch.equal(fast.ranked(None, pre), s + 2.0 * surprisal)
+    assert fast.select(fast.ranked(None, pre), 1).tolist() == [[[3]]]
