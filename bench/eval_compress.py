@@ -197,7 +197,7 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
 EXCERPT_CELL = re.compile(r"([xp])(\d+)(nomem|b\d+)?(skip)?")  # /xN: N passages as text, /pN: N pages a book;
 # then nomem: no memory slot, bM: at most M memory slots (the product's memory_budget); skip: the memory slots
 # go to other segments than the excerpts' (memory_skip_excerpted)
-COMPRESSOR_VARIANTS = ("pool", "cap", "share", "sur")  # cell variants that change the compressor (compressor_variant)
+COMPRESSOR_VARIANTS = ("pool", "cap", "share")  # cell variants that change the compressor (compressor_variant)
 SCORER: Path | None = None  # --scorer: the weights file kvzip-fast cells use instead of the shipped one
 SETTINGS: dict[str, str] = {}  # --set TOME_X=value: product settings of every cell of the run (recorded in each)
 
@@ -207,8 +207,7 @@ def compressor_variant(tome, name: str, ratio: int | None, variant: str) -> Iter
     """"kvzip-fast@8/pool5": inside the block, Tome makes and reads ``name`` at ``ratio`` with its scores
     average-pooled over 5 tokens (``ScoringCompressor.pool``): other memories, another fingerprint;
     "kvzip@32/cap25": no 32-token window holds more than 25 % of a head's slots (``span_cap``);
-    "kvzip-fast@32/share16": groups of 16 segments split one budget by their scores (``share``);
-    "kvzip-fast@32/sur50": each token's surprisal at weight 0.5 in its score (``surprise``).
+    "kvzip-fast@32/share16": groups of 16 segments split one budget by their scores (``share``).
     With ``--scorer FILE``, kvzip-fast cells score with that file (its digest is in the fingerprint)."""
     kw: dict = {}
     if ratio is not None and variant.startswith("pool"):
@@ -217,8 +216,6 @@ def compressor_variant(tome, name: str, ratio: int | None, variant: str) -> Iter
         kw["span_cap"] = int(variant[3:]) / 100
     if ratio is not None and variant.startswith("share"):  # "share16": groups of 16 segments split one budget; "share1": none
         kw["share"] = int(variant[5:])
-    if ratio is not None and variant.startswith("sur"):  # "sur50": each token's surprisal at weight 0.50 (surprise)
-        kw["surprise"] = int(variant[3:]) / 100
     if ratio is not None and SCORER is not None and tome.models.compressor_name(name) == "kvzip-fast":
         kw["weights"] = str(SCORER)
     if not kw:

@@ -237,7 +237,6 @@ class Prefill:
     values: torch.Tensor
     cache: DynamicCache
     observed: list = field(default_factory=list)
-    surprisal: torch.Tensor | None = None  # (n,) nats per token, when the compressor asks (``surprise``)
 
     @property
     def n(self) -> int:
@@ -266,13 +265,6 @@ class ScoringCompressor(Compressor):
     # rounds its chunks up to a multiple of ``share``) so memories do not depend on how a document is chunked.
     share: int = 1
     share_floor: float = 0.25  # no segment of a group keeps under this fraction of its own ceil(n / ratio)
-    # Weight of each token's surprisal (nats: -log p(token | the segment before it), from the prefill's own
-    # logits) in its score (0: none): log scores gain ``surprise * surprisal``, attention-mass scores are
-    # multiplied by exp of it. What a reader asks for (a digit of a key, a made-up name, a value) is what the
-    # model could not predict; LLMLingua keeps prompt tokens by the same measure. Costs the LM head over the
-    # segment (~+38 % of a Qwen2.5-0.5B prefill).
-    surprise: float = 0.0
-    log_scores: ClassVar[bool] = False  # scores on a log scale (the prior adds) or a mass scale (it multiplies)
 
     def pool_kernel(self) -> int:
         """The pool kernel in effect (``pool`` resolved; 0 = none)."""
@@ -295,8 +287,6 @@ class ScoringCompressor(Compressor):
         share, floor = p.pop("share", 1), p.pop("share_floor", 0.25)
         if share > 1:  # likewise: per-segment budgets keep their identity
             p.update(share=share, share_floor=floor)
-        if p.pop("surprise", 0.0):  # likewise: memories without the prior keep their identity
-            p["surprise"] = self.surprise
         return p
 
     # -- what subclasses write -------------------------------------------------------------------
@@ -307,16 +297,6 @@ class ScoringCompressor(Compressor):
     def score(self, lm: LoadedModel, pre: Prefill) -> torch.Tensor:
         """(layers, kv_heads, n) float: higher = keep."""
         raise NotImplementedError
-
-    def ranked(self, lm: LoadedModel, pre: Prefill) -> torch.Tensor:
-        """``score`` in float32 with the surprisal prior (``surprise``) applied: what selection ranks."""
-        scores = self.score(lm, pre).float()
-        if not self.surprise:
-            return scores
-        if pre.surprisal is None:
-            raise RuntimeError("surprise > 0 needs the prefill's surprisal (ScoringCompressor.prefill)")
-        bonus = self.surprise * pre.surprisal.to(scores.device, torch.float32)
-        return scores + bonus if self.log_scores else scores * bonus.exp()
 
     # -- the mechanical part ---------------------------------------------------------------------
     @torch.inference_mode()
@@ -368,7 +348,7 @@ class ScoringCompressor(Compressor):
             for tokens in token_lists[i:j]:
                 with hold():
                     pre = self.prefill(lm, tokens)
-                    scores = self.pooled(self.ranked(lm, pre))
+                    scores = self.pooled(self.score(lm, pre).float())
                 pre.cache = None  # only keys, values and scores are kept for the group's split
                 scored.append((pre, scores))
                 done(i + len(scored))
@@ -384,7 +364,7 @@ class ScoringCompressor(Compressor):
         and the kept tokens' indices (layers, kv_heads, slots), ascending."""
         pre = self.prefill(lm, tokens)
         k = slots_at_ratio(pre.n, self.ratio)
-        return self.keep(lm, pre, None if k == pre.n else self.ranked(lm, pre), k)
+        return self.keep(lm, pre, None if k == pre.n else self.score(lm, pre).float(), k)
 
     def keep(self, lm: LoadedModel, pre: Prefill, scores: torch.Tensor | None, k: int, pooled: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -457,32 +437,16 @@ class ScoringCompressor(Compressor):
         cache = DynamicCache(config=lm.model.config)
         try:
             with observed_attention(lm):
-                out = net(input_ids=ids[None], past_key_values=cache, use_cache=True,
-                          position_ids=torch.arange(len(ids), device=lm.device)[None],
-                          tome_observe=lambda m, q, k: observed.append(self.observe(m, q, k)))
+                net(input_ids=ids[None], past_key_values=cache, use_cache=True,
+                    position_ids=torch.arange(len(ids), device=lm.device)[None],
+                    tome_observe=lambda m, q, k: observed.append(self.observe(m, q, k)))
         finally:
             for h in hooks:
                 h.remove()
         layers, _, kv, hd = model_shape(lm)
         keys = torch.stack([k.reshape(len(ids), kv, hd) for k in grabbed_k])  # (layers, n, kv, hd)
         values = torch.stack([v.reshape(len(ids), kv, hd) for v in grabbed_v])
-        surprisal = token_surprisal(lm, out.last_hidden_state[0], ids) if self.surprise else None
-        return Prefill(ids, keys, values, cache, observed, surprisal)
-
-
-def token_surprisal(lm: LoadedModel, hidden: torch.Tensor, ids: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """(n,) float32: -log p(ids[t] | ids[:t]) from the final hidden states (n, d); 0 for the first token.
-
-    The LM head runs over ``chunk`` rows at a time (a 151,936-word vocabulary over 1,024 rows would be
-    0.6 GB of float32 logits at once)."""
-    head = lm.model.get_output_embeddings()
-    n = int(ids.shape[0])
-    out = torch.zeros(n, dtype=torch.float32, device=hidden.device)
-    for a in range(0, n - 1, chunk):
-        b = min(a + chunk, n - 1)
-        logits = head(hidden[a:b]).float()
-        out[a + 1:b + 1] = torch.logsumexp(logits, -1) - logits.gather(-1, ids[a + 1:b + 1, None])[:, 0]
-    return out
+        return Prefill(ids, keys, values, cache, observed)
 
 
 def share_budget(scores: Sequence[torch.Tensor], bases: Sequence[int], floor: float,

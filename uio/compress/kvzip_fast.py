@@ -66,7 +66,6 @@ class KVzipFastCompressor(ScoringCompressor):
     label: ClassVar[str] = "KVzip-fast (learned scorer, one pass)"
     version: ClassVar[str] = "2"  # 2: the scorer may read the prefill's queries and keys (cross features)
     shares: ClassVar[bool] = True  # scores compare across segments (Config.memory_share)
-    log_scores: ClassVar[bool] = True  # the scorer predicts KVzip's log scores
     pool: int = AUTO_POOL  # pooled over 3 tokens at 32x (the base class's rule)
     weights: str = field(default="", metadata={"identity": False})  # "" -> the shipped scorer; its digest counts
 
