@@ -2,8 +2,8 @@
 
 Passages are fixed windows of a page (``retrieval.passages``), ranked whole. In a manual the
 words that match a question (a heading, an option's name) often end one window and the answer
-follows in the next sentence: of compressed mode's real-manual misses with the gold page's passage
-in front of the reader, about a third had the answer just past the passage's edge ("The value is
+follows in the next sentence: several of compressed mode's real-manual misses with the gold page's
+passage in front of the reader had the answer just past the passage's edge ("The value is
 specified in milliseconds, so a" — cut before "default 500"; docs/COMPRESSION.md, "Fourteenth run").
 So the excerpt compressed mode reads as text is moved, within its page and near where it was, to
 start shortly before the sentence that shares the most rare question words, keeping its length
@@ -19,8 +19,9 @@ from storage.fulltext import terms
 
 LEAD = 0.2  # share of the window placed before the best sentence (a heading or the sentence before it)
 REACH = 0.5  # how far (in window lengths) beyond the passage's ends the best sentence may lie
-# Endings dropped so that a question's word meets its forms in the text ("computing" ~ "computed").
-_SUFFIX = re.compile(r"(?:ing|ed|es|s)$")
+# Endings dropped so that a question's word meets its forms in the text ("computing" ~ "computed" ~
+# "compute", "values" ~ "value"); a light stemmer, Python has none built in.
+_SUFFIX = re.compile(r"(?:ing|ed|es|(?<!s)s)$")
 
 # A sentence ends at . ! ? or : before whitespace, or at a blank line; a PDF's line breaks inside a
 # sentence do not end it.
@@ -36,7 +37,7 @@ class Span:
 
 
 def _key(word: str) -> str:
-    stem = _SUFFIX.sub("", word)
+    stem = _SUFFIX.sub("", word).removesuffix("e")
     return stem if len(stem) >= 3 else word
 
 
@@ -93,7 +94,6 @@ def aim(text: str, passage: Span, page: Span, question: str) -> Span:
         cut = text.rfind(" ", start + size // 2, end + 1)
         end = cut if cut > 0 else end
     return Span(start, end)
-
 
 
 def aimed(hit, page: str, question: str) -> str:
