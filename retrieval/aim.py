@@ -85,15 +85,18 @@ def aim(text: str, passage: Span, page: Span, question: str) -> Span:
     start = max(page.start, best.start - lead)
     before = [s.start for s in spans if start <= s.start <= best.start]
     start = before[0] if before else best.start  # begin at a sentence, not inside one
-    if start > page.end - size:  # near the page's end: the window ends there, starting at a word
-        start = page.end - size
-        if start > page.start and not text[start - 1].isspace():
-            start = next((i + 1 for i in range(start, best.start) if text[i].isspace()), start)
+    start = _word_start(text, min(start, page.end - size), page)  # near the page's end: the window ends there
     end = min(page.end, start + size)
-    if end < page.end:  # end between words
-        cut = text.rfind(" ", start + size // 2, end + 1)
-        end = cut if cut > 0 else end
+    if end < page.end:  # end between words (the last space inside the window; a window of one word stays cut)
+        end = next((i for i in range(end, start, -1) if text[i].isspace()), end)
     return Span(start, end)
+
+
+def _word_start(text: str, i: int, page: Span) -> int:
+    """``i``, or the start of the next word where ``i`` falls inside one (the page's start counts as one)."""
+    if i <= page.start or text[i - 1].isspace():
+        return max(i, page.start)
+    return next((j + 1 for j in range(i, page.end - 1) if text[j].isspace()), i)
 
 
 def aimed(hit, page: str, question: str) -> str:

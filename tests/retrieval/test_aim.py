@@ -85,3 +85,26 @@ def test_compressed_mode_reads_the_aimed_passage(tome_tiny, tmp_path):
     tome_tiny.config = replace(tome_tiny.config, memory_excerpt_aim=False)
     off = CompressedContext(tome_tiny.answerer)._excerpts(docs, ranking, stored, QUESTION)
     assert [e.text for e in off] == [hit.text]
+
+
+def test_any_window_stays_on_its_page_no_longer_than_the_passage_and_starts_at_a_word():
+    import random
+
+    rng = random.Random(7)
+    words = ["timeout", "default", "value", "shell", "reads", "the", "of", "500.", "key:", "sequence.", "\n", "\n\n"]
+    question = "What is the default value of the shell timeout?"
+    for _ in range(300):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(20, 200)))
+        a = rng.randint(0, len(text) // 2)
+        page = Span(a, rng.randint(a + 1, len(text)))
+        p0 = rng.randint(page.start, page.end - 1)
+        passage = Span(p0, rng.randint(p0 + 1, page.end))
+        if passage.end - passage.start < 40:  # real passages are ~200 word pieces; a window of one word stays cut
+            continue
+        got = aim(text, passage, page, question)
+        if got == passage:
+            continue
+        assert page.start <= got.start < got.end <= page.end
+        assert got.end - got.start <= passage.end - passage.start
+        assert got.start == page.start or text[got.start - 1].isspace()
+        assert got.end == page.end or text[got.end].isspace()
