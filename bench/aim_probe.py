@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS_DIR, write_json  # noqa: E402
-from bench.eval_compress import ingest_all, make_tome  # noqa: E402
+from bench.eval_compress import make_tome, planted_library, realdocs_library  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -42,18 +42,12 @@ def main(argv: list[str] | None = None) -> dict:
 
         work = args.work / args.model / f"planted{args.pages}"
         tome = make_tome(args.model, work, 1)
-        qset = planted.make_books(work / "books", seed=0, pages=args.pages)
-        paths = [Path(d["path"]) if "path" in d else work / "books" / d["filename"] for d in qset["documents"]]
-        by_path = ingest_all(tome, paths)
-        by_id = {d["id"]: by_path[str(p)] for d, p in zip(qset["documents"], paths)}
+        qset, by_id = planted_library(tome, work, args.pages)
         grade, chosen = planted.grade, sorted(by_id)
     else:
         tome = make_tome(args.model, args.work / args.model / "realdocs", 1)
-        qset = realdocs.load(batches=realdocs.parse_batches(args.batches))
-        meta = realdocs.documents(qset)
         chosen = args.docs.split(",")
-        docs = ingest_all(tome, [Path(meta[d]["path"]) for d in chosen])
-        by_id = {d: docs[meta[d]["path"]] for d in chosen}
+        qset, by_id = realdocs_library(tome, args.batches, chosen)
         grade = realdocs.grade
     books = tome.config.context_books
     ranked, cut = {}, {lead: {} for lead in map(float, args.leads.split(","))}

@@ -364,16 +364,33 @@ def part_passkey(args) -> None:
                      args.model, "passkey")
 
 
+def planted_library(tome, work: Path, pages: int) -> tuple[dict, dict]:
+    """The planted-fact set (made once in ``work``/books) and its books ingested: (qset, book id -> DocumentInfo)."""
+    from bench.qa import planted
+
+    qset = planted.make_books(work / "books", seed=0, pages=pages)
+    paths = {d["id"]: Path(d["path"]) if "path" in d else work / "books" / d["filename"] for d in qset["documents"]}
+    docs = ingest_all(tome, list(paths.values()))
+    return qset, {k: docs[str(p)] for k, p in paths.items()}
+
+
+def realdocs_library(tome, batches: str, chosen: list[str]) -> tuple[dict, dict]:
+    """The real-manual questions of ``batches`` and the ``chosen`` manuals ingested: (qset, id -> DocumentInfo)."""
+    from bench.qa import realdocs
+
+    qset = realdocs.load(batches=realdocs.parse_batches(batches))
+    meta = realdocs.documents(qset)
+    docs = ingest_all(tome, [Path(meta[d]["path"]) for d in chosen])
+    return qset, {d: docs[meta[d]["path"]] for d in chosen}
+
+
 def part_planted(args) -> None:
     from bench.qa import planted
 
     work = args.work / args.model / f"planted{args.pages}"
     tome = make_tome(args.model, work, args.threads, args.adapter, args.segment_len)
     data = load_part(args.model, "planted")
-    qset = planted.make_books(work / "books", seed=0, pages=args.pages)
-    paths = {d["id"]: Path(d["path"]) if "path" in d else work / "books" / d["filename"] for d in qset["documents"]}
-    docs = ingest_all(tome, list(paths.values()))
-    by_id = {k: docs[str(p)] for k, p in paths.items()}
+    qset, by_id = planted_library(tome, work, args.pages)
     items = [([by_id[x] for x in q["docs"]], q["question"] + SHORT, q) for q in qset["questions"]]
     data["set"] = {"pages": args.pages, "questions": len(items),
                    "tokens": {d.title: d.tokens for d in by_id.values()}}
@@ -388,11 +405,8 @@ def part_realdocs(args) -> None:
     work = args.work / args.model / "realdocs"
     tome = make_tome(args.model, work, args.threads, args.adapter, args.segment_len)
     data = load_part(args.model, "realdocs")
-    qset = realdocs.load(batches=realdocs.parse_batches(args.batches))
     chosen = args.docs.split(",")
-    meta = realdocs.documents(qset)
-    docs = ingest_all(tome, [Path(meta[d]["path"]) for d in chosen])
-    by_id = {d: docs[meta[d]["path"]] for d in chosen}
+    qset, by_id = realdocs_library(tome, args.batches, chosen)
     qs = [q for q in qset["questions"] if all(x in by_id for x in q["docs"])]
     items = [([by_id[x] for x in q["docs"]], q["question"] + SHORT, q) for q in qs]
     data["set"] = {"docs": chosen, "questions": len(items),
