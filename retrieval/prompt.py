@@ -122,8 +122,7 @@ def fit_budget(books: Sequence[tuple[str, Sequence[TextSegment]]], budget: int) 
 
 def build_messages(selection: Selection, question: str, history: Sequence[dict] = (),
                    memory_of: Sequence[str] = (), memory_marker: str | None = None,
-                   excerpts: Sequence[Excerpt] = (), excerpts_in: str = "system",
-                   question_first: bool = False) -> list[dict]:
+                   excerpts: Sequence[Excerpt] = (), excerpts_in: str = "system") -> list[dict]:
     """System prompt with the passages, then earlier turns, then the question.
 
     With ``memory_of`` (compressed mode) the documents are not in the text: they are memories in the
@@ -131,8 +130,7 @@ def build_messages(selection: Selection, question: str, history: Sequence[dict] 
     with it, the system prompt is the uncompressed one with each book's title followed by the marker,
     where its memories go (``uio.generate.split_chat``). ``excerpts`` (compressed mode): passages given
     as text, labelled [book, p. N]: after the documents in the system message (``excerpts_in="system"``)
-    or in the question's own message, before it (``"user"``). ``question_first``: the question also stands
-    right before the text it is answered from (a small reader then reads the text knowing what to look for).
+    or in the question's own message, before it (``"user"``).
     """
     if excerpts_in not in EXCERPT_PLACES:
         raise ValueError(f"excerpts_in must be one of {EXCERPT_PLACES}, not {excerpts_in!r}")
@@ -141,18 +139,16 @@ def build_messages(selection: Selection, question: str, history: Sequence[dict] 
         system = f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"
     elif memory_of:
         system = MEMORY_PROMPT + " ".join(f"[{t}]" for t in memory_of)
-    ahead = f"\n\nQuestion: {question}" if question_first else ""
     passages = EXCERPTS_HEADER + "\n\n".join(e.labelled() for e in excerpts) if memory_of and excerpts else ""
-    passages = ahead + passages if passages else ""
     if passages and excerpts_in == "system":
         system += passages
     if not memory_of:
         blocks = [p.labelled() for p in selection.passages]
         docs = "\n\n".join(blocks) if blocks else "(no documents selected)"
         if any(p.breaks for p in selection.passages):
-            system = f"{PAGED_PROMPT}{ahead}\n\nPassages:\n\n{docs}"
+            system = f"{PAGED_PROMPT}\n\nPassages:\n\n{docs}"
         else:
-            system = f"{SYSTEM_PROMPT}{ahead}\n\nDocuments:\n\n{docs}"
+            system = f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"
     messages = [{"role": "system", "content": system}]
     messages += [{"role": m["role"], "content": m["content"]} for m in history
                  if m.get("role") in ("user", "assistant")]

@@ -84,16 +84,14 @@ class UncompressedContext:
         a = self.a
         with timer.phase("lookup"):
             books = [(d.title, a.store.segments(d.id)) for d in docs]
-        first = a.models.config.question_first
-        bare = count_tokens(a.lm.tokenizer, build_messages(fit_budget([], 0), question, history, question_first=first))
+        bare = count_tokens(a.lm.tokenizer, build_messages(fit_budget([], 0), question, history))
         room = a.lm.window - bare - max_new - 64  # 64: passage headers
         cfg = a.models.config
         budget = cfg.context_budget * max(1, min(len(docs), cfg.context_books))  # each book its own room
         return a.choose(docs, books, question, max(0, min(budget, room)), timer)
 
     def assemble(self, ctx: Context, question: str, history, timer: Timer) -> None:
-        ctx.messages = build_messages(ctx.selection, question, history,
-                                      question_first=self.a.models.config.question_first)
+        ctx.messages = build_messages(ctx.selection, question, history)
 
 
 class CompressedContext:
@@ -126,8 +124,7 @@ class CompressedContext:
     def _messages(self, question: str, history) -> list[dict]:
         return build_messages(fit_budget([], 0), question, history, memory_of=self.titles,
                               memory_marker=self.MARK if self.layout == "inline" else None, excerpts=self.excerpts,
-                              excerpts_in=self.a.models.config.memory_excerpt_place,
-                              question_first=self.a.models.config.question_first)
+                              excerpts_in=self.a.models.config.memory_excerpt_place)
 
     def _passage_text(self, hit, ranking, segments: dict, question: str) -> str:
         """A passage's text as read: re-cut around the question's best sentence (``Config.memory_excerpt_aim``)

@@ -133,9 +133,6 @@ class Config:
                               "book's best-matching page alone, as text (compressed mode: only with memory_excerpts; "
                               "retrieval/narrow.py; docs/RESULTS.md, docs/COMPRESSION.md)",
                         "TOME_REREAD", _flag)
-    question_first: bool = _opt(False, "the question also stands right before the text it is answered from "
-                                       "(either mode), not only after it (docs/COMPRESSION.md)",
-                                "TOME_QUESTION_FIRST", _flag)
     contrast: float = _opt(0.0, "context-aware decoding: each answer token's log-probability weighed against the "
                                 "bare question's, (1 + a) log p(y|context) - a log p(y|question); 0: off "
                                 "(uio/contrast.py, docs/COMPRESSION.md)", "TOME_CONTRAST", float)

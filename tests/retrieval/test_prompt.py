@@ -58,26 +58,3 @@ def test_prompt_labels_each_page_of_a_segment():
     system = build_messages(Selection([p], []), "q")[0]["content"]
     assert "[Book, p. 3]" in system and "say that they do not" in system
     assert Passage("Book", seg).labelled().startswith("[Book, pp. 3-4]\n")
-
-
-def test_question_first_puts_the_question_right_before_the_text_too():
-    from retrieval.prompt import Excerpt
-
-    q = "Who keeps the ledgers?"
-    sel = fit_budget([book("A", 2)], budget=1000)
-    plain = build_messages(sel, q)
-    first = build_messages(sel, q, question_first=True)
-    assert q not in plain[0]["content"] and first[-1] == plain[-1] == {"role": "user", "content": q}
-    system = first[0]["content"]
-    assert system.index("Question: " + q) < system.index("A-0")  # before the documents' text
-    assert system.replace("\n\nQuestion: " + q, "") == plain[0]["content"]  # nothing else moved
-    ex = [Excerpt("A", 1, "The harbour master keeps the ledgers.")]
-    for place in ("system", "user"):
-        msgs = build_messages(fit_budget([], 0), q, memory_of=["A"], excerpts=ex, excerpts_in=place,
-                              question_first=True)
-        text = msgs[0]["content"] if place == "system" else msgs[-1]["content"]
-        assert text.index("Question: " + q) < text.index("The harbour master")
-        assert msgs[-1]["content"].endswith(q)
-    # memories alone: no text to put it before, so the prompt is unchanged
-    alone = build_messages(fit_budget([], 0), q, memory_of=["A"], question_first=True)
-    assert alone == build_messages(fit_budget([], 0), q, memory_of=["A"])
