@@ -287,8 +287,7 @@ class Answerer:
                               truncated=ctx.selection.truncated, context_tokens=ctx.selection.tokens)
         with self.models.lock:
             builder.assemble(ctx, question, history, timer)
-            gen = yield from self._generate(ctx, policy, update, max_new, temperature, stop,
-                                            self._contrast(question, history))
+            gen = yield from self._generate(ctx, policy, update, max_new, temperature, stop)
         update.stats = self._figures(gen.stats, ctx, policy, timer)
         update.text = update.text.strip()
         update.stats["restates_question"] = restates_question(update.text, question)  # found no answer
@@ -306,26 +305,13 @@ class Answerer:
                                stats=update.stats | {"sources": [s.as_dict() for s in update.sources]})
         yield update
 
-    def _contrast(self, question: str, history):
-        """A fresh question-only stream for context-aware decoding (``Config.contrast``), or None when off."""
-        alpha = self.models.config.contrast
-        if alpha <= 0:
-            return None
-        from uio.contrast import ContextContrast
-
-        messages = [{"role": m["role"], "content": m["content"]} for m in history]
-        ids = self.lm.tokenizer.apply_chat_template(messages + [{"role": "user", "content": question}],
-                                                    add_generation_prompt=True, tokenize=True, return_dict=True)
-        return ContextContrast(self.lm, list(ids["input_ids"]), alpha)
-
     def _generate(self, ctx: Context, policy, update: AnswerUpdate, max_new: int, temperature: float,
-                  stop: threading.Event | None, contrast=None):
+                  stop: threading.Event | None):
         """Stream the answer to ``ctx`` into ``update`` (yielding snapshots); returns the generator (its stats)."""
         from uio.generate import stream
 
         gen = stream(self.lm, ctx.messages, policy, past_key_values=ctx.cache, prefix_len=ctx.prefix,
-                     max_new_tokens=max_new, temperature=temperature, stop=stop, prompt_ids=ctx.prompt_ids,
-                     contrast=contrast)
+                     max_new_tokens=max_new, temperature=temperature, stop=stop, prompt_ids=ctx.prompt_ids)
         pieces = iter(gen)
         try:
             for piece in pieces:
@@ -360,8 +346,7 @@ class Answerer:
         t0 = time.perf_counter()
         with self.models.lock:
             builder.assemble(narrow, question, history, Timer())
-            gen = yield from self._generate(narrow, new_policy(), update, max_new, temperature, stop,
-                                            self._contrast(question, history))
+            gen = yield from self._generate(narrow, new_policy(), update, max_new, temperature, stop)
         update.text = update.text.strip()
         update.note = ""
         first["seconds"] = round(time.perf_counter() - t0, 3)  # what the second read added

@@ -133,9 +133,6 @@ class Config:
                               "book's best-matching page alone, as text (compressed mode: only with memory_excerpts; "
                               "retrieval/narrow.py; docs/RESULTS.md, docs/COMPRESSION.md)",
                         "TOME_REREAD", _flag)
-    contrast: float = _opt(0.0, "context-aware decoding: each answer token's log-probability weighed against the "
-                                "bare question's, (1 + a) log p(y|context) - a log p(y|question); 0: off "
-                                "(uio/contrast.py, docs/COMPRESSION.md)", "TOME_CONTRAST", float)
     confidence_floor: float = _opt(0.0, "mark an answer whose confidence (geometric mean of its token probabilities) "
                                         "is below this; 0: never (on Qwen2.5-0.5B it does not tell right from "
                                         "wrong, docs/RESULTS.md)", "TOME_CONFIDENCE_FLOOR", float)

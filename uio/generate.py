@@ -212,7 +212,7 @@ def _streamed(lm: LoadedModel, stats: GenerationStats, stop: threading.Event | N
 def stream(lm: LoadedModel, messages: list[dict], policy: CachePolicy = FullCache(), past_key_values=None,
            prefix_len: int = 0, max_new_tokens: int = 256, temperature: float = 0.0,
            stop: threading.Event | None = None, chunk: int = PREFILL_CHUNK, evict_every: int = EVICT_EVERY,
-           prompt_ids: list[int] | None = None, contrast: LogitsProcessor | None = None) -> Generation:
+           prompt_ids: list[int] | None = None) -> Generation:
     """Generate an answer to chat ``messages`` in a background thread, streaming its text, with the
     recent-cache ``policy`` (uio.cache) applied as the cache grows.
 
@@ -221,20 +221,17 @@ def stream(lm: LoadedModel, messages: list[dict], policy: CachePolicy = FullCach
     policy evicts after each chunk and every ``evict_every`` decoded tokens. A policy that never evicts
     (FullCache) skips that machinery: HF ``generate`` reads the prompt in one prefill (same tokens).
     ``prompt_ids``: the prompt's tokens when part of the chat template is already in the cache (``split_chat``).
-    ``contrast``: re-weighs each step's scores before the pick (``uio.contrast.ContextContrast``); the
-    recorded log-probabilities stay the model's own.
     """
     enc, stats = _encode(lm, messages, prefix_len, max_new_tokens, prompt_ids)
     stats.policy = policy.name
     if policy.fast_path:
-        return _generate(lm, enc, stats, past_key_values, prefix_len, max_new_tokens, temperature, stop, contrast)
+        return _generate(lm, enc, stats, past_key_values, prefix_len, max_new_tokens, temperature, stop)
     return _with_policy(lm, enc["input_ids"], stats, policy, past_key_values, prefix_len, max_new_tokens,
-                        temperature, stop, chunk, evict_every, contrast)
+                        temperature, stop, chunk, evict_every)
 
 
 def _generate(lm: LoadedModel, enc: dict, stats: GenerationStats, past_key_values, prefix_len: int,
-              max_new_tokens: int, temperature: float, stop: threading.Event | None,
-              contrast: LogitsProcessor | None = None) -> Generation:
+              max_new_tokens: int, temperature: float, stop: threading.Event | None) -> Generation:
     """Everything kept: HF ``generate`` on the whole prompt (one prefill)."""
     if prefix_len:
         # generate() skips the input positions the cache already covers; placeholders stand for them.
@@ -254,8 +251,7 @@ def _generate(lm: LoadedModel, enc: dict, stats: GenerationStats, past_key_value
     def work(streamer: _TimedStreamer, stop: threading.Event) -> None:
         logprobs = _LogProbs(stats.token_logprobs)
         try:
-            processors = [logprobs] + ([contrast] if contrast is not None else [])  # the model's own logprobs
-            out = lm.model.generate(**kwargs, streamer=streamer, logits_processor=LogitsProcessorList(processors),
+            out = lm.model.generate(**kwargs, streamer=streamer, logits_processor=LogitsProcessorList([logprobs]),
                                     stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
             logprobs.finish(out[0, -1])
         finally:
@@ -273,19 +269,17 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
 
 def _with_policy(lm: LoadedModel, ids: torch.Tensor, stats: GenerationStats, policy: CachePolicy,
                  past_key_values, prefix_len: int, max_new_tokens: int, temperature: float,
-                 stop: threading.Event | None, chunk: int, evict_every: int,
-                 contrast: LogitsProcessor | None = None) -> Generation:
+                 stop: threading.Event | None, chunk: int, evict_every: int) -> Generation:
     """The prompt in chunks through a PolicyCache, evicting after each chunk and every ``evict_every``
     decoded tokens."""
     ids = ids.to(lm.device)
     eos = _eos_ids(lm)
 
-    def pick(logits: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        scores = contrast(last, logits) if contrast is not None else logits
+    def pick(logits: torch.Tensor) -> torch.Tensor:
         if temperature > 0:
-            token = torch.multinomial((scores.float() / temperature).softmax(-1), 1)[:, 0]
+            token = torch.multinomial((logits.float() / temperature).softmax(-1), 1)[:, 0]
         else:
-            token = scores.argmax(-1)
+            token = logits.argmax(-1)
         stats.token_logprobs.append(float(torch.log_softmax(logits[0].float(), -1)[int(token)]))
         return token
 
@@ -296,9 +290,8 @@ def _with_policy(lm: LoadedModel, ids: torch.Tensor, stats: GenerationStats, pol
             for i in range(0, ids.shape[1], chunk):
                 out = pc.forward(ids[:, i:i + chunk], logits_to_keep=1)
                 pc.evict()
-            token = ids[:, -1]
             for n in range(1, max_new_tokens + 1):
-                token = pick(out.logits[:, -1], token[:, None])
+                token = pick(out.logits[:, -1])
                 streamer.put(token.cpu())
                 if int(token) in eos or stop.is_set() or n == max_new_tokens:
                     break

@@ -333,30 +333,3 @@ def test_page_excerpts_give_each_books_best_page_whole(tome_tiny, tmp_path):
     tome_tiny.config = replace(tome_tiny.config, memory_excerpt_unit="chapter")
     with pytest.raises(ValueError, match="memory_excerpt_unit"):
         list(tome_tiny.ask([a.id], q, mode="compressed"))
-
-
-@pytest.mark.parametrize("mode", ["uncompressed", "compressed"])
-def test_contrast_reads_the_bare_question_beside_the_answer(tome_tiny, tmp_path, mode):
-    """``Config.contrast`` > 0: each answer also runs the question alone, without the books' text (its chat
-    prompt is one of the model's forwards); 0: never."""
-    from dataclasses import replace
-
-    doc = tome_tiny.ingest(make_pdf(tmp_path / "b.pdf", PAGES)).document
-    q = "Who lit the lantern?"
-    tok = tome_tiny.lm.tokenizer
-    bare = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                   return_dict=True)["input_ids"]
-    seen = []
-    hook = tome_tiny.lm.model.register_forward_hook(
-        lambda _m, _a, kw, _o: seen.append(kw["input_ids"][0].tolist()), with_kwargs=True)
-    try:
-        list(tome_tiny.ask([doc.id], q, mode=mode, max_new_tokens=3))
-        assert bare not in seen
-        seen.clear()
-        tome_tiny.config = replace(tome_tiny.config, contrast=0.5)
-        list(tome_tiny.ask([doc.id], q, mode=mode, max_new_tokens=3))
-    finally:
-        hook.remove()
-    assert bare in seen
-    # one forward per new token after the bare prompt's prefill: the token the answer picked
-    assert sum(len(s) == 1 for s in seen[seen.index(bare):]) >= 1
