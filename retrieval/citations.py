@@ -11,12 +11,12 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from retrieval.aim import best_sentence, sentences
 from retrieval.prompt import Passage
 
 SNIPPET_CHARS = 200
 
 _WORD = re.compile(r"\w{3,}")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,13 @@ class Source:
 
 
 def snippet(text: str, question: str = "") -> str:
-    """A short quote of a segment: from the sentence sharing most words with the question (else its start)."""
+    """A short quote of a segment: from the sentence that shares the most rare question words (stems alike,
+    ``retrieval.aim.best_sentence``), else from its start."""
     flat = " ".join(text.split())
-    asked = {w.lower() for w in _WORD.findall(question)}
-    sentences = _SENTENCE.split(flat)
-    best = max(range(len(sentences)), key=lambda i: (len(asked & {w.lower() for w in _WORD.findall(sentences[i])}), -i))
-    quote = " ".join(sentences[best:])
-    lead = "… " if best else ""
+    best = best_sentence(flat, sentences(flat, 0, len(flat)), question) if question else None
+    start = best.start if best else 0
+    quote = flat[start:]
+    lead = "… " if start else ""
     return lead + (quote if len(quote) <= SNIPPET_CHARS else quote[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …")
 
 
