@@ -197,7 +197,7 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
 EXCERPT_CELL = re.compile(r"([xp])(\d+)(nomem|b\d+)?(skip)?")  # /xN: N passages as text, /pN: N pages a book;
 # then nomem: no memory slot, bM: at most M memory slots (the product's memory_budget); skip: the memory slots
 # go to other segments than the excerpts' (memory_skip_excerpted)
-COMPRESSOR_VARIANTS = ("pool", "cap", "share", "dedup")  # cell variants that change the compressor (compressor_variant)
+COMPRESSOR_VARIANTS = ("pool", "cap", "share")  # cell variants that change the compressor (compressor_variant)
 SCORER: Path | None = None  # --scorer: the weights file kvzip-fast cells use instead of the shipped one
 SETTINGS: dict[str, str] = {}  # --set TOME_X=value: product settings of every cell of the run (recorded in each)
 
@@ -216,8 +216,6 @@ def compressor_variant(tome, name: str, ratio: int | None, variant: str) -> Iter
         kw["span_cap"] = int(variant[3:]) / 100
     if ratio is not None and variant.startswith("share"):  # "share16": groups of 16 segments split one budget; "share1": none
         kw["share"] = int(variant[5:])
-    if ratio is not None and variant.startswith("dedup"):  # "dedup95": skip keys with cosine > 0.95 to a kept one
-        kw["dedup"] = int(variant[5:]) / 100
     if ratio is not None and SCORER is not None and tome.models.compressor_name(name) == "kvzip-fast":
         kw["weights"] = str(SCORER)
     if not kw:

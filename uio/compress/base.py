@@ -265,10 +265,6 @@ class ScoringCompressor(Compressor):
     # rounds its chunks up to a multiple of ``share``) so memories do not depend on how a document is chunked.
     share: int = 1
     share_floor: float = 0.25  # no segment of a group keeps under this fraction of its own ceil(n / ratio)
-    # Cosine above which a key counts as a near-copy of one already kept in its head (0: off). Repeated text
-    # (filler, running headers) keeps near-identical keys that say the same thing twice; skipped, their slots go
-    # to the next distinct token. Once a head has only near-copies left, they fill its budget by score.
-    dedup: float = 0.0
 
     def pool_kernel(self) -> int:
         """The pool kernel in effect (``pool`` resolved; 0 = none)."""
@@ -288,8 +284,6 @@ class ScoringCompressor(Compressor):
         span_cap, span = p.pop("span_cap", 0.0), p.pop("span", 32)
         if span_cap:  # likewise: uncapped memories keep their identity
             p.update(span_cap=span_cap, span=span)
-        if not p.get("dedup"):  # likewise: memories without it keep their identity
-            p.pop("dedup", None)
         share, floor = p.pop("share", 1), p.pop("share_floor", 0.25)
         if share > 1:  # likewise: per-segment budgets keep their identity
             p.update(share=share, share_floor=floor)
@@ -378,7 +372,7 @@ class ScoringCompressor(Compressor):
         if k == pre.n:  # keep-all: no scoring pass needed
             layers, _, kv, _ = model_shape(lm)
             return pre.keys, pre.values, torch.arange(pre.n, device=pre.keys.device).expand(layers, kv, -1)
-        index = self.select_distinct(scores, k, pre.keys, pooled) if self.dedup else self.select(scores, k, pooled)
+        index = self.select(scores, k, pooled=pooled)
         return gather_slots(pre.keys, index), gather_slots(pre.values, index), index
 
     def select(self, scores: torch.Tensor, k: int, pooled: bool = False) -> torch.Tensor:
@@ -393,27 +387,6 @@ class ScoringCompressor(Compressor):
         if self.span_cap:
             return capped_topk(scores, k, self.span, self.window_slots(k, scores.shape[-1])).sort(-1).values
         return scores.topk(k, dim=-1).indices.sort(-1).values
-
-    def select_distinct(self, scores: torch.Tensor, k: int, keys: torch.Tensor, pooled: bool = False) -> torch.Tensor:
-        """``select`` that skips near-copies: per head, greedily by score, a token whose key's cosine with a kept
-        key exceeds ``dedup`` waits until the head has no other token left. ``keys``: (layers, n, kv, d)."""
-        if not 0 < self.dedup < 1:
-            raise ValueError(f"dedup must be in (0, 1), got {self.dedup}")
-        scores = scores if pooled else self.pooled(scores)
-        layers, kv, n = scores.shape
-        unit = F.normalize(keys.float().permute(0, 2, 1, 3), dim=-1)  # (layers, kv, n, d)
-        chosen = torch.zeros(layers, kv, n, dtype=torch.bool, device=scores.device)
-        chosen[..., :self.sinks(k)] = True
-        near = (unit @ unit[:, :, :self.sinks(k)].transpose(-1, -2)).amax(-1) if self.sinks(k) else \
-            torch.full((layers, kv, n), -1.0, device=scores.device)
-        for _ in range(k - self.sinks(k)):
-            free = scores.masked_fill(chosen, -math.inf)
-            fresh = free.masked_fill(near > self.dedup, -math.inf)
-            pick = torch.where(fresh.amax(-1) > -math.inf, fresh.argmax(-1), free.argmax(-1))  # (layers, kv)
-            chosen.scatter_(-1, pick[..., None], True)
-            new = unit.gather(2, pick[..., None, None].expand(layers, kv, 1, unit.shape[-1]))
-            near = torch.maximum(near, (unit @ new.transpose(-1, -2)).squeeze(-1))
-        return torch.arange(n, device=scores.device).expand(layers, kv, n)[chosen].view(layers, kv, k)
 
     def window_slots(self, k: int, n: int) -> int:
         """Slots one window of ``span`` tokens may hold: ``span_cap`` of the budget, but never fewer than the
