@@ -21,7 +21,7 @@ from retrieval.prompt import EXCERPT_PLACES, Excerpt, Selection, build_messages,
 from retrieval.retriever import Retriever
 from retrieval.select import select_segments
 from storage import DocumentInfo, Store
-from tome.doubt import restates_question
+from tome.doubt import foreign_terms, restates_question
 from tome.memories import Memories
 from tome.models import Models
 from tome.timing import Timer
@@ -291,6 +291,12 @@ class Answerer:
         update.stats = self._figures(gen.stats, ctx, policy, timer)
         update.text = update.text.strip()
         update.stats["restates_question"] = restates_question(update.text, question)  # found no answer
+        # what the answer drew on: the segments read (as text or as memories) and compressed mode's passages
+        read = [question] + [p.segment.text for p in ctx.selection.passages] + \
+            [e.text for e in getattr(builder, "excerpts", [])]
+        # named, not read: marked for the user to check (re-reading the best page for it changed no answer of 122,
+        # docs/COMPRESSION.md, "Fifteenth run")
+        update.stats["foreign_terms"] = foreign_terms(update.text, read)
         # compressed mode re-reads the page as text too where this answer read text at all (its excerpts):
         # memories alone stay memories alone
         text_read = mode == "uncompressed" or bool(update.stats.get("excerpts"))
@@ -357,6 +363,8 @@ class Answerer:
         update.sources = narrowed + [s for s in update.sources if (s.document_id, s.page_start) not in keep]
         update.context_tokens = selection.tokens
         update.stats |= {"reread": first, "restates_question": restates_question(update.text, question),
+                         "foreign_terms": foreign_terms(update.text, [question] + [p.segment.text
+                                                                                   for p in selection.passages]),
                          "context_tokens": selection.tokens}
         update.stats |= {k: v for k, v in gen.stats.as_dict().items() if k in ("confidence", "token_logprobs")}
         update.stats["low_confidence"] = self._low_confidence(gen.stats)

@@ -1,4 +1,4 @@
-"""Answers that say nothing: the question restated, no word of an answer.
+"""Answers that say nothing (the question restated, no word of an answer) or name what they did not read.
 
 A small reader (Qwen2.5-0.5B) almost never says "the passages do not say"
 (0 abstentions in 132 answers on the real manuals), and its token probabilities
@@ -12,6 +12,7 @@ right with the gold page alone or the retrieved passages).
 from __future__ import annotations
 
 import re
+from typing import Sequence
 
 # Function words and the reader's own framing ("according to the passage"): never the answer.
 _STOP = frozenset("""
@@ -36,3 +37,27 @@ def content_words(text: str) -> set[str]:
 def restates_question(answer: str, question: str) -> bool:
     """True when ``answer`` adds no content word to ``question``: it restates it (or is empty)."""
     return not (content_words(answer) - content_words(question))
+
+
+# A term an answer names as code: in backticks, a dotted or underscored name (read.table, R_LIBS, $PIPESTATUS),
+# a call (sink()), or a name in capitals (HISTCONTROL).
+_TERM = re.compile(r"`([^`\n]+)`|(?<![\w.$])(\$?[A-Za-z_]\w*(?:[._]\w+)+(?:\(\))?|\$?[A-Z][A-Z0-9_]{2,}\b|"
+                   r"[A-Za-z_]\w*\(\))")
+_PART = re.compile(r"[a-z0-9]+")
+
+
+def foreign_terms(answer: str, read: Sequence[str]) -> list[str]:
+    """The terms ``answer`` names as code that occur in none of the texts ``read`` (the question among them):
+    the reader named them without reading them. Case, punctuation and spacing between a term's parts do not
+    count (``R_LIBS`` is in "r libs"); its parts must stand whole and in order."""
+    hay = "\n".join(read).lower()
+    out: list[str] = []
+    for quoted, bare in _TERM.findall(answer or ""):
+        term = (quoted or bare).strip()
+        parts = _PART.findall(term.lower())
+        if not parts or term in out:
+            continue
+        pattern = r"(?<![a-z0-9])" + r"[^a-z0-9]*".join(map(re.escape, parts)) + r"(?![a-z0-9])"
+        if not re.search(pattern, hay):
+            out.append(term)
+    return out

@@ -196,27 +196,34 @@ def figures_line(u: AnswerUpdate) -> str:
 
 
 def doubt_message(stats: dict) -> dict | None:
-    """A note under an answer that restated the question (it found none) or that the model was unsure of
-    (``Config.confidence_floor``); None for other answers."""
+    """A note under an answer that restated the question (it found none), that names terms found in nothing it
+    read (``tome.doubt.foreign_terms``) or that the model was unsure of (``Config.confidence_floor``); and under
+    an answer that came from re-reading the best page. None for other answers."""
     reread = stats.get("reread")
     pages = html.escape("; ".join((reread or {}).get("pages", [])))
-    if reread and not stats.get("restates_question"):  # the second, narrower read found something
+    if reread and not stats.get("restates_question") and not stats.get("foreign_terms"):  # the second read found it
         return {"role": "assistant",
                 "content": f"The first answer only restated the question; this one comes from re-reading "
                            f"{pages} alone. Check the cited page.",
                 "metadata": {"title": "Re-read the best page", "status": "done"}}
+    title = "⚠ No clear answer"
     if stats.get("restates_question"):
         text = "The answer only restates the question: the passages read may not hold the answer."
         if reread:
             text = f"The answer only restates the question, also after re-reading {pages} alone: " \
                    "the passages may not hold the answer."
+    elif stats.get("foreign_terms"):
+        title = "⚠ Named, not read"
+        text = (f"The answer names {html.escape(', '.join(stats['foreign_terms']))}, which the passages read do not "
+                "contain" + (f", also after re-reading {pages} alone" if reread else "") + ": it may not come from "
+                "the books.")
     elif stats.get("low_confidence"):
         text = (f"The model was unsure of this answer (confidence {stats.get('confidence', 0):.2f}): "
                 "the passages may not hold it.")
     else:
         return None
     return {"role": "assistant", "content": text + " Check the cited pages.",
-            "metadata": {"title": "⚠ No clear answer", "status": "done"}}
+            "metadata": {"title": title, "status": "done"}}
 
 
 def sources_message(u: AnswerUpdate) -> dict:

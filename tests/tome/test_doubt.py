@@ -40,3 +40,27 @@ def test_the_note_says_when_the_best_page_was_read_again():
     assert found["metadata"]["title"] == "Re-read the best page" and "re-reading R-FAQ, p. 7 alone" in found["content"]
     still = doubt_message({"reread": {"pages": ["R-FAQ, p. 7"]}, "restates_question": True})
     assert still["metadata"]["title"] == "⚠ No clear answer" and "also after re-reading R-FAQ, p. 7" in still["content"]
+
+
+@pytest.mark.parametrize("answer, read, foreign", [  # (Qwen2.5-0.5B's answers on the real manuals)
+    ("The function `cat` writes complete text lines to a connection.",
+     ["writeLines writes complete text lines to a connection; concatenate them first."], ["cat"]),
+    ("The variable that gives the id is `PPID`.", ["$BASHPID expands to the process ID of the current Bash"],
+     ["PPID"]),
+    ("Set `R_DEFAULT_PACKAGES` to NULL.", ["The variable R DEFAULT PACKAGES", "to NULL makes R load only base"], []),
+    ("Use read.csv() or `read.table`.", ["read.table and read.csv read files"], []),
+    ("It is 60 seconds.", ["MAILCHECK"], []),  # no term named: nothing foreign
+    ("Use $PIPESTATUS after the pipeline.", ["PIPESTATUS: an array variable"], []),
+])
+def test_terms_named_without_being_read_are_foreign(answer, read, foreign):
+    from tome.doubt import foreign_terms
+
+    assert foreign_terms(answer, read) == foreign
+
+
+def test_the_note_names_the_terms_that_were_not_read():
+    note = doubt_message({"foreign_terms": ["PPID", "<b>"]})  # escaped: the chat renders HTML
+    assert note["metadata"]["title"] == "⚠ Named, not read" and "names PPID, &lt;b&gt;, which" in note["content"]
+    after = doubt_message({"foreign_terms": ["cat"], "reread": {"pages": ["R-data, p. 9"]}})
+    assert after["metadata"]["title"] == "⚠ Named, not read" and "also after re-reading R-data, p. 9" in after["content"]
+    assert doubt_message({"foreign_terms": []}) is None

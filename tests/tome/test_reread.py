@@ -86,3 +86,34 @@ def test_no_second_read_when_turned_off(tome_tiny, tmp_path):
     for mode in ("uncompressed", "compressed"):
         plain = list(tome_tiny.ask([birch.id], QUESTION, max_new_tokens=2, mode=mode))[-1]
         assert plain.stats["restates_question"] and "reread" not in plain.stats
+
+
+def _naming(tome, tokens=(" HTTP", " JSON")):
+    """The tiny reader made to name a term at every step: one hidden dimension decides which of two."""
+    ids = [tome.lm.tokenizer.encode(t, add_special_tokens=False) for t in tokens]
+    assert all(len(i) == 1 for i in ids)
+    model = tome.lm.model
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        head = model.get_output_embeddings()
+        head.weight.zero_()
+        head.weight[ids[0][0], 0], head.weight[ids[1][0], 0] = 100.0, -100.0
+
+
+def test_an_answer_naming_a_term_it_did_not_read_is_marked_not_read_again(tome_tiny, tmp_path):
+    """Named, not read: the terms are in the answer's figures and the note under it; the page is not read again
+    (that changed no answer of 122 real-manual questions, docs/COMPRESSION.md "Fifteenth run")."""
+    from ui.handlers import doubt_message
+
+    birch = tome_tiny.ingest(_birch(tmp_path)).document
+    _naming(tome_tiny)
+    for mode in ("uncompressed", "compressed"):
+        final = list(tome_tiny.ask([birch.id], QUESTION, max_new_tokens=3, mode=mode))[-1]
+        assert set(final.stats["foreign_terms"]) & {"HTTP", "JSON"} and set(final.stats["foreign_terms"]) <= {
+            "HTTP", "JSON"}, mode
+        assert not final.stats["restates_question"] and "reread" not in final.stats
+        note = doubt_message(final.stats)
+        assert note["metadata"]["title"] == "⚠ Named, not read" and "The answer names" in note["content"]
+        stored = tome_tiny.store.messages(final.conversation_id)[-1].stats
+        assert stored["foreign_terms"] == final.stats["foreign_terms"]
