@@ -7,7 +7,9 @@ it does when it finds nothing is echo the question: "Setting which environment
 variable to NULL makes R load only package base at startup." An answer with no
 content word beyond the question's is such an echo; on the real manuals this
 marked 5 of 21 wrong answers and none of 45 right ones (9 of 38 wrong, 0 of 94
-right with the gold page alone or the retrieved passages).
+right with the gold page alone or the retrieved passages). Or it names a
+neighbouring term it knows (`cat` for `writeLines`): a term in none of the
+texts it read is marked for the user to check (``foreign_terms``).
 """
 from __future__ import annotations
 
