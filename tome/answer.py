@@ -205,6 +205,14 @@ class CompressedContext:
 BUILDERS = {"uncompressed": UncompressedContext, "compressed": CompressedContext}
 
 
+def _marks(answer: str, question: str, read: Sequence[str]) -> dict:
+    """An answer's doubt marks (``tome.doubt``): it restates the question (found no answer; the best page is read
+    again), or it names terms found in none of the texts ``read`` nor the question (marked for the user to check:
+    re-reading for them changed no answer of 122, docs/COMPRESSION.md "Fifteenth run")."""
+    return {"restates_question": restates_question(answer, question),
+            "foreign_terms": foreign_terms(answer, [question, *read])}
+
+
 class Answerer:
     """Streams answers over the chosen books and records both turns in the conversation."""
 
@@ -290,13 +298,9 @@ class Answerer:
             gen = yield from self._generate(ctx, policy, update, max_new, temperature, stop)
         update.stats = self._figures(gen.stats, ctx, policy, timer)
         update.text = update.text.strip()
-        update.stats["restates_question"] = restates_question(update.text, question)  # found no answer
         # what the answer drew on: the segments read (as text or as memories) and compressed mode's passages
-        read = [question] + [p.segment.text for p in ctx.selection.passages] + \
-            [e.text for e in getattr(builder, "excerpts", [])]
-        # named, not read: marked for the user to check (re-reading the best page for it changed no answer of 122,
-        # docs/COMPRESSION.md, "Fifteenth run")
-        update.stats["foreign_terms"] = foreign_terms(update.text, read)
+        update.stats |= _marks(update.text, question, [p.segment.text for p in ctx.selection.passages]
+                               + [e.text for e in getattr(builder, "excerpts", [])])
         # compressed mode re-reads the page as text too where this answer read text at all (its excerpts):
         # memories alone stay memories alone
         text_read = mode == "uncompressed" or bool(update.stats.get("excerpts"))
@@ -362,10 +366,8 @@ class Answerer:
         keep = {(s.document_id, s.page_start) for s in narrowed}
         update.sources = narrowed + [s for s in update.sources if (s.document_id, s.page_start) not in keep]
         update.context_tokens = selection.tokens
-        update.stats |= {"reread": first, "restates_question": restates_question(update.text, question),
-                         "foreign_terms": foreign_terms(update.text, [question] + [p.segment.text
-                                                                                   for p in selection.passages]),
-                         "context_tokens": selection.tokens}
+        update.stats |= {"reread": first, "context_tokens": selection.tokens}
+        update.stats |= _marks(update.text, question, [p.segment.text for p in selection.passages])
         update.stats |= {k: v for k, v in gen.stats.as_dict().items() if k in ("confidence", "token_logprobs")}
         update.stats["low_confidence"] = self._low_confidence(gen.stats)
 
