@@ -1,0 +1,116 @@
+"""How sure is a difference between two answer runs on the same questions?
+
+Two cells of ``bench/eval_compress.py`` results that asked the same questions (e.g. compressed mode and
+retrieval) are paired question by question. The table gives both scores, the questions only one of them
+answered, the difference in points with a paired bootstrap 95 % interval, and McNemar's exact p-value
+(two-sided; the binomial test on the discordant questions). A target such as "retrieval + 10 points" can
+then be read against the interval, not against one count.
+
+    .venv/bin/python bench/paired.py realdocs all122x:kvzip-fast@8/x1 all122r:retrieval [--target 10]
+
+A side is ``TAG:METHOD`` (the cell whose method is METHOD in
+``bench/results/eval_compress_<model>_<part>_<TAG>.json``), or ``TAG1,TAG2,...:METHOD`` for a side whose
+questions ran in several runs (a question found in more than one of them counts from the first).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Paired:
+    n: int
+    a: int  # right in A
+    b: int  # right in B
+    only_a: int
+    only_b: int
+    diff_points: float  # (a - b) / n * 100
+    ci: tuple[float, float]  # bootstrap 95 % interval of diff_points
+    p_mcnemar: float
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: the chance of a split of the discordant questions at least this
+    uneven if either side were as likely to win each one."""
+    m = only_a + only_b
+    if m == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m
+    return min(1.0, 2 * tail)
+
+
+def paired(a: dict[str, bool], b: dict[str, bool], draws: int = 20000, seed: int = 0) -> Paired:
+    """Compare two runs given as question id -> right; both must hold the same questions."""
+    if set(a) != set(b):
+        missing = sorted(set(a) ^ set(b))
+        raise ValueError(f"the runs asked different questions ({len(missing)} differ, e.g. {missing[:3]})")
+    if not a:
+        raise ValueError("no questions")
+    ids = sorted(a)
+    d = [int(a[i]) - int(b[i]) for i in ids]
+    n = len(d)
+    rng = random.Random(seed)  # fixed: the interval is reproducible
+    boots = sorted(sum(rng.choices(d, k=n)) / n * 100 for _ in range(draws))
+    lo, hi = boots[int(0.025 * draws)], boots[int(0.975 * draws) - 1]
+    only_a, only_b = d.count(1), d.count(-1)
+    return Paired(n=n, a=sum(map(int, a.values())), b=sum(map(int, b.values())), only_a=only_a, only_b=only_b,
+                  diff_points=sum(d) / n * 100, ci=(lo, hi), p_mcnemar=mcnemar_exact(only_a, only_b))
+
+
+def load_side(model: str, part: str, side: str) -> dict[str, bool]:
+    """``TAG[,TAG...]:METHOD`` -> question id -> right, from those runs' results files (the first run that
+    asked a question gives its answer)."""
+    tags, _, method = side.partition(":")
+    rows: dict[str, bool] = {}
+    for tag in tags.split(","):
+        for qid, right in _load_run(model, part, tag, method).items():
+            rows.setdefault(qid, right)
+    return rows
+
+
+def _load_run(model: str, part: str, tag: str, method: str) -> dict[str, bool]:
+    path = RESULTS / f"eval_compress_{model}_{part}_{tag}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no results file {path}")
+    cells = json.loads(path.read_text())["cells"]
+    found = [c for c in cells.values() if c.get("method") == method] if method else list(cells.values())
+    if len(found) != 1:
+        names = sorted(c.get("method") for c in cells.values())
+        raise ValueError(f"{path.name}: {len(found)} cells match {method!r}; its methods: {names}")
+    return {r["id"]: bool(r["correct"]) for r in found[0]["rows"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("part", help="results part: realdocs, planted, passkey")
+    ap.add_argument("a", help="TAG:METHOD of the first run (e.g. all122x:kvzip-fast@8/x1)")
+    ap.add_argument("b", help="TAG:METHOD of the second run (e.g. all122r:retrieval)")
+    ap.add_argument("--model", default="qwen")
+    ap.add_argument("--target", type=float, default=None, help="a target difference in points to read against")
+    args = ap.parse_args(argv)
+    try:
+        r = paired(load_side(args.model, args.part, args.a), load_side(args.model, args.part, args.b))
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"paired: {e}")
+    print("| A | B | n | A right | B right | only A | only B | A − B (points) | 95 % interval | McNemar p |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {args.a} | {args.b} | {r.n} | {r.a} | {r.b} | {r.only_a} | {r.only_b} | {r.diff_points:+.1f} "
+          f"| {r.ci[0]:+.1f} to {r.ci[1]:+.1f} | {r.p_mcnemar:.3f} |")
+    if args.target is not None:
+        t = args.target
+        where = ("below the interval" if t < r.ci[0] else "above the interval" if t > r.ci[1]
+                 else "inside the interval")
+        print(f"\ntarget {t:+.1f} points: {where}")
+
+
+if __name__ == "__main__":
+    main()
