@@ -3,7 +3,8 @@
     python bench/eval_retrieval.py                 # build/reuse the library, recall table, latency
     python bench/eval_retrieval.py --answers qwen  # + answer accuracy (slow: run with nohup, TOME_THREADS=1)
 
-The library: the 7 Debian manuals of bench/qa/realdocs.json (994 pages), ingested
+The library: the Debian manuals of bench/qa/realdocs.json that the chosen batches' questions use (batches 1
+and 2: 7 manuals, 994 pages; batch 3 adds two LilyPond manuals), ingested
 through ``Tome.ingest`` with ``Config(compress=False)`` (so segments, segment
 vectors, passages and their vectors are made the product's way), plus one
 byte-altered copy of R-data for the latency library (1,035 pages). It is kept
@@ -72,11 +73,17 @@ OUT = RESULTS_DIR / "eval_retrieval.json"
 KS = (1, 3, 5, 10)
 
 
-def build(data_dir: Path, model: str, copy: bool = True):
-    """A Tome over the manuals (ingested once, uncompressed), and {set doc id: DocumentInfo}."""
+def build(data_dir: Path, model: str, copy: bool = True, only: set[str] | None = None):
+    """A Tome over the manuals (ingested once, uncompressed), and {set doc id: DocumentInfo}.
+
+    ``only``: the ids of the manuals to ingest (default all). Full-text ranking weighs words over every stored
+    passage, so a batch's figures are reproduced in a library of the manuals its questions use, not of every
+    manual the set has gained since (batch 3 added two)."""
     from tome import Config, Tome
 
     data = realdocs.load()
+    if only is not None:
+        data["documents"] = [d for d in data["documents"] if d["id"] in only]
     realdocs.ensure_packages(data)
     cfg = Config(data_dir=data_dir, model=model, compress=False, models_dir=ROOT / ".cache" / "models")
     tome = Tome(cfg)
@@ -637,7 +644,7 @@ def main(argv=None) -> int:
         report_answers(args.report)
         return 0
     data = realdocs.load(batches=realdocs.parse_batches(args.batches))
-    tome, docs = build(args.data, args.model)
+    tome, docs = build(args.data, args.model, only={d for q in data["questions"] for d in q["docs"]})
     if args.fp32_embedder:
         from retrieval.embed import load_embedder
 
