@@ -248,8 +248,10 @@ def plain_forward_tok_s(tome, doc) -> float:
 TAG = ""  # --tag: a separate results file for a run beside another of the same part
 
 
-def part_path(model: str, part: str) -> Path:
-    return RESULTS_DIR / f"eval_compress_{model}_{part}{TAG}.json"
+def part_path(model: str, part: str, tag: str | None = None) -> Path:
+    """A part's results file; ``tag``: another run's (default: this run's ``--tag``)."""
+    suffix = TAG if tag is None else f"_{tag}" if tag else ""
+    return RESULTS_DIR / f"eval_compress_{model}_{part}{suffix}.json"
 
 
 def load_part(model: str, part: str) -> dict:

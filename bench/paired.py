@@ -20,9 +20,8 @@ import math
 import random
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.eval_compress import part_path
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ def load_side(model: str, part: str, side: str) -> dict[str, bool]:
 
 
 def _load_run(model: str, part: str, tag: str, method: str) -> dict[str, bool]:
-    path = RESULTS / f"eval_compress_{model}_{part}_{tag}.json"
+    path = part_path(model, part, tag)
     if not path.exists():
         raise FileNotFoundError(f"no results file {path}")
     cells = json.loads(path.read_text())["cells"]

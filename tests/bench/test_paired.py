@@ -47,7 +47,7 @@ def test_a_side_joins_runs_first_run_first(tmp_path, monkeypatch):
 
     run("one", {"q1": True, "q2": False})
     run("two", {"q2": True, "q3": True})
-    monkeypatch.setattr(bp, "RESULTS", tmp_path)
+    monkeypatch.setattr("bench.eval_compress.RESULTS_DIR", tmp_path)
     assert bp.load_side("qwen", "realdocs", "one,two:m@8") == {"q1": True, "q2": False, "q3": True}
     with pytest.raises(ValueError, match="0 cells match"):
         bp.load_side("qwen", "realdocs", "one:nothing@8")
