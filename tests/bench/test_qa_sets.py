@@ -42,7 +42,7 @@ def test_realdocs_set_is_well_formed():
     data = realdocs.load()
     assert data["version"] == 1
     docs = {d["id"]: d for d in data["documents"]}
-    assert 6 <= len(docs) <= 10
+    assert 6 <= len(docs) <= 12
     for d in docs.values():
         assert set(d) >= {"id", "package", "path", "sha256", "pages"}
         assert 30 <= d["pages"] <= 400 and len(d["sha256"]) == 64
@@ -195,28 +195,33 @@ def test_a_reused_passkey_pdf_is_graded_against_the_key_it_holds(tmp_path):
 
 def test_realdocs_batches_keep_the_first_set_reproducible():
     """Batch 1 is the 66 questions the docs' earlier figures used; batch 2 (56 single-book questions, 8 over
-    each of the seven manuals) and batch 3 (24, 12 over each of two LilyPond manuals) came later and are only
-    read when asked for."""
+    each of the seven manuals), batch 3 (24, 12 over each of two LilyPond manuals) and batch 4 (24, 12 over each
+    of two LaTeX guides) came later and are only read when asked for."""
     everything = realdocs.load()["questions"]
     first = realdocs.load(batches=[1])["questions"]
     second = realdocs.load(batches=realdocs.parse_batches("2"))["questions"]
     third = realdocs.load(batches=realdocs.parse_batches("3"))["questions"]
-    assert len(first) == 66 and len(second) == 56 and len(third) == 24
-    assert len(first) + len(second) + len(third) == len(everything)
+    fourth = realdocs.load(batches=realdocs.parse_batches("4"))["questions"]
+    assert len(first) == 66 and len(second) == 56 and len(third) == 24 and len(fourth) == 24
+    assert len(first) + len(second) + len(third) + len(fourth) == len(everything)
     assert [q["id"] for q in first] == [q["id"] for q in everything if "batch" not in q]
     assert all(q["batch"] == 2 and q["kind"] == "single" for q in second)
     assert {q["docs"][0] for q in second} == {"r-intro", "r-data", "r-admin", "r-faq", "bashref",
                                               "asymptote", "gnuplot"}
     assert all(q["batch"] == 3 and q["kind"] == "single" for q in third)
     assert sorted(q["docs"][0] for q in third) == ["lp-extending"] * 12 + ["lp-usage"] * 12
+    assert all(q["batch"] == 4 and q["kind"] == "single" for q in fourth)
+    assert sorted(q["docs"][0] for q in fourth) == ["amsldoc"] * 12 + ["fntguide"] * 12
+    assert [q["style"] for q in fourth].count("exact-term") == 12
     assert {q["style"] for q in second} == {q["style"] for q in third} == {"exact-term", "paraphrase"}
     assert realdocs.parse_batches("all") is None and realdocs.parse_batches("1,2") == [1, 2]
-    assert len(realdocs.load(batches=realdocs.parse_batches("1,2,3"))["questions"]) == len(everything)
+    assert len(realdocs.load(batches=realdocs.parse_batches("1,2,3,4"))["questions"]) == len(everything)
 
 
 def test_batches_one_and_two_use_the_seven_earlier_manuals():
-    """bench/eval_retrieval.py ingests the manuals the chosen questions use, so batch 3's two new manuals do not
+    """bench/eval_retrieval.py ingests the manuals the chosen questions use, so batches 3 and 4's new manuals do not
     enter (and move the full-text ranking of) a library that reproduces the earlier batches' figures."""
     used = {d for q in realdocs.load(batches=[1, 2])["questions"] for d in q["docs"]}
     assert used == {"r-intro", "r-data", "r-admin", "r-faq", "bashref", "asymptote", "gnuplot"}
-    assert {d["id"] for d in realdocs.load()["documents"]} == used | {"lp-usage", "lp-extending"}
+    assert {d["id"] for d in realdocs.load()["documents"]} == used | {"lp-usage", "lp-extending", "amsldoc",
+                                                                      "fntguide"}
