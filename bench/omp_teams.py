@@ -3,10 +3,11 @@
 torch's CPU kernels use OpenMP (libgomp). Every OS thread that runs a parallel region gets its own team of
 worker threads, and the teams live as long as their threads. Once libgomp manages more threads than the
 process may use CPUs, it stops letting idle workers spin between parallel regions (its "throttled" spin count),
-so each region waits for its workers to wake. Tome runs torch in more than one thread (the question's
-embedding and memory assembly in the caller's thread, generation in a ``tome-generate`` thread, compression in
-``tome-compress``), so on a 2-core machine with 2 intra-op threads every prefill pays that wake-up on each of
-its few hundred parallel regions; a short prefill (compressed mode's ~300 tokens) pays it proportionally most.
+so each region waits for its workers to wake. Tome ran torch in several threads (the question's embedding and
+memory assembly in the caller's thread, generation in a ``tome-generate`` thread, compression in
+``tome-compress``), so on a 2-core machine with 2 intra-op threads every prefill paid that wake-up on each of its
+few hundred parallel regions, a short prefill (compressed mode's ~300 tokens) proportionally most. Since
+``uio/torch_thread.py`` a question's torch work runs on one thread; this script keeps measuring the cause.
 
 Each scenario runs in its own process (teams cannot be undone inside one), the same forward as the product's
 prefill: ``--prompt`` tokens after ``--past`` cached positions, and a long uncompressed-style prompt:

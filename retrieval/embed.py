@@ -72,6 +72,10 @@ def from_bytes(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
 
 
+def _inline(fn: Callable, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
 @dataclass
 class Embedder:
     """A loaded sentence-transformers model; ``encode`` returns normalised float32 rows."""
@@ -80,6 +84,9 @@ class Embedder:
     model: object
     batch_size: int = 32
     bf16: bool = False  # encode under CPU bf16 autocast (see the module's note)
+    # how torch work is run: ``run(fn, *args)``. Tome passes ``uio.torch_thread.run_on_torch`` (one thread for
+    # the process's torch work); the default runs it in the caller's thread.
+    run: Callable = _inline
 
     def __post_init__(self):
         self._lock = threading.Lock()  # one encode at a time: the model is shared by the process
@@ -99,17 +106,21 @@ class Embedder:
     def encode(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """``(len(texts), dim)`` float32, unit length; ``progress(done, total)`` after each batch."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        with self._lock, self._precision():
+        with self._lock:
             for start in range(0, len(texts), self.batch_size):
                 batch = list(texts[start:start + self.batch_size])
-                out[start:start + len(batch)] = self.model.encode(
-                    batch, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                    show_progress_bar=False)
+                # batch by batch through ``run``, so that other torch work can run between batches
+                out[start:start + len(batch)] = self.run(self._encode_batch, batch)
                 if progress:
                     progress(min(start + len(batch), len(texts)), len(texts))
         if self.bf16 and len(out):  # unit length in float32, whatever precision the encoder ran in
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
+
+    def _encode_batch(self, batch: list[str]) -> np.ndarray:
+        with self._precision():  # autocast is per thread: entered where the batch runs
+            return self.model.encode(batch, batch_size=self.batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=False)
 
     @property
     def tokenizer(self):
@@ -125,10 +136,12 @@ class Embedder:
 
 
 @lru_cache(maxsize=4)
-def load_embedder(name: str = DEFAULT_EMBEDDER, device: str = "cpu", bf16: bool | None = None) -> Embedder:
-    """Load (once per process) the embedder ``name``: "minilm" (packaged), a hub id or a path.
+def load_embedder(name: str = DEFAULT_EMBEDDER, device: str = "cpu", bf16: bool | None = None,
+                  run: Callable = _inline) -> Embedder:
+    """Load (once per process and ``run``) the embedder ``name``: "minilm" (packaged), a hub id or a path.
 
-    ``bf16``: encode under bf16 autocast; None: on a CPU with native bf16 matmuls.
+    ``bf16``: encode under bf16 autocast; None: on a CPU with native bf16 matmuls. ``run``: how its torch
+    work runs (``Embedder.run``); the loading too.
 
     Local folders load with ``local_files_only`` (what HF_HUB_OFFLINE=1 does,
     but per call: huggingface_hub reads that variable only once, at import).
@@ -137,7 +150,7 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, device: str = "cpu", bf16: bool 
 
     source, stored = resolve(name)
     local = Path(source).is_dir()
-    model = SentenceTransformer(source, device=device, local_files_only=local)
+    model = run(SentenceTransformer, source, device=device, local_files_only=local)
     if bf16 is None:
         bf16 = device == "cpu" and cpu_has_fast_bf16()
-    return Embedder(stored, model, bf16=bf16)
+    return Embedder(stored, model, bf16=bf16, run=run)

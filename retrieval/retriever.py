@@ -123,9 +123,10 @@ class Retriever:
 
     def __init__(self, store: Store, embedder: str = "minilm", index_threshold: int = 100_000,
                  fusion_weights: tuple[float, float] = FUSION_WEIGHTS, fusion_k: int = FUSION_K,
-                 decompose: bool = True):
+                 decompose: bool = True, run: Callable | None = None):
         self.store = store
         self.embedder_name = embedder
+        self.run = run  # how torch work runs (the embedder's, vector search): ``run(fn, *args)``; None: here
         self.vectors = VectorSearch(store, index_threshold=index_threshold)  # whole segments (the old way)
         self.passage_vectors = VectorSearch(store, index_threshold=index_threshold, kind="passages")
         self.fusion_weights = fusion_weights  # (vector, full text) in the reciprocal-rank fusion
@@ -139,13 +140,18 @@ class Retriever:
         self._passage_lock = threading.Lock()
         self._records: OrderedDict[tuple, list[PassageRecord]] = OrderedDict()
 
+    def _torch(self, fn, *args):
+        """``fn(*args)`` (torch work: vector search) the way ``run`` says."""
+        return self.run(fn, *args) if self.run else fn(*args)
+
     @property
     def embedder(self):
         """The passage/question embedder (sentence-transformers), loaded on first use."""
         if self._embedder is None:
             with self._lock:
                 if self._embedder is None:
-                    self._embedder = load_embedder(self.embedder_name)
+                    self._embedder = (load_embedder(self.embedder_name, run=self.run) if self.run
+                                      else load_embedder(self.embedder_name))
         return self._embedder
 
     # -- making vectors -----------------------------------------------------
@@ -253,7 +259,7 @@ class Retriever:
                   vector, mode: str, depth: int) -> list[Retrieved]:
         """One query's passages, best first (``vector``: the query's embedding, unless mode is lexical)."""
         ids = [d.id for d in docs]
-        vec = self.passage_vectors.search(vector, docs, depth) if mode in ("hybrid", "vector") else []
+        vec = self._torch(self.passage_vectors.search, vector, docs, depth) if mode in ("hybrid", "vector") else []
         lex = self.store.search_text(ids, query, depth) if mode in ("hybrid", "lexical") else []
         vscore = {(h.document_id, h.index): h.score for h in vec}
         lscore = {(h.document_id, h.index): h.score for h in lex}
@@ -290,7 +296,7 @@ class Retriever:
         """The old way, kept for comparison: cosine of the question to each whole-segment vector."""
         docs = self.embedded(docs)
         n = self.store.count_segments([d.id for d in docs])
-        hits = self.vectors.search(self.embedder.encode_one(question), docs, k or n)
+        hits = self._torch(self.vectors.search, self.embedder.encode_one(question), docs, k or n)
         out: dict[int, dict[int, float]] = {d.id: {} for d in docs}
         for h in hits:
             out[h.document_id][h.index] = h.score

@@ -25,6 +25,7 @@ from tome.doubt import foreign_terms, restates_question
 from tome.memories import Memories
 from tome.models import Models
 from tome.timing import Timer
+from uio.torch_thread import run_on_torch
 
 MODES = ("uncompressed", "compressed")
 
@@ -294,7 +295,7 @@ class Answerer:
         update = AnswerUpdate(text="", mode=mode, conversation_id=conversation_id, sources=sources,
                               truncated=ctx.selection.truncated, context_tokens=ctx.selection.tokens)
         with self.models.lock:
-            builder.assemble(ctx, question, history, timer)
+            run_on_torch(builder.assemble, ctx, question, history, timer)  # uio/torch_thread.py
             gen = yield from self._generate(ctx, policy, update, max_new, temperature, stop)
         update.stats = self._figures(gen.stats, ctx, policy, timer)
         update.text = update.text.strip()
@@ -355,7 +356,7 @@ class Answerer:
         yield replace(update)
         t0 = time.perf_counter()
         with self.models.lock:
-            builder.assemble(narrow, question, history, Timer())
+            run_on_torch(builder.assemble, narrow, question, history, Timer())
             gen = yield from self._generate(narrow, new_policy(), update, max_new, temperature, stop)
         update.text = update.text.strip()
         update.note = ""

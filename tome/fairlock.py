@@ -61,6 +61,11 @@ class FairLock:
                 self._queue.remove(ticket)
                 self._cond.notify_all()  # the head may have changed (a waiter that gave up)
 
+    def owned(self) -> bool:
+        """True when the calling thread holds the lock."""
+        with self._cond:
+            return self._owner == threading.get_ident()
+
     def release(self) -> None:
         with self._cond:
             if self._owner != threading.get_ident():

@@ -38,6 +38,10 @@ class Memories:
                  chunk: int | None = None, step: Callable[..., None] | None = None) -> MemorySetInfo:
         """Compress all segments chunk by chunk (each chunk saved), then write the whole memory file.
 
+        It runs in a thread of its own that ends with it (``uio/torch_thread.py``: a long-lived thread that
+        ran torch would slow every later prefill), unless this thread holds the model lock, which that thread
+        would wait for.
+
         ``report`` gets this stage's fraction (0..1); ``step`` the number of segments done, after each
         segment, while waiting for the model and (with ``force=True``) after each saved chunk (a worker's
         heartbeat: it may raise to stop the work).
@@ -46,6 +50,15 @@ class Memories:
         compressor whose segments share a budget: its chunks round up to whole groups). A chunk saved by an
         earlier, interrupted run is read back instead of made again when it holds the same segments.
         """
+        from uio.torch_thread import run_in_own_thread
+
+        args = (doc, segments, name, report, compressor, chunk, step)
+        if self.models.lock.owned():
+            return self._compress(*args)
+        return run_in_own_thread(self._compress, *args, name="tome-compress-job")
+
+    def _compress(self, doc: DocumentInfo, segments, name: str, report: Progress, compressor=None,
+                  chunk: int | None = None, step: Callable[..., None] | None = None) -> MemorySetInfo:
         from uio.compress import storage_dtype
         from uio.memory import STORAGES, Memory
 
@@ -190,6 +203,7 @@ class Memories:
         used in their place. The file is memory-mapped and loaded straight onto the model's device.
         """
         from uio.memory import Memory
+        from uio.torch_thread import run_on_torch
 
         made_by = self.models.compressor(ratio, compressor)
         fp = made_by.identity(self.models.lm)
@@ -204,8 +218,8 @@ class Memories:
         if mem is not None:
             return mem
         with maybe(timer, "read"):
-            mem = Memory.load(self.files.verify(ms.path, ms.sha256), expect_fingerprint=fp,
-                              device=str(self.models.lm.device))
+            mem = run_on_torch(Memory.load, self.files.verify(ms.path, ms.sha256), expect_fingerprint=fp,
+                               device=str(self.models.lm.device))
         self.cache.put(ms.sha256, mem)
         return mem
 

@@ -41,9 +41,11 @@ class Models:
                     from uio.model import load_model
                     from uio.runtime import set_threads
 
+                    from uio.torch_thread import run_on_torch
+
                     set_threads(self.config.threads)
-                    self._lm = load_model(self.config.model, self.config.models_path,
-                                          self.config.device, self.config.dtype)
+                    self._lm = run_on_torch(load_model, self.config.model, self.config.models_path,
+                                            self.config.device, self.config.dtype)
         return self._lm
 
     @property
@@ -186,11 +188,13 @@ class Models:
     def cache_policy(self, name: str | None = None, eviction: float | None = None):
         """The recent-cache policy object for ``name`` (default: the config's; "auto" resolved in uio.cache)."""
         from uio.cache import resolve_policy
+        from uio.torch_thread import run_on_torch
 
         name = (name or self.config.cache_policy).lower()
         eviction = self.config.cache_eviction if eviction is None else eviction
-        return resolve_policy(name, eviction, model_key=self.key or self.config.model,
-                              model=self._lm.model if self._lm is not None else None)
+        # on the torch thread: the gate's weights are read (and converted) there the first time
+        return run_on_torch(resolve_policy, name, eviction, model_key=self.key or self.config.model,
+                            model=self._lm.model if self._lm is not None else None)
 
     def switch(self, name: str) -> bool:
         """Use base model ``name`` from now on; False when it is the one loaded already."""

@@ -21,6 +21,7 @@ from tome.models import Models
 from tome.queue import JobProgress, Queue, job_status
 from tome.timing import Timer
 from tome.uploads import Uploads
+from uio.torch_thread import run_on_torch
 
 
 class Tome:
@@ -31,7 +32,7 @@ class Tome:
         self.models = Models(config, lm, adapter)
         self.store = Store(config.db)
         self.files = MemoryFiles(config.memories_path)
-        self.retriever = Retriever(self.store, config.embedder, config.vector_index_min)
+        self.retriever = Retriever(self.store, config.embedder, config.vector_index_min, run=run_on_torch)
         self.memories = Memories(self.models, self.store, self.files, config.memory_cache_mb)
         self.queue = Queue(self.models, self.store, self.files, self.memories)
         self.library = Library(self.models, self.store, self.files, Uploads(config.uploads_path),

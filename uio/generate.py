@@ -14,6 +14,7 @@ from transformers import (DynamicCache, LogitsProcessor, LogitsProcessorList, St
 from uio.cache.base import CachePolicy, PolicyCache, kv_bytes
 from uio.cache.full import FullCache
 from uio.model import LoadedModel
+from uio.torch_thread import start_on_torch
 
 # Under a cache policy the prompt is read this many tokens per forward, with eviction after each (so it also
 # applies within very long prompts). Small chunks cost: on CPU 32-token chunks made the first token ~7x slower
@@ -152,7 +153,7 @@ def _encode(lm: LoadedModel, messages: list[dict], prefix_len: int, max_new_toke
 
 def _streamed(lm: LoadedModel, stats: GenerationStats, stop: threading.Event | None,
               work: Callable[[_TimedStreamer, threading.Event], None], prefill_forwards: int = 1) -> Generation:
-    """Run ``work(streamer, stop)`` in a background thread; the Generation yields the streamer's text.
+    """Run ``work(streamer, stop)`` on the torch thread; the Generation yields the streamer's text.
 
     The first ``prefill_forwards`` forwards of the model are the prompt's prefill (several when it is
     read in chunks); their span is ``stats.prefill_s``.
@@ -189,8 +190,7 @@ def _streamed(lm: LoadedModel, stats: GenerationStats, stop: threading.Event | N
                 stats.first_decode_s = max(0.0, stats.first_token_at - forwards[1])
 
     def pieces() -> Iterator[str]:
-        thread = threading.Thread(target=run, name="tome-generate", daemon=True)
-        thread.start()
+        wait = start_on_torch(run, "tome-generate")  # the one torch thread: see uio/torch_thread.py
         completed = False
         try:
             for piece in streamer:
@@ -200,7 +200,7 @@ def _streamed(lm: LoadedModel, stats: GenerationStats, stop: threading.Event | N
         finally:
             if not completed:  # the consumer went away: don't generate for nobody
                 stop.set()
-            thread.join()
+            wait()
             stats.total_s = time.perf_counter() - start
             stats.stopped = stop.is_set() and not failure
         if failure:

@@ -87,5 +87,10 @@ def choose_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
 
 
 def set_threads(n: int) -> None:
+    """``n`` intra-op threads (0: leave torch's default), here and on the torch thread, whose OpenMP setting
+    is its own once it has run (``uio/torch_thread.py``)."""
     if n > 0:
+        from uio.torch_thread import run_on_torch
+
         torch.set_num_threads(n)
+        run_on_torch(torch.set_num_threads, n)

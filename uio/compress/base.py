@@ -111,7 +111,13 @@ class Compressor:
                 and f.metadata.get("identity", True)}
 
     def identity(self, lm: LoadedModel) -> str:
-        """sha256 over name, ratio, params, version and the base model's fingerprint (see ``identity``)."""
+        """sha256 over name, ratio, params, version and the base model's fingerprint (see ``identity``).
+        Computed on the torch thread: it reads weights (``uio/torch_thread.py``)."""
+        from uio.torch_thread import run_on_torch
+
+        return run_on_torch(self._identity, lm)
+
+    def _identity(self, lm: LoadedModel) -> str:
         doc = {"compressor": self.name, "version": self.version, "ratio": self.ratio, "params": self.params(),
                "model": model_fingerprint(lm)}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()

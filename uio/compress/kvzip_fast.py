@@ -69,10 +69,10 @@ class KVzipFastCompressor(ScoringCompressor):
     pool: int = AUTO_POOL  # pooled over 3 tokens at 32x (the base class's rule)
     weights: str = field(default="", metadata={"identity": False})  # "" -> the shipped scorer; its digest counts
 
-    def identity(self, lm: LoadedModel) -> str:
+    def _identity(self, lm: LoadedModel) -> str:
         # The weights' digest, not their path, is what changes the memories.
         digest = scorer_for(lm, self.weights or None).digest()
-        return hashlib.sha256((super().identity(lm) + digest).encode()).hexdigest()
+        return hashlib.sha256((super()._identity(lm) + digest).encode()).hexdigest()
 
     def prefill(self, lm: LoadedModel, tokens: Sequence[int]) -> Prefill:
         """The plain prefill, with each layer's scores computed from its attention input on the way."""
