@@ -40,7 +40,6 @@ class Models:
                 if self._lm is None:
                     from uio.model import load_model
                     from uio.runtime import set_threads
-
                     from uio.torch_thread import run_on_torch
 
                     set_threads(self.config.threads)
