@@ -43,8 +43,13 @@ class Models:
                     from uio.torch_thread import run_on_torch
 
                     set_threads(self.config.threads)
-                    self._lm = run_on_torch(load_model, self.config.model, self.config.models_path,
-                                            self.config.device, self.config.dtype)
+                    lm = run_on_torch(load_model, self.config.model, self.config.models_path,
+                                      self.config.device, self.config.dtype)
+                    if self.config.pack_weights:
+                        from uio.packed import pack_linears
+
+                        run_on_torch(pack_linears, lm.model)
+                    self._lm = lm
         return self._lm
 
     @property

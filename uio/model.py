@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from uio.packed import packed_numel
 from uio.runtime import choose_device, choose_dtype
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def flat_ttft_slots(lm: LoadedModel, floor: int = 512) -> int:
         tables.add(out.weight)
     # UIO adapters inject LoRA weights into the same modules; they are not part of an answer's forward.
     params = sum(p.numel() for n, p in lm.model.named_parameters() if p not in tables and "lora_" not in n)
+    params += packed_numel(lm.model)  # weights laid out for oneDNN are not parameters (uio/packed.py)
     return max(floor, params // (8 * head_dim * c.num_attention_heads * c.num_hidden_layers))
 
 

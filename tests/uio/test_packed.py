@@ -1,0 +1,118 @@
+"""Linear weights packed for oneDNN (uio/packed.py): the same numbers as plain bf16 Linears, everywhere the model
+is used, and a clear refusal where a packed layer cannot follow."""
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from tests.conftest import SEGMENTS, _tiny, make_pdf, uio_config
+from uio.packed import PackedLinear, pack_linears, packable, packed_numel, unpack_linears
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+def _bf16(kind: str, tokenizer):
+    lm = _tiny(kind, tokenizer)  # seeded: every call makes the same weights
+    return replace(lm, model=lm.model.to(torch.bfloat16), dtype=torch.bfloat16)
+
+
+def _layers_linears(model) -> list[nn.Module]:
+    return [m for m in model.model.layers.modules() if isinstance(m, nn.Linear)]
+
+
+def _prefill_then_decode(model, ids: torch.Tensor, steps: int = 3) -> list[torch.Tensor]:
+    """Logits of a prefill over ``ids`` and of ``steps`` greedy decoding steps after it."""
+    out, cache = [], DynamicCache(config=model.config)
+    with torch.inference_mode():
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+        out.append(logits)
+        for _ in range(steps):
+            logits = model(input_ids=logits[:, -1:].argmax(-1), past_key_values=cache, use_cache=True).logits
+            out.append(logits)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_packed_model_gives_bitwise_the_same_logits(tokenizer, kind):
+    plain, packed = _bf16(kind, tokenizer), _bf16(kind, tokenizer)
+    weights = {n: p.clone() for n, p in packed.model.named_parameters() if "layers" in n and "proj.weight" in n}
+    n = pack_linears(packed.model)
+    assert n == 2 * 7 and all(type(m) is PackedLinear for m in _layers_linears(packed.model))
+    assert type(packed.model.lm_head) is nn.Linear  # the head is left alone
+    assert packed_numel(packed.model) == sum(w.numel() for w in weights.values())
+    assert torch.equal(packed.model.model.layers[1].mlp.down_proj.weight, weights["model.layers.1.mlp.down_proj.weight"])
+    if kind == "qwen2":  # q/k/v carry a bias, kept as the same parameter
+        assert packed.model.model.layers[0].self_attn.q_proj.bias is not None
+    ids = torch.randint(100, 2000, (2, 37))  # a batch of two, an odd length
+    for a, b in zip(_prefill_then_decode(plain.model, ids), _prefill_then_decode(packed.model, ids)):
+        assert torch.equal(a, b)
+
+
+def test_only_bf16_cpu_models_are_packed(tiny_llama):
+    assert not packable(tiny_llama.model)  # float32: oneDNN's kernels round differently there and are no faster
+    assert pack_linears(tiny_llama.model) == 0
+    assert all(type(m) is nn.Linear for m in _layers_linears(tiny_llama.model))
+
+
+def test_unpack_restores_plain_layers_and_moving_a_packed_one_is_refused(tokenizer):
+    lm = _bf16("llama", tokenizer)
+    before = {n: p.clone() for n, p in lm.model.named_parameters()}
+    pack_linears(lm.model)
+    with pytest.raises(TypeError, match="unpack_linears"):
+        lm.model.float()
+    assert unpack_linears(lm.model) == 14
+    after = dict(lm.model.named_parameters())
+    assert before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before)
+    assert lm.model.float().model.layers[0].mlp.up_proj.weight.dtype == torch.float32  # movable again
+
+
+def test_uio_adapter_on_a_packed_model_makes_the_same_memories(tokenizer):
+    from uio.adapter import UIOAdapter
+    from uio.encoder import Encoder
+
+    ref = UIOAdapter(_bf16("qwen2", tokenizer), uio_config()).randomize_(seed=4)
+    lm = _bf16("qwen2", tokenizer)
+    pack_linears(lm.model)  # as the service does at load, before any adapter is injected
+    adapter = UIOAdapter(lm, uio_config()).randomize_(seed=4)
+    assert adapter.fingerprint == ref.fingerprint  # the fingerprint's weight sample reads the packed weight
+    a, b = Encoder(ref).compress(SEGMENTS), Encoder(adapter).compress(SEGMENTS)
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_int8_copy_of_a_packed_model_is_made_from_plain_layers(tokenizer):
+    from uio.adapter import UIOAdapter
+    from uio.quant import int8_encoder
+
+    lm = _bf16("qwen2", tokenizer)
+    pack_linears(lm.model)
+    adapter = UIOAdapter(lm, uio_config()).randomize_(seed=4)
+    q = int8_encoder(adapter)  # deep-copies the model: a packed layer copies as a plain one
+    assert isinstance(q.lm.model.model.layers[0].mlp.gate_proj, torch.ao.nn.quantized.dynamic.Linear)
+    assert type(lm.model.model.layers[0].mlp.gate_proj) is PackedLinear  # the original stays packed
+    assert q.compress(SEGMENTS).keys.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_the_service_packs_a_bf16_model_it_loads_and_answers_the_same(tmp_path, tokenizer, pack):
+    from tome import Config, Tome
+
+    folder = tmp_path / "tiny-bf16"
+    _bf16("qwen2", tokenizer).model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    pages = ["The lighthouse keeper of Tarn Island is called Edda Morrow. " * 6, "Ships pass at dawn. " * 20]
+    answers = {}
+    for packed in (pack, not pack):
+        cfg = Config(data_dir=tmp_path / f"data-{packed}", model=str(folder), device="cpu", dtype="bfloat16",
+                     max_new_tokens=6, segment_len=64, pack_weights=packed, compressor="kvzip")
+        t = Tome(cfg)
+        try:
+            doc = t.ingest(make_pdf(tmp_path / "book.pdf", pages)).document
+            kinds = {type(m) for m in _layers_linears(t.lm.model)}
+            assert kinds == ({PackedLinear} if packed else {nn.Linear})
+            answers[packed] = [list(t.ask([doc.id], "Who keeps the lighthouse?", mode=m))[-1].text
+                               for m in ("uncompressed", "compressed")]
+        finally:
+            t.store.close()
+    assert answers[True] == answers[False]

@@ -1,0 +1,117 @@
+"""Linear weights laid out once for oneDNN's CPU kernels (bf16): faster short prefills and decoding.
+
+``F.linear`` on a bf16 CPU tensor goes to oneDNN, which reorders the plain (out, in) weight into its blocked
+layout on every call. For a decoder's ~170 matrix products per forward that reorder is a fixed cost per
+call: it dominates a decoding step (one row) and weighs on compressed mode's ~300-token prefill, while a
+3,000-token prefill hardly notices it. ``torch.ops.mkldnn._reorder_linear_weight`` (the op torch's own
+compiler uses when it freezes weights) does the reorder once; ``_linear_pointwise`` then multiplies with the
+stored layout. The results are bitwise the same as ``F.linear``'s on bf16 (``tests/uio/test_packed.py``);
+on float32 the kernels differ in rounding and were no faster (``bench/packed_linear.py``), so only bf16
+models are packed.
+
+A packed layer keeps no plain weight (its memory stays the same): reading ``.weight`` gives a fresh plain
+copy (the model fingerprint's sample, PEFT's shape checks), a deep copy is a plain ``nn.Linear`` (the int8
+encoder's float copy), and moving or converting it is refused with the way out (``unpack_linears``).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+BATCH_HINT = 1024  # rows oneDNN lays the weight out for; any row count works (bench/packed_linear.py)
+
+
+def packable(model: nn.Module) -> bool:
+    """Whether ``model``'s Linear layers can be packed here: bf16 on the CPU, with oneDNN built in."""
+    try:
+        param = next(model.parameters())
+    except StopIteration:
+        return False
+    if param.device.type != "cpu" or param.dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight  # noqa: B018 - resolves the op, or raises where it is missing
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+class PackedLinear(nn.Linear):
+    """An ``nn.Linear`` (PEFT and int8 quantisation still recognise it) whose weight oneDNN laid out once."""
+
+    def __init__(self, linear: nn.Linear, hint: int = BATCH_HINT):
+        nn.Module.__init__(self)  # not nn.Linear's: it would allocate a second weight
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bias = linear.bias
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), hint)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """A plain copy of the weight (reading it is rare: fingerprints, shapes)."""
+        return self.packed.to_dense()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def plain(self) -> nn.Linear:
+        """The same layer as a plain ``nn.Linear`` (its own weight tensor, the same bias)."""
+        with torch.device("meta"):
+            lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        lin.weight = nn.Parameter(self.packed.to_dense(), requires_grad=False)
+        lin.bias = self.bias
+        return lin
+
+    def __deepcopy__(self, memo: dict) -> nn.Linear:
+        # oneDNN's opaque tensor has no storage to copy: a copy is made for another use (a float32 copy to
+        # quantise), so it gets the plain layer
+        lin = self.plain()
+        if self.bias is not None:
+            lin.bias = copy.deepcopy(self.bias, memo)
+        return lin
+
+    def _apply(self, fn, recurse: bool = True):
+        raise TypeError("a packed Linear cannot be moved or converted; call uio.packed.unpack_linears(model) "
+                        "first")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, packed for oneDNN"
+
+
+def _linears(model: nn.Module, kind: type) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, layer) for every ``kind`` layer of the decoder stack (not the output head, which may
+    share its weight with the input embedding; it runs on one row per prefill), LoRA's own layers left out."""
+    layers = getattr(getattr(model, "model", model), "layers", None)
+    if layers is None:
+        return []
+    return [(parent, name, child) for path, parent in layers.named_modules() if "lora_" not in path
+            for name, child in parent.named_children() if type(child) is kind]
+
+
+def pack_linears(model: nn.Module, hint: int = BATCH_HINT) -> int:
+    """Pack the decoder layers' Linear layers of a bf16 CPU ``model`` in place; how many were packed (0 where
+    ``packable`` says no, or for a model without a ``layers`` stack)."""
+    if not packable(model):
+        return 0
+    found = _linears(model, nn.Linear)
+    for parent, name, child in found:
+        setattr(parent, name, PackedLinear(child, hint))
+    log.debug("packed %d Linear layers for oneDNN", len(found))
+    return len(found)
+
+
+def unpack_linears(model: nn.Module) -> int:
+    """Undo ``pack_linears``: plain Linear layers again (before training, moving or converting the model)."""
+    found = _linears(model, PackedLinear)
+    for parent, name, child in found:
+        setattr(parent, name, child.plain())
+    return len(found)
+
+
+def packed_numel(model: nn.Module) -> int:
+    """Weights held packed (they are not among ``model.parameters()``)."""
+    return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, PackedLinear))
