@@ -136,19 +136,21 @@ def split_chat(tokenizer, messages: list[dict], marker: str) -> list[list[int]]:
 
 
 def _encode(lm: LoadedModel, messages: list[dict], prefix_len: int, max_new_tokens: int,
-            prompt_ids: list[int] | None = None) -> tuple[dict, GenerationStats]:
-    """The chat prompt's tokens (``prompt_ids`` where given) and fresh stats; refuses what does not fit."""
+            prompt_ids: list[int] | None = None) -> tuple[list[int], GenerationStats]:
+    """The chat prompt's token ids (``prompt_ids`` where given) and fresh stats; refuses what does not fit.
+
+    Plain ints: the tensors are made on the torch thread, where every torch call of a question runs
+    (``uio/torch_thread.py``)."""
     if prompt_ids is not None:
-        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
-        enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        ids = list(prompt_ids)
     else:
-        enc = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                               return_dict=True)
-    stats = GenerationStats(prompt_tokens=int(enc["input_ids"].shape[1]), prefix_len=prefix_len)
+        ids = list(lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True)["input_ids"])
+    stats = GenerationStats(prompt_tokens=len(ids), prefix_len=prefix_len)
     if prefix_len + stats.prompt_tokens + max_new_tokens > lm.window:
         raise ValueError(f"{prefix_len} cached positions + prompt of {stats.prompt_tokens} tokens + "
                          f"{max_new_tokens} new ones exceeds the model's window of {lm.window}")
-    return dict(enc), stats
+    return ids, stats
 
 
 def _streamed(lm: LoadedModel, stats: GenerationStats, stop: threading.Event | None,
@@ -222,40 +224,40 @@ def stream(lm: LoadedModel, messages: list[dict], policy: CachePolicy = FullCach
     (FullCache) skips that machinery: HF ``generate`` reads the prompt in one prefill (same tokens).
     ``prompt_ids``: the prompt's tokens when part of the chat template is already in the cache (``split_chat``).
     """
-    enc, stats = _encode(lm, messages, prefix_len, max_new_tokens, prompt_ids)
+    ids, stats = _encode(lm, messages, prefix_len, max_new_tokens, prompt_ids)
     stats.policy = policy.name
     if policy.fast_path:
-        return _generate(lm, enc, stats, past_key_values, prefix_len, max_new_tokens, temperature, stop)
-    return _with_policy(lm, enc["input_ids"], stats, policy, past_key_values, prefix_len, max_new_tokens,
+        return _generate(lm, ids, stats, past_key_values, prefix_len, max_new_tokens, temperature, stop)
+    return _with_policy(lm, ids, stats, policy, past_key_values, prefix_len, max_new_tokens,
                         temperature, stop, chunk, evict_every)
 
 
-def _generate(lm: LoadedModel, enc: dict, stats: GenerationStats, past_key_values, prefix_len: int,
+def _generate(lm: LoadedModel, ids: list[int], stats: GenerationStats, past_key_values, prefix_len: int,
               max_new_tokens: int, temperature: float, stop: threading.Event | None) -> Generation:
     """Everything kept: HF ``generate`` on the whole prompt (one prefill)."""
-    if prefix_len:
-        # generate() skips the input positions the cache already covers; placeholders stand for them.
-        filler = torch.full((1, prefix_len), lm.tokenizer.pad_token_id, dtype=torch.long)
-        enc = {"input_ids": torch.cat([filler, enc["input_ids"]], 1),
-               "attention_mask": torch.ones(1, prefix_len + stats.prompt_tokens, dtype=torch.long)}
-    enc = {k: v.to(lm.device) for k, v in enc.items()}
-    # Our own cache object (what generate() would make) so that the bytes it holds can be reported.
-    cache = past_key_values if past_key_values is not None else DynamicCache(config=lm.model.config)
+    # generate() skips the input positions the cache already covers; placeholders stand for them.
+    ids = [lm.tokenizer.pad_token_id] * prefix_len + ids
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    kwargs = dict(**enc, max_new_tokens=max_new_tokens, past_key_values=cache,
-                  pad_token_id=lm.tokenizer.pad_token_id, **sampling)
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=lm.tokenizer.pad_token_id, **sampling)
     if not sampling["do_sample"]:
         # The shipped generation configs carry sampling defaults; greedy must not warn about them.
         kwargs.update(temperature=None, top_p=None, top_k=None)
+    cache = [past_key_values]
 
     def work(streamer: _TimedStreamer, stop: threading.Event) -> None:
+        input_ids = torch.tensor([ids], dtype=torch.long, device=lm.device)
+        # Our own cache object (what generate() would make) so that the bytes it holds can be reported.
+        if cache[0] is None:
+            cache[0] = DynamicCache(config=lm.model.config)
         logprobs = _LogProbs(stats.token_logprobs)
         try:
-            out = lm.model.generate(**kwargs, streamer=streamer, logits_processor=LogitsProcessorList([logprobs]),
+            out = lm.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                    past_key_values=cache[0], **kwargs, streamer=streamer,
+                                    logits_processor=LogitsProcessorList([logprobs]),
                                     stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
             logprobs.finish(out[0, -1])
         finally:
-            stats.kv_bytes_held = kv_bytes(cache, lm.model.config.num_hidden_layers)
+            stats.kv_bytes_held = kv_bytes(cache[0], lm.model.config.num_hidden_layers)
 
     return _streamed(lm, stats, stop, work)
 
@@ -267,12 +269,11 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
     return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
 
 
-def _with_policy(lm: LoadedModel, ids: torch.Tensor, stats: GenerationStats, policy: CachePolicy,
+def _with_policy(lm: LoadedModel, prompt: list[int], stats: GenerationStats, policy: CachePolicy,
                  past_key_values, prefix_len: int, max_new_tokens: int, temperature: float,
                  stop: threading.Event | None, chunk: int, evict_every: int) -> Generation:
     """The prompt in chunks through a PolicyCache, evicting after each chunk and every ``evict_every``
     decoded tokens."""
-    ids = ids.to(lm.device)
     eos = _eos_ids(lm)
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
@@ -284,6 +285,7 @@ def _with_policy(lm: LoadedModel, ids: torch.Tensor, stats: GenerationStats, pol
         return token
 
     def work(streamer: _TimedStreamer, stop: threading.Event) -> None:
+        ids = torch.tensor([prompt], dtype=torch.long, device=lm.device)
         pc = PolicyCache(lm.model, policy, past_key_values, prefix_len)
         streamer.put(ids.cpu())  # the prompt (the streamer skips it)
         try:
@@ -302,4 +304,4 @@ def _with_policy(lm: LoadedModel, ids: torch.Tensor, stats: GenerationStats, pol
             stats.eviction_rate = pc.eviction_rate()
             stats.kv_bytes_held = pc.kv_bytes_held()
 
-    return _streamed(lm, stats, stop, work, prefill_forwards=-(-ids.shape[1] // chunk))
+    return _streamed(lm, stats, stop, work, prefill_forwards=-(-len(prompt) // chunk))

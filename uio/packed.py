@@ -5,9 +5,10 @@ layout on every call. For a decoder's ~170 matrix products per forward that reor
 call: it dominates a decoding step (one row) and weighs on compressed mode's ~300-token prefill, while a
 3,000-token prefill hardly notices it. ``torch.ops.mkldnn._reorder_linear_weight`` (the op torch's own
 compiler uses when it freezes weights) does the reorder once; ``_linear_pointwise`` then multiplies with the
-stored layout. The results are bitwise the same as ``F.linear``'s on bf16 (``tests/uio/test_packed.py``);
-on float32 the kernels differ in rounding and were no faster (``bench/packed_linear.py``), so only bf16
-models are packed.
+stored layout. The results are ``F.linear``'s: bitwise for most row counts; for some shapes oneDNN picks
+another kernel and bf16 rounding differs, as with another thread count (of 170 real-manual answers 156 came
+back word for word, the grades 92 against 91). On float32 the kernels were no faster
+(``bench/packed_linear.py``), so only bf16 models are packed.
 
 A packed layer keeps no plain weight (its memory stays the same): reading ``.weight`` gives a fresh plain
 copy (the model fingerprint's sample, PEFT's shape checks), a deep copy is a plain ``nn.Linear`` (the int8

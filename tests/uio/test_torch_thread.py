@@ -96,3 +96,28 @@ def test_set_threads_reaches_the_torch_thread():
     finally:
         set_threads(before)
     assert run_on_torch(torch.get_num_threads) == before
+
+
+
+def _aten_ops_here(run) -> list[str]:
+    """The aten operators ``run()`` executes in this thread (torch's profiler records the thread that starts it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return [e.name for e in prof.events() if e.name.startswith("aten::")]
+
+
+@pytest.mark.parametrize("mode", ["compressed", "uncompressed"])
+def test_no_torch_operator_of_a_question_runs_in_the_callers_thread(tome_tiny, tmp_path, mode):
+    # The hook test above sees only the model's forwards; this sees every torch call (embedding, vector search,
+    # memory loading, assembly, sampling): a new one made in the caller's thread, which would bring back a
+    # second OpenMP team, fails here although a tiny model never starts a team.
+    doc = tome_tiny.ingest(make_pdf(tmp_path / "lamp.pdf", PAGES)).document
+    tome_tiny.memory(doc)
+    tome_tiny.memories.clear()  # the question loads the memory file itself
+    assert "aten::sum" in _aten_ops_here(lambda: torch.ones(2).sum())  # the profiler sees this thread's calls
+    final = []
+    assert _aten_ops_here(lambda: final.extend(tome_tiny.ask([doc.id], "Who lit the lamp?", mode=mode,
+                                                             max_new_tokens=3))) == []
+    assert final[-1].done and final[-1].context_tokens > 0
