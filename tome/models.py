@@ -107,10 +107,13 @@ class Models:
         """The UIO adapter for a compression ratio (loaded once); untrained when none is shipped."""
         ratio = ratio or self.config.ratio
         if ratio not in self._adapters:
+            from uio.torch_thread import run_on_torch
+
             lm = self.lm
             with self._lock:
                 if ratio not in self._adapters:
-                    self._adapters[ratio] = self._load_adapter(lm, ratio)
+                    # on the torch thread: injecting the LoRA layers and reading the file are torch work
+                    self._adapters[ratio] = run_on_torch(self._load_adapter, lm, ratio)
         return self._adapters[ratio]
 
     def _load_adapter(self, lm, ratio: int):

@@ -121,3 +121,9 @@ def test_no_torch_operator_of_a_question_runs_in_the_callers_thread(tome_tiny, t
     assert _aten_ops_here(lambda: final.extend(tome_tiny.ask([doc.id], "Who lit the lamp?", mode=mode,
                                                              max_new_tokens=3))) == []
     assert final[-1].done and final[-1].context_tokens > 0
+
+
+def test_a_uio_adapter_is_loaded_on_the_torch_thread(tome_tiny):
+    assert 8 not in tome_tiny.models._adapters
+    assert _aten_ops_here(lambda: tome_tiny.models.adapter_for(8)) == []  # LoRA injection: torch work
+    assert tome_tiny.models.adapter_for(8).config.ratio == 8
