@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -42,6 +43,9 @@ class GateConfig:
                    base_model=base_model, **kw)
 
 
+BAND_DENSE = 512  # up to this many new tokens the gate's banded attention runs as one masked SDPA (faster there)
+
+
 class LayerGate(nn.Module):
     def __init__(self, cfg: GateConfig):
         super().__init__()
@@ -63,16 +67,37 @@ class LayerGate(nn.Module):
         qs, ks, vs = self.qkv(x).view(B, q, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if state is not None:
             ks, vs = torch.cat([state[0], ks], 2), torch.cat([state[1], vs], 2)
-        band = None  # one new token after a state of < window tokens: it sees them all (decoding)
-        if q > 1 or ks.shape[2] > self.window:
-            past = ks.shape[2] - q
-            qi = torch.arange(q, device=x.device)[:, None] + past
-            kj = torch.arange(ks.shape[2], device=x.device)[None]
-            band = (kj <= qi) & (kj > qi - self.window)  # causal, last `window` tokens
-        mixed = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=band)
+        if q > BAND_DENSE:
+            mixed = self._windowed(qs, ks, vs)
+        else:
+            band = None  # one new token after a state of < window tokens: it sees them all (decoding)
+            if q > 1 or ks.shape[2] > self.window:
+                past = ks.shape[2] - q
+                qi = torch.arange(q, device=x.device)[:, None] + past
+                kj = torch.arange(ks.shape[2], device=x.device)[None]
+                band = (kj <= qi) & (kj > qi - self.window)  # causal, last `window` tokens
+            mixed = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=band)
         mixed = mixed.transpose(1, 2).reshape(B, q, -1)
         keep_from = max(0, ks.shape[2] - (self.window - 1))
         return self.out(mixed) + self.direct(x), (ks[:, :, keep_from:], vs[:, :, keep_from:])
+
+    def _windowed(self, qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor) -> torch.Tensor:
+        """The banded attention, each query over its own ``window`` keys: (q, window) scores where the dense path
+        makes a (q, past + q) mask and score matrix, quadratic (a 3,200-token prompt's gates cost 0.54 s of its
+        prefill on 2 cores; this way 0.07 s)."""
+        q, w = qs.shape[2], self.window
+        past = ks.shape[2] - q
+        pad = max(0, w - 1 - past)  # keys before the first: masked, so every query has a whole window
+        if pad:
+            ks, vs = F.pad(ks, (0, 0, pad, 0)), F.pad(vs, (0, 0, pad, 0))
+        first = past + pad - w + 1  # the window of the first query
+        kw = ks.unfold(2, w, 1)[:, :, first:first + q]  # (B, heads, q, head_dim, w): views, no copy
+        vw = vs.unfold(2, w, 1)[:, :, first:first + q]
+        scores = (qs.unsqueeze(-2) @ kw).squeeze(-2) / math.sqrt(qs.shape[-1])  # (B, heads, q, w)
+        if pad:
+            key = torch.arange(q, device=qs.device)[:, None] + (past - w + 1) + torch.arange(w, device=qs.device)
+            scores = scores.masked_fill(key < 0, float("-inf"))
+        return (scores.softmax(-1).unsqueeze(-2) @ vw.transpose(-1, -2)).squeeze(-2)
 
     def step(self, hidden: torch.Tensor, state=None) -> tuple[torch.Tensor, tuple]:
         """Keep probabilities (B, q, kv_heads) and the new state."""

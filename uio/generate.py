@@ -291,10 +291,13 @@ def _with_policy(lm: LoadedModel, prompt: list[int], stats: GenerationStats, pol
         try:
             for i in range(0, ids.shape[1], chunk):
                 out = pc.forward(ids[:, i:i + chunk], logits_to_keep=1)
-                pc.evict()
+                if i + chunk < ids.shape[1] or max_new_tokens < 1:
+                    pc.evict()
             for n in range(1, max_new_tokens + 1):
                 token = pick(out.logits[:, -1])
                 streamer.put(token.cpu())
+                if n == 1:  # the prompt's last chunk: evicted once its first token is out (same cache after)
+                    pc.evict()
                 if int(token) in eos or stop.is_set() or n == max_new_tokens:
                     break
                 out = pc.forward(token[:, None], logits_to_keep=1)

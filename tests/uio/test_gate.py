@@ -108,6 +108,32 @@ def test_gate_in_chunks_with_its_state_equals_one_pass(tiny_llama):
     assert torch.allclose(torch.cat(singles, 1), whole, atol=1e-6)
 
 
+@pytest.mark.parametrize("dense", [3, 512])
+@pytest.mark.parametrize("seen", [0, 10])
+def test_gate_attention_per_query_window_equals_the_whole_band(tiny_llama, monkeypatch, dense, seen):
+    import torch.nn.functional as F
+
+    import uio.gate
+
+    monkeypatch.setattr(uio.gate, "BAND_DENSE", dense)  # 3: the per-query windows; 512: one masked SDPA
+    gate = _gates(tiny_llama, window=8).layers[0]
+    torch.manual_seed(1)
+    h = torch.randn(1, seen + 30, tiny_llama.model.config.hidden_size)
+    with torch.no_grad():
+        state = gate.step(h[:, :seen])[1] if seen else None  # a state of window - 1 tokens, or none (padded)
+        got, _ = gate.step(h[:, seen:], state)
+        # the whole band at once, as one (q, past + q) mask
+        x = h[:, seen:]
+        qs, ks, vs = gate.qkv(x).view(1, 30, 3, gate.heads, gate.head_dim).permute(2, 0, 3, 1, 4)
+        if state:
+            ks, vs = torch.cat([state[0], ks], 2), torch.cat([state[1], vs], 2)
+        past = ks.shape[2] - 30
+        qi, kj = torch.arange(30)[:, None] + past, torch.arange(ks.shape[2])[None]
+        mixed = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=(kj <= qi) & (kj > qi - 8))
+        want = torch.sigmoid(gate.out(mixed.transpose(1, 2).reshape(1, 30, -1)) + gate.direct(x))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_collect_hidden_sees_every_layer(tiny_llama):
     with collect_hidden(tiny_llama.model) as seen, torch.no_grad():
         tiny_llama.model(_ids(tiny_llama, 10))
