@@ -242,22 +242,20 @@ def _generate(lm: LoadedModel, ids: list[int], stats: GenerationStats, past_key_
     if not sampling["do_sample"]:
         # The shipped generation configs carry sampling defaults; greedy must not warn about them.
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    cache = [past_key_values]
 
     def work(streamer: _TimedStreamer, stop: threading.Event) -> None:
         input_ids = torch.tensor([ids], dtype=torch.long, device=lm.device)
         # Our own cache object (what generate() would make) so that the bytes it holds can be reported.
-        if cache[0] is None:
-            cache[0] = DynamicCache(config=lm.model.config)
+        cache = past_key_values if past_key_values is not None else DynamicCache(config=lm.model.config)
         logprobs = _LogProbs(stats.token_logprobs)
         try:
             out = lm.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                    past_key_values=cache[0], **kwargs, streamer=streamer,
+                                    past_key_values=cache, **kwargs, streamer=streamer,
                                     logits_processor=LogitsProcessorList([logprobs]),
                                     stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
             logprobs.finish(out[0, -1])
         finally:
-            stats.kv_bytes_held = kv_bytes(cache[0], lm.model.config.num_hidden_layers)
+            stats.kv_bytes_held = kv_bytes(cache, lm.model.config.num_hidden_layers)
 
     return _streamed(lm, stats, stop, work)
 

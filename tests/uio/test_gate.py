@@ -280,6 +280,31 @@ def test_decoded_tokens_are_judged_together_at_eviction_as_in_one_pass(tiny_llam
         assert torch.equal(steps.positions[layer], one.positions[layer])
 
 
+def test_a_short_prompt_chunk_is_judged_at_the_eviction_after_it_a_long_one_at_once(tiny_llama, monkeypatch):
+    """A short prompt's first token does not wait for the gate: its chunk is judged when the eviction after
+    that token runs, with the probabilities and evictions of judging it at once."""
+    import uio.cache.attention_gate as ag
+
+    gates = _gates(tiny_llama, window=8)
+    ids = _ids(tiny_llama, 40)
+    runs = {}
+    for hold in (64, 16):  # 64: the 40-token chunk is held; 16: judged as it is read
+        monkeypatch.setattr(ag, "HOLD_TOKENS", hold)
+        pc = PolicyCache(tiny_llama.model, AttentionGate(weights=gates, target_eviction=0.5))
+        with torch.no_grad():
+            pc.forward(ids)
+            runs[hold] = [len(pc.policy._pending[0]), len(pc.policy.prob_history[0])]
+            pc.evict()
+        runs[hold].append(pc)
+    assert runs[64][:2] == [1, 0] and runs[16][:2] == [0, 1]
+    held, at_once = runs[64][2], runs[16][2]
+    for layer in range(tiny_llama.model.config.num_hidden_layers):
+        assert torch.equal(torch.cat(held.policy.prob_history[layer], 1),
+                           torch.cat(at_once.policy.prob_history[layer], 1))
+        assert torch.equal(held.positions[layer], at_once.positions[layer])
+    assert held.eviction_rate() == at_once.eviction_rate() > 0
+
+
 def test_auto_is_the_gate_only_where_a_fitting_gate_ships_for_a_model_in_auto_gates(tiny_llama, tmp_path,
                                                                                     monkeypatch):
     from types import SimpleNamespace

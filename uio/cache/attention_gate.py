@@ -13,6 +13,10 @@ from uio.cache.base import CachePolicy, LayerView
 from uio.gate import AttentionGates
 
 
+HOLD_TOKENS = 512  # prompt chunks up to this long are judged at the next eviction (24 layers x 512 x 896 bf16
+# hidden states held for Qwen-0.5B: 22 MB); longer ones as they are read
+
+
 @dataclass
 class AttentionGate(CachePolicy):
     """Keeps sinks, the last ``recent`` tokens and tokens whose keep probability reaches the threshold.
@@ -116,7 +120,9 @@ class AttentionGate(CachePolicy):
 
     def before_attention(self, cache, layer: int, hidden: torch.Tensor, position_embeddings) -> None:
         self._pending[layer].append(hidden)
-        if hidden.shape[1] > 1:  # a prompt chunk: judge it now rather than hold its hidden states
+        # A long prompt chunk is judged now rather than its hidden states held; a short one (compressed mode's
+        # prompt) waits for the eviction that follows its first token, so that token does not wait for it.
+        if hidden.shape[1] > HOLD_TOKENS:
             self._judge(layer)
 
     def reorder(self, layer: int, take: Callable[[torch.Tensor], torch.Tensor]) -> None:
