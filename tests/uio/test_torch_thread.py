@@ -127,3 +127,13 @@ def test_a_uio_adapter_is_loaded_on_the_torch_thread(tome_tiny):
     assert 8 not in tome_tiny.models._adapters
     assert _aten_ops_here(lambda: tome_tiny.models.adapter_for(8)) == []  # LoRA injection: torch work
     assert tome_tiny.models.adapter_for(8).config.ratio == 8
+
+
+def test_no_torch_operator_of_an_upload_runs_in_the_callers_thread(tome_tiny, tmp_path):
+    # stage 1 (pages, segments, embeddings) and the memories made at ingestion: embedding batches go to the
+    # torch thread, compression to a thread of its own. The first upload imports modules that make a few
+    # tensors at import time (peft, transformers' trainer utilities): the second one is watched.
+    assert tome_tiny.ingest(make_pdf(tmp_path / "first.pdf", PAGES[:2])).ok
+    done = []
+    assert _aten_ops_here(lambda: done.append(tome_tiny.ingest(make_pdf(tmp_path / "lamp.pdf", PAGES)))) == []
+    assert done[0].ok and tome_tiny.memory(done[0].document).num_slots > 0
