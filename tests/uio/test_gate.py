@@ -118,19 +118,19 @@ def test_gate_attention_per_query_window_equals_the_whole_band(tiny_llama, monke
     monkeypatch.setattr(uio.gate, "BAND_DENSE", dense)  # 3: the per-query windows; 512: one masked SDPA
     gate = _gates(tiny_llama, window=8).layers[0]
     torch.manual_seed(1)
-    h = torch.randn(1, seen + 30, tiny_llama.model.config.hidden_size)
+    h = torch.randn(2, seen + 30, tiny_llama.model.config.hidden_size)  # a batch of two, as in training
     with torch.no_grad():
         state = gate.step(h[:, :seen])[1] if seen else None  # a state of window - 1 tokens, or none (padded)
         got, _ = gate.step(h[:, seen:], state)
         # the whole band at once, as one (q, past + q) mask
         x = h[:, seen:]
-        qs, ks, vs = gate.qkv(x).view(1, 30, 3, gate.heads, gate.head_dim).permute(2, 0, 3, 1, 4)
+        qs, ks, vs = gate.qkv(x).view(2, 30, 3, gate.heads, gate.head_dim).permute(2, 0, 3, 1, 4)
         if state:
             ks, vs = torch.cat([state[0], ks], 2), torch.cat([state[1], vs], 2)
         past = ks.shape[2] - 30
         qi, kj = torch.arange(30)[:, None] + past, torch.arange(ks.shape[2])[None]
         mixed = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=(kj <= qi) & (kj > qi - 8))
-        want = torch.sigmoid(gate.out(mixed.transpose(1, 2).reshape(1, 30, -1)) + gate.direct(x))
+        want = torch.sigmoid(gate.out(mixed.transpose(1, 2).reshape(2, 30, -1)) + gate.direct(x))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
