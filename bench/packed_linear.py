@@ -15,22 +15,22 @@ import time
 
 from bench.common import RESULTS_DIR, load_model, table, write_json
 from bench.omp_teams import forward_s
+from bench.uio_speed import decode_tok_s
 
 
-def decode_s(model, past: int, steps: int = 8) -> float:
+def decode_s(lm, past: int, steps: int = 8) -> float:
     """Mean seconds of one decoding step after ``past`` cached positions."""
     import torch
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
-    with torch.inference_mode():
-        model(input_ids=torch.randint(100, 20000, (1, past)), past_key_values=cache, use_cache=True, logits_to_keep=1)
-        t = time.perf_counter()
-        for i in range(steps):
-            pos = torch.tensor([[past + i]])
-            model(input_ids=torch.randint(100, 20000, (1, 1)), past_key_values=cache, position_ids=pos,
-                  cache_position=pos[0], use_cache=True)
-    return (time.perf_counter() - t) / steps
+    def prefilled():
+        cache = DynamicCache(config=lm.model.config)
+        with torch.inference_mode():
+            lm.model(input_ids=torch.randint(100, 20000, (1, past)), past_key_values=cache, use_cache=True,
+                     logits_to_keep=1)
+        return cache, past
+
+    return 1 / decode_tok_s(lm, prefilled, steps)
 
 
 def matmul_rows(rows_list: list[int], reps: int = 20) -> list[dict]:
@@ -74,15 +74,15 @@ def main() -> None:
     lm = load_model(args.model, threads=args.threads)
     if not packable(lm.model):
         raise SystemExit(f"{lm.name} runs in {lm.dtype} here: only bf16 CPU models are packed")
-    shapes = {"short_s": lambda m: forward_s(m, args.prompt, args.past, 5),
-              "long_s": lambda m: forward_s(m, args.long, 0, 3),
-              "decode_s": lambda m: decode_s(m, args.past + args.prompt)}
+    shapes = {"short_s": lambda: forward_s(lm.model, args.prompt, args.past, 5),
+              "long_s": lambda: forward_s(lm.model, args.long, 0, 3),
+              "decode_s": lambda: decode_s(lm, args.past + args.prompt)}
     runs: dict[str, dict[str, list[float]]] = {"plain": {k: [] for k in shapes}, "packed": {k: [] for k in shapes}}
     for r in range(args.rounds):
         for kind in ("plain", "packed"):
             (pack_linears if kind == "packed" else unpack_linears)(lm.model)
             for name, f in shapes.items():
-                runs[kind][name].append(f(lm.model))
+                runs[kind][name].append(f())
             print(r, kind, {k: round(v[-1], 4) for k, v in runs[kind].items()}, flush=True)
     rows = []
     for kind, got in runs.items():
