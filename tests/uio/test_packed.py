@@ -9,7 +9,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from tests.conftest import SEGMENTS, _tiny, make_pdf, uio_config
-from uio.packed import PackedLinear, pack_linears, packable, packed_numel, unpack_linears
+from uio.packed import PackedLinear, RowHead, pack_linears, packable, packed_numel, unpack_linears
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
@@ -41,7 +41,7 @@ def test_packed_model_gives_the_same_logits(tokenizer, kind):
     weights = {n: p.clone() for n, p in packed.model.named_parameters() if "layers" in n and "proj.weight" in n}
     n = pack_linears(packed.model)
     assert n == 2 * 7 and all(type(m) is PackedLinear for m in _layers_linears(packed.model))
-    assert type(packed.model.lm_head) is nn.Linear  # the head is left alone
+    assert type(packed.model.lm_head) is RowHead  # the head is not packed: one row goes through torch.mv
     assert packed_numel(packed.model) == sum(w.numel() for w in weights.values())
     assert torch.equal(packed.model.model.layers[1].mlp.down_proj.weight, weights["model.layers.1.mlp.down_proj.weight"])
     if kind == "qwen2":  # q/k/v carry a bias, kept as the same parameter
@@ -53,10 +53,38 @@ def test_packed_model_gives_the_same_logits(tokenizer, kind):
         torch.testing.assert_close(b, a, rtol=0.016, atol=0.01)
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_one_row_head_gives_linears_logits_and_keeps_a_shared_weight(tokenizer, kind):
+    lm = _bf16(kind, tokenizer)
+    head, embed = lm.model.lm_head, lm.model.get_input_embeddings()
+    shared = head.weight is embed.weight
+    pack_linears(lm.model)
+    assert lm.model.lm_head is head and type(head) is RowHead
+    assert (head.weight is embed.weight) == shared  # the class changed, not the parameter
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, head.in_features, dtype=torch.bfloat16)
+    one = head(x)
+    assert one.shape == (1, 1, head.out_features)
+    assert torch.equal(one, nn.functional.linear(x, head.weight, head.bias))  # bitwise: the same fp32 sums
+    rows = torch.randn(2, 3, head.in_features, dtype=torch.bfloat16)  # more rows: F.linear's own path
+    assert torch.equal(head(rows), nn.functional.linear(rows, head.weight, head.bias))
+    # the model's last-position logits for a batch of one (what generation reads) are the plain model's
+    plain = _bf16(kind, tokenizer)
+    ids = torch.randint(100, 2000, (1, 21))
+    with torch.inference_mode():
+        a = plain.model(input_ids=ids, logits_to_keep=1).logits
+        b = lm.model(input_ids=ids, logits_to_keep=1).logits
+    torch.testing.assert_close(b, a, rtol=0.016, atol=0.01)
+    assert int(b[0, -1].argmax()) == int(a[0, -1].argmax())
+    unpack_linears(lm.model)
+    assert type(lm.model.lm_head) is nn.Linear
+
+
 def test_only_bf16_cpu_models_are_packed(tiny_llama):
     assert not packable(tiny_llama.model)  # float32: oneDNN's kernels round differently there and are no faster
     assert pack_linears(tiny_llama.model) == 0
     assert all(type(m) is nn.Linear for m in _layers_linears(tiny_llama.model))
+    assert type(tiny_llama.model.lm_head) is nn.Linear
 
 
 def test_unpack_restores_plain_layers_and_moving_a_packed_one_is_refused(tokenizer):
