@@ -26,10 +26,20 @@ def load_model(name: str, device: str = "cpu", dtype: str = "auto", threads: int
     return load(name, MODELS_DIR, device, dtype)
 
 
+COMPACT_ABOVE = 64_000  # characters: a larger result file is written without indentation
+
+
+def result_text(payload: Any, indent: int = 1) -> str:
+    """A result file's JSON: indented to be read, compact when it would exceed ``COMPACT_ABOVE`` characters
+    (per-question runs: the repository's tracked size must stay under the 64 MiB a device run carries)."""
+    text = json.dumps(payload, indent=indent)
+    return text if len(text) <= COMPACT_ABOVE else json.dumps(payload, separators=(",", ":"))
+
+
 def write_json(path: Path, payload: Any, indent: int = 1) -> Path:
     """Write a result file (folders made as needed) and say where it went."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=indent) + "\n")
+    path.write_text(result_text(payload, indent) + "\n")
     try:
         shown = path.relative_to(ROOT)
     except ValueError:

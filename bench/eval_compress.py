@@ -52,7 +52,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Iterator
 
-from bench.common import DOCS_DIR, MODELS_DIR, RESULTS_DIR, ROOT, table, write_json
+from bench.common import DOCS_DIR, MODELS_DIR, RESULTS_DIR, ROOT, result_text, table, write_json
 
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SHORT = " Answer briefly."  # QA questions ask for a short answer (max_new_tokens 24)
@@ -262,7 +262,7 @@ def load_part(model: str, part: str) -> dict:
 def save_part(model: str, part: str, data: dict) -> None:
     p = part_path(model, part)
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.write_text(result_text(data) + "\n")
     tmp.replace(p)
 
 

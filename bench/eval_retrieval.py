@@ -66,7 +66,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import RESULTS_DIR, ROOT
+from bench.common import RESULTS_DIR, ROOT, result_text
 from bench.qa import realdocs
 
 OUT = RESULTS_DIR / "eval_retrieval.json"
@@ -701,7 +701,7 @@ def main(argv=None) -> int:
               f"parts {lat['parts']}")
         result["latency"] = lat
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    args.out.write_text(result_text(result))
     print(f"wrote {args.out}")
     return 0
 
