@@ -322,7 +322,8 @@ class Answerer:
         from uio.generate import stream
 
         gen = stream(self.lm, ctx.messages, policy, past_key_values=ctx.cache, prefix_len=ctx.prefix,
-                     max_new_tokens=max_new, temperature=temperature, stop=stop, prompt_ids=ctx.prompt_ids)
+                     max_new_tokens=max_new, temperature=temperature, stop=stop, prompt_ids=ctx.prompt_ids,
+                     draft_tokens=self.models.config.draft_tokens)
         pieces = iter(gen)
         try:
             for piece in pieces:

@@ -147,6 +147,9 @@ class Config:
     vector_index_min: int = _opt(100_000, "above this many segments (SQLite), search through the sqlite-vec index",
                                  "TOME_VECTOR_INDEX_MIN", int)
     max_new_tokens: int = _opt(256, "most tokens of an answer", "TOME_MAX_NEW_TOKENS", int)
+    draft_tokens: int = _opt(8, "greedy answers: tokens drafted from the prompt and verified in each decoding "
+                                "forward (uio/draft.py: the same answer in fewer forwards); 0: one token a forward",
+                             "TOME_DRAFT_TOKENS", int)
     cache_policy: str = _opt("auto", "policy for the recent (uncompressed) cache: auto (the Attention-Gate where "
                                      "one ships and is on by default, else full) or a name of uio.cache.POLICIES",
                              "TOME_CACHE_POLICY")

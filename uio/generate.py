@@ -13,6 +13,7 @@ from transformers import (DynamicCache, LogitsProcessor, LogitsProcessorList, St
 
 from uio.cache.base import CachePolicy, PolicyCache, kv_bytes
 from uio.cache.full import FullCache
+from uio.draft import MAX_DRAFT, PromptLookup
 from uio.model import LoadedModel
 from uio.torch_thread import start_on_torch
 
@@ -38,6 +39,8 @@ class GenerationStats:
     eviction_rate: float = 0.0  # share of the recent tokens' K/V no longer held at the end
     kv_bytes_held: list[int] = field(default_factory=list)  # per layer at the end, memories and pads included
     token_logprobs: list[float] = field(default_factory=list)  # log-probability of each token handed out
+    drafted: int = 0  # tokens drafted from the prompt and read for verification (uio.draft)
+    accepted: int = 0  # of them, those the model picked itself (handed out without a forward of their own)
 
     @property
     def confidence(self) -> float:
@@ -60,7 +63,8 @@ class GenerationStats:
                 "prefill_tok_s": round(self.prefill_tok_s, 1), "decode_tok_s": round(self.decode_tok_s, 1),
                 "stopped": self.stopped, "policy": self.policy, "eviction_rate": round(self.eviction_rate, 4),
                 "kv_bytes_held": sum(self.kv_bytes_held), "confidence": float(f"{self.confidence:.4g}"),
-                "token_logprobs": [round(x, 3) for x in self.token_logprobs]}
+                "token_logprobs": [round(x, 3) for x in self.token_logprobs],
+                "drafted": self.drafted, "accepted": self.accepted}
 
 
 class _TimedStreamer(TextIteratorStreamer):
@@ -214,7 +218,7 @@ def _streamed(lm: LoadedModel, stats: GenerationStats, stop: threading.Event | N
 def stream(lm: LoadedModel, messages: list[dict], policy: CachePolicy = FullCache(), past_key_values=None,
            prefix_len: int = 0, max_new_tokens: int = 256, temperature: float = 0.0,
            stop: threading.Event | None = None, chunk: int = PREFILL_CHUNK, evict_every: int = EVICT_EVERY,
-           prompt_ids: list[int] | None = None) -> Generation:
+           prompt_ids: list[int] | None = None, draft_tokens: int = 0) -> Generation:
     """Generate an answer to chat ``messages`` in a background thread, streaming its text, with the
     recent-cache ``policy`` (uio.cache) applied as the cache grows.
 
@@ -223,13 +227,19 @@ def stream(lm: LoadedModel, messages: list[dict], policy: CachePolicy = FullCach
     policy evicts after each chunk and every ``evict_every`` decoded tokens. A policy that never evicts
     (FullCache) skips that machinery: HF ``generate`` reads the prompt in one prefill (same tokens).
     ``prompt_ids``: the prompt's tokens when part of the chat template is already in the cache (``split_chat``).
+    ``draft_tokens``: greedy decoding verifies up to this many tokens drafted from the prompt per forward
+    (``uio.draft``; not under a policy that cannot take tokens back, H2O); the full cache then goes through
+    PolicyCache too.
     """
+    if not 0 <= draft_tokens <= MAX_DRAFT:
+        raise ValueError(f"draft_tokens must be between 0 and {MAX_DRAFT}, not {draft_tokens}")
     ids, stats = _encode(lm, messages, prefix_len, max_new_tokens, prompt_ids)
     stats.policy = policy.name
-    if policy.fast_path:
+    drafting = draft_tokens > 0 and temperature <= 0 and policy.drafts
+    if policy.fast_path and not drafting:
         return _generate(lm, ids, stats, past_key_values, prefix_len, max_new_tokens, temperature, stop)
     return _with_policy(lm, ids, stats, policy, past_key_values, prefix_len, max_new_tokens,
-                        temperature, stop, chunk, evict_every)
+                        temperature, stop, chunk, evict_every, draft_tokens if drafting else 0)
 
 
 def _generate(lm: LoadedModel, ids: list[int], stats: GenerationStats, past_key_values, prefix_len: int,
@@ -269,10 +279,13 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
 
 def _with_policy(lm: LoadedModel, prompt: list[int], stats: GenerationStats, policy: CachePolicy,
                  past_key_values, prefix_len: int, max_new_tokens: int, temperature: float,
-                 stop: threading.Event | None, chunk: int, evict_every: int) -> Generation:
+                 stop: threading.Event | None, chunk: int, evict_every: int, draft_tokens: int = 0) -> Generation:
     """The prompt in chunks through a PolicyCache, evicting after each chunk and every ``evict_every``
-    decoded tokens."""
+    decoded tokens. With ``draft_tokens`` (greedy only, a policy that can take tokens back) each decoding
+    forward also reads up to that many tokens drafted from the prompt (``uio.draft``) and keeps those the model
+    picks itself: the same greedy answer in fewer forwards."""
     eos = _eos_ids(lm)
+    lookup = PromptLookup(prompt) if draft_tokens > 0 else None
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
         if temperature > 0:
@@ -291,15 +304,36 @@ def _with_policy(lm: LoadedModel, prompt: list[int], stats: GenerationStats, pol
                 out = pc.forward(ids[:, i:i + chunk], logits_to_keep=1)
                 if i + chunk < ids.shape[1] or max_new_tokens < 1:
                     pc.evict()
-            for n in range(1, max_new_tokens + 1):
-                token = pick(out.logits[:, -1])
+            logits, ready = out.logits[:, -1], []  # ready: drafted tokens the model picked, not handed out yet
+            n = fed = 0  # tokens handed out; decoded tokens read by the model
+            while True:
+                token = pick(logits)
                 streamer.put(token.cpu())
+                n += 1
+                if lookup is not None:
+                    lookup.append(int(token))
                 if n == 1:  # the prompt's last chunk: evicted once its first token is out (same cache after)
                     pc.evict()
                 if int(token) in eos or stop.is_set() or n == max_new_tokens:
                     break
-                out = pc.forward(token[:, None], logits_to_keep=1)
-                if n % evict_every == 0:
+                if ready:  # the forward that read this token already gave the next one's logits
+                    logits = ready.pop(0)
+                    continue
+                # a forward never reads past the next eviction point: evictions fall where they would
+                # without drafts, so the answer is the same
+                room = min(draft_tokens, max_new_tokens - n - 1, evict_every - fed % evict_every - 1)
+                draft = lookup.draft(room) if lookup is not None else []
+                step = torch.tensor([[int(token)] + draft], dtype=torch.long, device=lm.device)
+                out = pc.forward(step, logits_to_keep=step.shape[1])
+                picked = out.logits[0, :len(draft)].argmax(-1).tolist()
+                kept = next((j for j, (a, b) in enumerate(zip(picked, draft)) if a != b), len(draft))
+                pc.truncate(len(draft) - kept)  # the drafts after the first the model did not pick
+                stats.drafted += len(draft)
+                stats.accepted += kept
+                ready = [out.logits[:, j] for j in range(1, kept + 1)]
+                logits = out.logits[:, 0]
+                fed += 1 + kept
+                if fed % evict_every == 0:
                     pc.evict()
         finally:
             stats.eviction_rate = pc.eviction_rate()

@@ -129,6 +129,19 @@ class AttentionGate(CachePolicy):
         if self.keep_prob[layer] is not None:
             self.keep_prob[layer] = take(self.keep_prob[layer])
 
+    def forget(self, cache, n: int) -> None:
+        """Drop the newest ``n`` tokens' layer inputs: they wait unjudged (a drafted chunk is never longer than
+        ``HOLD_TOKENS``), so nothing else saw them."""
+        for layer in range(cache.n_layers):
+            pending = self._pending[layer]
+            if not pending or pending[-1].shape[1] < n:
+                raise RuntimeError("the gate judged tokens that are being taken back")
+            last = pending[-1][:, :-n]
+            if last.shape[1]:
+                pending[-1] = last
+            else:
+                pending.pop()
+
     def _judge(self, layer: int) -> None:
         """Run the layer's gate over the tokens it has not judged yet (in order, continuing its own state)."""
         pending = self._pending[layer]

@@ -61,6 +61,9 @@ class CachePolicy:
     fast_path: ClassVar[bool] = False
     # after_attention reads this cache's per-layer masks (PolicyCache.layer_mask): build them every forward.
     needs_layer_masks: ClassVar[bool] = False
+    # Its state can forget the newest tokens (``forget``), so uio.generate may verify drafted tokens and take the
+    # rejected ones back (PolicyCache.truncate). False where the state cannot be rolled back (H2O's sums).
+    drafts: ClassVar[bool] = True
 
     @classmethod
     def at(cls, eviction: float, **options) -> "CachePolicy":
@@ -120,6 +123,10 @@ class CachePolicy:
     def reorder(self, layer: int, take: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Layer ``layer``'s entries were gathered: ``take`` applies the same gather to (H, L) per-entry
         state (0 at new pads), so that state stays aligned with ``PolicyCache.positions``."""
+
+    def forget(self, cache: "PolicyCache", n: int) -> None:
+        """The newest ``n`` tokens (read by the last forward, not evicted or judged since) were taken back
+        (``PolicyCache.truncate``): drop what was noted about them. Only where ``drafts`` is True."""
 
 
 def kv_bytes(cache: DynamicCache | None, n_layers: int) -> list[int]:
@@ -203,6 +210,26 @@ class PolicyCache:
         self.seen += q
         self.next_pos += q
         return out
+
+    def truncate(self, n: int) -> None:
+        """Take back the newest ``n`` tokens of the last forward (drafted tokens the model did not pick): the
+        cache is then what a forward without them would have left. No eviction may run in between."""
+        if n <= 0:
+            return
+        if not self.policy.drafts:
+            raise TypeError(f"the {self.policy.name} policy cannot take tokens back")
+        if n > self.seen:
+            raise ValueError(f"cannot take back {n} tokens of {self.seen}")
+        for layer in range(self.n_layers):
+            cl = self.cache.layers[layer]
+            cl.keys, cl.values = cl.keys[:, :, :-n], cl.values[:, :, :-n]  # new tokens sit at the end of a layer
+            self.positions[layer] = self.positions[layer][:, :-n]
+            held = self._held_masks[layer]
+            if held is not None:
+                self._held_masks[layer] = held[:, :-n]
+        self.policy.forget(self, n)
+        self.seen -= n
+        self.next_pos -= n
 
     def layer_mask(self, layer: int) -> torch.Tensor | None:
         """The additive (1, heads, q, held + q) mask of ``layer`` in the forward running now, built when the

@@ -21,6 +21,7 @@ class H2O(CachePolicy):
     name: ClassVar[str] = "h2o"
     label: ClassVar[str] = "H2O (heavy hitters + recent)"
     needs_layer_masks: ClassVar[bool] = True  # after_attention recomputes the attention weights under the mask
+    drafts: ClassVar[bool] = False  # the sums hold what rejected drafts gave every entry: no taking back
 
     def budget(self, seen: int) -> int | None:
         return self.budget_tokens if self.budget_tokens is not None else super().budget(seen)
