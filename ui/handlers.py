@@ -192,6 +192,7 @@ def figures_line(u: AnswerUpdate) -> str:
     ttft = (s.get("timing") or {}).get("ttft_s", s.get("ttft_s", 0))
     return (f"{what} · cache {policy} · first token {ttft:.2f} s · {s.get('decode_tok_s', 0):.1f} tok/s · "
             f"KV {_size(s.get('kv_bytes', 0))} · {s.get('new_tokens', 0)} tokens"
+            + (f" ({s['accepted']} from drafts)" if s.get("accepted") else "")  # uio/draft.py
             + (" · stopped" if s.get("stopped") else "") + untrained)
 
 

@@ -24,6 +24,11 @@ def test_smollm2_answers_from_the_uncompressed_book(tome_smol, tmp_path):
     final = list(tome_smol.ask([r.document.id], QUESTION))[-1]
     assert "Ilse Marrick" in final.text
     assert final.truncated == [] and final.sources[0].label() == "Varrow Point, p. 2"  # the fact's page
+    # the answer copies the page: tokens drafted from the prompt were kept (uio/draft.py), and the figures say so
+    from ui.handlers import figures_line
+
+    assert final.stats["accepted"] > 0 and final.stats["policy"] == "full"
+    assert f"({final.stats['accepted']} from drafts)" in figures_line(final)
 
 
 @pytest.mark.slow
@@ -34,6 +39,7 @@ def test_qwen_default_answers_from_the_uncompressed_book(qwen, tmp_path):
     r = tome.ingest(_book(tmp_path))
     final = list(tome.ask([r.document.id], QUESTION))[-1]
     assert "Ilse Marrick" in final.text
+    assert final.stats["cache_policy"] == "gate" and final.stats["accepted"] > 0  # drafts under the gate too
 
 
 @pytest.mark.slow
