@@ -285,7 +285,6 @@ def _with_policy(lm: LoadedModel, prompt: list[int], stats: GenerationStats, pol
     forward also reads up to that many tokens drafted from the prompt (``uio.draft``) and keeps those the model
     picks itself: the same greedy answer in fewer forwards."""
     eos = _eos_ids(lm)
-    lookup = PromptLookup(prompt) if draft_tokens > 0 else None
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
         if temperature > 0:
@@ -306,12 +305,13 @@ def _with_policy(lm: LoadedModel, prompt: list[int], stats: GenerationStats, pol
                     pc.evict()
             logits, ready = out.logits[:, -1], []  # ready: drafted tokens the model picked, not handed out yet
             n = fed = 0  # tokens handed out; decoded tokens read by the model
+            answer: list[int] = []
+            lookup: PromptLookup | None = None  # built after the first token, off its path (4 ms for 3K tokens)
             while True:
                 token = pick(logits)
                 streamer.put(token.cpu())
                 n += 1
-                if lookup is not None:
-                    lookup.append(int(token))
+                answer.append(int(token))
                 if n == 1:  # the prompt's last chunk: evicted once its first token is out (same cache after)
                     pc.evict()
                 if int(token) in eos or stop.is_set() or n == max_new_tokens:
@@ -322,7 +322,12 @@ def _with_policy(lm: LoadedModel, prompt: list[int], stats: GenerationStats, pol
                 # a forward never reads past the next eviction point: evictions fall where they would
                 # without drafts, so the answer is the same
                 room = min(draft_tokens, max_new_tokens - n - 1, evict_every - fed % evict_every - 1)
-                draft = lookup.draft(room) if lookup is not None else []
+                draft = []
+                if draft_tokens:
+                    lookup = lookup or PromptLookup(prompt)
+                    for t in answer[len(lookup.tokens) - len(prompt):]:
+                        lookup.append(t)
+                    draft = lookup.draft(room)
                 step = torch.tensor([[int(token)] + draft], dtype=torch.long, device=lm.device)
                 out = pc.forward(step, logits_to_keep=step.shape[1])
                 picked = out.logits[0, :len(draft)].argmax(-1).tolist()
