@@ -2,12 +2,12 @@
 most recent earlier occurrence.
 
 Why: on the CPU a decoding step is bound by reading the weights, so a forward over nine tokens costs about what
-one costs (Qwen-0.5B, two threads: 71 ms for one, 75 ms for sixteen). Answers about a passage copy its words and
-the question's, so the tokens that followed the same few tokens earlier in the prompt are often the next ones:
-``uio.generate`` feeds such a draft with the last token, keeps the drafted tokens the model itself picks at each
-position, and so hands out the greedy answer in fewer forwards. On the real-manual answers a simulated lookup of
-3 tokens, 8 drafted, needed 0.46 of the forwards in compressed mode and 0.43 in retrieval (docs/COMPRESSION.md
-"Twentieth run").
+one costs (Qwen-0.5B, two threads: 63 ms for one, 69 ms for nine; ``bench/forward_cost.py``). Answers about a
+passage copy its words and the question's, so the tokens that followed the same few tokens earlier in the prompt
+are often the next ones: ``uio.generate`` feeds such a draft with the last token, keeps the drafted tokens the
+model itself picks at each position, and so hands out the greedy answer in fewer forwards. On the real-manual
+answers a simulated lookup of 3 tokens, 8 drafted, needed 0.46 of the forwards in compressed mode and 0.43 in
+retrieval (docs/COMPRESSION.md "Twentieth run").
 """
 from __future__ import annotations
 

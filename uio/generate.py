@@ -320,7 +320,7 @@ def _with_policy(lm: LoadedModel, prompt: list[int], stats: GenerationStats, pol
                     logits = ready.pop(0)
                     continue
                 # a forward never reads past the next eviction point: evictions fall where they would
-                # without drafts, so the answer is the same
+                # without drafts, so every token reads the cache it would read one token a forward
                 room = min(draft_tokens, max_new_tokens - n - 1, evict_every - fed % evict_every - 1)
                 draft = []
                 if draft_tokens:
@@ -332,7 +332,7 @@ def _with_policy(lm: LoadedModel, prompt: list[int], stats: GenerationStats, pol
                 out = pc.forward(step, logits_to_keep=step.shape[1])
                 picked = out.logits[0, :len(draft)].argmax(-1).tolist()
                 kept = next((j for j, (a, b) in enumerate(zip(picked, draft)) if a != b), len(draft))
-                pc.truncate(len(draft) - kept)  # the drafts after the first the model did not pick
+                pc.truncate(len(draft) - kept)  # the drafts from the first one the model did not pick on
                 stats.drafted += len(draft)
                 stats.accepted += kept
                 ready = [out.logits[:, j] for j in range(1, kept + 1)]
