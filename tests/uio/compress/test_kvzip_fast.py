@@ -82,6 +82,17 @@ def test_deterministic_and_identity_follows_the_weights(tiny_llama, llama_weight
     assert make_compressor("kvzip", 8).identity(tiny_llama) != a.fingerprint
 
 
+def test_the_weights_are_hashed_once_per_loaded_scorer(tiny_llama, llama_weights, monkeypatch):
+    calls = []
+    real = KVScorer.digest
+    monkeypatch.setattr(KVScorer, "digest", lambda self: calls.append(1) or real(self))
+    comp = make_compressor("kvzip-fast", 8, weights=str(llama_weights))
+    first = comp.identity(tiny_llama)
+    assert comp.identity(tiny_llama) == make_compressor("kvzip-fast", 8, weights=str(llama_weights)).identity(
+        tiny_llama) == first
+    assert len(calls) <= 1  # every question reads the identity: the digest is kept with the loaded scorer
+
+
 def test_save_load_round_trip(tiny_llama, tmp_path):
     torch.manual_seed(3)
     scorer = KVScorer(ScorerConfig.for_model(tiny_llama, rank=8, repeats=True))
