@@ -72,6 +72,11 @@ class Passage:
 
 
 EXCERPTS_HEADER = "\n\nPassages that may hold the answer, word for word, labelled [book, page]:\n\n"
+# Compressed mode's shorter instructions (``memory_prompt="short"``): the passages follow with their labels alone,
+# ~37 tokens fewer before the first token than MEMORY_PROMPT + the books' names + EXCERPTS_HEADER.
+SHORT_MEMORY_PROMPT = ("Answer from the documents you have read and the passages below, briefly and precisely. "
+                       "If they do not hold the answer, say so.")
+MEMORY_PROMPTS = ("long", "short")
 EXCERPT_PLACES = ("system", "user")  # where build_messages may put compressed mode's excerpts
 
 
@@ -122,7 +127,8 @@ def fit_budget(books: Sequence[tuple[str, Sequence[TextSegment]]], budget: int) 
 
 def build_messages(selection: Selection, question: str, history: Sequence[dict] = (),
                    memory_of: Sequence[str] = (), memory_marker: str | None = None,
-                   excerpts: Sequence[Excerpt] = (), excerpts_in: str = "system") -> list[dict]:
+                   excerpts: Sequence[Excerpt] = (), excerpts_in: str = "system",
+                   memory_prompt: str = "long") -> list[dict]:
     """System prompt with the passages, then earlier turns, then the question.
 
     With ``memory_of`` (compressed mode) the documents are not in the text: they are memories in the
@@ -130,10 +136,16 @@ def build_messages(selection: Selection, question: str, history: Sequence[dict] 
     with it, the system prompt is the uncompressed one with each book's title followed by the marker,
     where its memories go (``uio.generate.split_chat``). ``excerpts`` (compressed mode): passages given
     as text, labelled [book, p. N]: after the documents in the system message (``excerpts_in="system"``)
-    or in the question's own message, before it (``"user"``).
+    or in the question's own message, before it (``"user"``). ``memory_prompt="short"``: with excerpts in the
+    system message and the memories before it, ``SHORT_MEMORY_PROMPT`` and the labelled passages only.
     """
     if excerpts_in not in EXCERPT_PLACES:
         raise ValueError(f"excerpts_in must be one of {EXCERPT_PLACES}, not {excerpts_in!r}")
+    if memory_prompt not in MEMORY_PROMPTS:
+        raise ValueError(f"memory_prompt must be one of {MEMORY_PROMPTS}, not {memory_prompt!r}")
+    if memory_of and excerpts and not memory_marker and excerpts_in == "system" and memory_prompt == "short":
+        system = SHORT_MEMORY_PROMPT + "\n\n" + "\n\n".join(e.labelled() for e in excerpts)
+        return [{"role": "system", "content": system}] + _turns(history, question)
     if memory_of and memory_marker:
         docs = "\n\n".join(f"[{t}]\n{memory_marker}" for t in memory_of)
         system = f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"
@@ -149,13 +161,15 @@ def build_messages(selection: Selection, question: str, history: Sequence[dict] 
             system = f"{PAGED_PROMPT}\n\nPassages:\n\n{docs}"
         else:
             system = f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"
-    messages = [{"role": "system", "content": system}]
-    messages += [{"role": m["role"], "content": m["content"]} for m in history
-                 if m.get("role") in ("user", "assistant")]
     if passages and excerpts_in == "user":
         question = f"{passages.strip()}\n\nQuestion: {question}"
-    messages.append({"role": "user", "content": question})
-    return messages
+    return [{"role": "system", "content": system}] + _turns(history, question)
+
+
+def _turns(history: Sequence[dict], question: str) -> list[dict]:
+    """The earlier turns (user and assistant only), then the question."""
+    return [{"role": m["role"], "content": m["content"]} for m in history
+            if m.get("role") in ("user", "assistant")] + [{"role": "user", "content": question}]
 
 
 def count_tokens(tokenizer, messages: list[dict]) -> int:

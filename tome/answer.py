@@ -125,7 +125,8 @@ class CompressedContext:
     def _messages(self, question: str, history) -> list[dict]:
         return build_messages(fit_budget([], 0), question, history, memory_of=self.titles,
                               memory_marker=self.MARK if self.layout == "inline" else None, excerpts=self.excerpts,
-                              excerpts_in=self.a.models.config.memory_excerpt_place)
+                              excerpts_in=self.a.models.config.memory_excerpt_place,
+                              memory_prompt=self.a.models.config.memory_prompt)
 
     def _passage_text(self, hit, ranking, segments: dict, question: str) -> str:
         """A passage's text as read: re-cut around the question's best sentence (``Config.memory_excerpt_aim``)

@@ -58,3 +58,26 @@ def test_prompt_labels_each_page_of_a_segment():
     system = build_messages(Selection([p], []), "q")[0]["content"]
     assert "[Book, p. 3]" in system and "say that they do not" in system
     assert Passage("Book", seg).labelled().startswith("[Book, pp. 3-4]\n")
+
+
+def test_short_memory_prompt_reads_one_sentence_then_the_labelled_passages():
+    import pytest
+
+    from retrieval.prompt import EXCERPTS_HEADER, MEMORY_PROMPT, SHORT_MEMORY_PROMPT, Excerpt
+
+    ex = [Excerpt("Harbour", 2, "The keeper owns a falcon."), Excerpt("Tides", 7, "High water at noon.")]
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+               {"role": "system", "content": "dropped"}]
+    short = build_messages(fit_budget([], 0), "Whose falcon?", history, memory_of=["Harbour", "Tides"], excerpts=ex,
+                           memory_prompt="short")
+    long = build_messages(fit_budget([], 0), "Whose falcon?", history, memory_of=["Harbour", "Tides"], excerpts=ex)
+    assert short[0]["content"] == (SHORT_MEMORY_PROMPT + "\n\n[Harbour, p. 2]\nThe keeper owns a falcon.\n\n"
+                                   "[Tides, p. 7]\nHigh water at noon.")
+    assert long[0]["content"].startswith(MEMORY_PROMPT) and EXCERPTS_HEADER in long[0]["content"]
+    assert short[1:] == long[1:] == [history[0], history[1], {"role": "user", "content": "Whose falcon?"}]
+    # where it does not apply (no passages, passages in the question, memories inline) the long prompt stays
+    for kw in ({}, {"excerpts": ex, "excerpts_in": "user"}, {"excerpts": ex, "memory_marker": "<<m>>"}):
+        a = build_messages(fit_budget([], 0), "q", memory_of=["Harbour"], memory_prompt="short", **kw)
+        assert a == build_messages(fit_budget([], 0), "q", memory_of=["Harbour"], **kw)
+    with pytest.raises(ValueError, match="memory_prompt"):
+        build_messages(fit_budget([], 0), "q", memory_of=["Harbour"], excerpts=ex, memory_prompt="tiny")

@@ -250,10 +250,11 @@ def test_memory_excerpts_put_the_best_passages_as_text_beside_the_memories(tome_
     passage = next(p for p in tome_tiny.store.passages(doc.id) if p.page == 2).text
     assert "Ossian" in passage
     bare = build_messages(fit_budget([], 0), q, memory_of=["Harbour"])
-    more = build_messages(fit_budget([], 0), q, memory_of=["Harbour"], excerpts=[Excerpt("Harbour", 2, passage)])
+    more = build_messages(fit_budget([], 0), q, memory_of=["Harbour"], excerpts=[Excerpt("Harbour", 2, passage)],
+                          memory_prompt=tome_tiny.config.memory_prompt)  # the short instructions, by default
     assert "[Harbour, p. 2]\n" + passage in more[0]["content"]
     added = count_tokens(tok, more) - count_tokens(tok, bare)
-    assert got.stats["prompt_tokens"] - base.stats["prompt_tokens"] == added > 0  # read at question time
+    assert got.stats["prompt_tokens"] - base.stats["prompt_tokens"] == added  # read at question time
     from ui.handlers import figures_line
 
     assert "+ 1 passage as text" in figures_line(got) and "passage" not in figures_line(base)
