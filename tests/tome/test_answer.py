@@ -251,7 +251,8 @@ def test_memory_excerpts_put_the_best_passages_as_text_beside_the_memories(tome_
     assert "Ossian" in passage
     bare = build_messages(fit_budget([], 0), q, memory_of=["Harbour"])
     more = build_messages(fit_budget([], 0), q, memory_of=["Harbour"], excerpts=[Excerpt("Harbour", 2, passage)],
-                          memory_prompt=tome_tiny.config.memory_prompt)  # the short instructions, by default
+                          # the short instructions by default; inline memories keep the long prompt
+                          memory_prompt=tome_tiny.config.memory_prompt if layout == "before" else "long")
     assert "[Harbour, p. 2]\n" + passage in more[0]["content"]
     added = count_tokens(tok, more) - count_tokens(tok, bare)
     assert got.stats["prompt_tokens"] - base.stats["prompt_tokens"] == added  # read at question time
