@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """What a forward costs against the tokens it reads: the fixed part that a short prefill cannot spread.
 
-    .venv/bin/python bench/forward_cost.py --model qwen --threads 2   # -> bench/results/forward_cost_<model>_t<threads>.json
+    .venv/bin/python bench/forward_cost.py --model qwen --threads 2
+    # -> bench/results/forward_cost_<model>_t<threads>.json
 
 The model as the product runs it (Linear weights packed on a bf16 CPU, ``uio/packed.py``). Forwards over n new
 tokens after ``--past`` cached positions (compressed mode reads ~300 after ~250 memory slots), and retrieval's

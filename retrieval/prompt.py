@@ -73,7 +73,7 @@ class Passage:
 
 EXCERPTS_HEADER = "\n\nPassages that may hold the answer, word for word, labelled [book, page]:\n\n"
 # Compressed mode's shorter instructions (``memory_prompt="short"``): the passages follow with their labels alone,
-# ~37 tokens fewer before the first token than MEMORY_PROMPT + the books' names + EXCERPTS_HEADER.
+# ~36 tokens fewer before the first token than MEMORY_PROMPT + the books' names + EXCERPTS_HEADER.
 SHORT_MEMORY_PROMPT = ("Answer from the documents you have read and the passages below, briefly and precisely. "
                        "If they do not hold the answer, say so.")
 MEMORY_PROMPTS = ("long", "short")

@@ -102,9 +102,10 @@ class Config:
                                           "on its page, to start just before the sentence sharing the most rare "
                                           "words with the question (the answer often follows the words that "
                                           "match; retrieval.aim)", "TOME_MEMORY_EXCERPT_AIM", _flag)
-    memory_prompt: str = _opt("short", 'compressed mode with passages as text: "long" (the instructions, the books\' names and '
-                                      'a header before the passages) or "short" (one sentence, then the labelled '
-                                      'passages: ~37 tokens fewer to read before the first token)', "TOME_MEMORY_PROMPT")
+    memory_prompt: str = _opt("short", 'compressed mode with passages as text: "long" (the instructions, the '
+                                       "books' names and a header before the passages) or \"short\" (one sentence, "
+                                       "then the labelled passages: ~36 tokens fewer before the first token)",
+                              "TOME_MEMORY_PROMPT")
     memory_excerpt_place: str = _opt("system", 'compressed mode: where the excerpts go, "system" (after the '
                                                'memory prompt) or "user" (in the question\'s message, before '
                                                "it: closer to the question)", "TOME_MEMORY_EXCERPT_PLACE")
@@ -151,7 +152,8 @@ class Config:
                                  "TOME_VECTOR_INDEX_MIN", int)
     max_new_tokens: int = _opt(256, "most tokens of an answer", "TOME_MAX_NEW_TOKENS", int)
     draft_tokens: int = _opt(8, "greedy answers: tokens drafted from the prompt and verified in each decoding "
-                                "forward (uio/draft.py: the same answer in fewer forwards); 0: one token a forward",
+                                "forward (uio/draft.py: the model's own picks in fewer forwards); 0: one token "
+                                "a forward",
                              "TOME_DRAFT_TOKENS", int)
     cache_policy: str = _opt("auto", "policy for the recent (uncompressed) cache: auto (the Attention-Gate where "
                                      "one ships and is on by default, else full) or a name of uio.cache.POLICIES",
