@@ -305,13 +305,13 @@ def _with_policy(lm: LoadedModel, prompt: list[int], stats: GenerationStats, pol
                     pc.evict()
             logits, ready = out.logits[:, -1], []  # ready: drafted tokens the model picked, not handed out yet
             n = fed = 0  # tokens handed out; decoded tokens read by the model
-            answer: list[int] = []
             lookup: PromptLookup | None = None  # built after the first token, off its path (4 ms for 3K tokens)
             while True:
                 token = pick(logits)
                 streamer.put(token.cpu())
                 n += 1
-                answer.append(int(token))
+                if lookup is not None:
+                    lookup.append(int(token))
                 if n == 1:  # the prompt's last chunk: evicted once its first token is out (same cache after)
                     pc.evict()
                 if int(token) in eos or stop.is_set() or n == max_new_tokens:
@@ -324,9 +324,8 @@ def _with_policy(lm: LoadedModel, prompt: list[int], stats: GenerationStats, pol
                 room = min(draft_tokens, max_new_tokens - n - 1, evict_every - fed % evict_every - 1)
                 draft = []
                 if draft_tokens:
-                    lookup = lookup or PromptLookup(prompt)
-                    for t in answer[len(lookup.tokens) - len(prompt):]:
-                        lookup.append(t)
+                    if lookup is None:  # the first decoding forward: only the first token is out
+                        lookup = PromptLookup(prompt + [int(token)])
                     draft = lookup.draft(room)
                 step = torch.tensor([[int(token)] + draft], dtype=torch.long, device=lm.device)
                 out = pc.forward(step, logits_to_keep=step.shape[1])
