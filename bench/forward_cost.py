@@ -13,18 +13,10 @@ cost per token. Compressed mode's first token divided by retrieval's cannot fall
 from __future__ import annotations
 
 import argparse
+import statistics
 
 from bench.common import RESULTS_DIR, load_model, table, write_json
 from bench.omp_teams import forward_s
-
-
-def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
-    """(intercept, slope) of the least-squares line through (tokens, seconds)."""
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
-    return my - slope * mx, slope
 
 
 def main() -> None:
@@ -49,7 +41,8 @@ def main() -> None:
     long_s = forward_s(lm.model, args.long, 0, max(2, args.reps // 2))
     rows.append({"tokens": args.long, "past": 0, "ms": round(long_s * 1000, 1),
                  "ms_per_token": round(long_s * 1000 / args.long, 2)})
-    intercept, slope = fit([(r["tokens"], r["ms"]) for r in rows[:-1] if r["tokens"] >= 16])
+    short = [r for r in rows[:-1] if r["tokens"] >= 16]
+    slope, intercept = statistics.linear_regression([r["tokens"] for r in short], [r["ms"] for r in short])
     print(table(rows))
     print(f"\nfixed {intercept:.1f} ms + {slope:.3f} ms per token after {args.past} cached positions "
           f"({args.threads} threads, {packed} layers packed); {args.long} tokens: {long_s * 1000:.0f} ms")
