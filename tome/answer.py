@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Collection, Iterator, Sequence
 
@@ -28,6 +29,7 @@ from tome.timing import Timer
 from uio.torch_thread import run_on_torch
 
 MODES = ("uncompressed", "compressed")
+SEGMENT_CACHE = 16  # documents whose segments the answerer keeps (a book's text: a few MB)
 
 
 @dataclass
@@ -84,7 +86,7 @@ class UncompressedContext:
     def select(self, docs: Sequence[DocumentInfo], question: str, history, max_new: int, timer: Timer) -> Context:
         a = self.a
         with timer.phase("lookup"):
-            books = [(d.title, a.store.segments(d.id)) for d in docs]
+            books = [(d.title, a.segments(d)) for d in docs]
         bare = count_tokens(a.lm.tokenizer, build_messages(fit_budget([], 0), question, history))
         room = a.lm.window - bare - max_new - 64  # 64: passage headers
         cfg = a.models.config
@@ -161,7 +163,7 @@ class CompressedContext:
         c = self.compressor
         self.memories = [a.memories.load(d, c.ratio, timer=timer, compressor=c.name) for d in docs]
         with timer.phase("lookup"):
-            stored = [a.store.segments(d.id) for d in docs]
+            stored = [a.segments(d) for d in docs]
         with timer.phase("select"):
             ranking = a.retriever.rank(docs, question)
         self.excerpts = self._excerpts(docs, ranking, stored, question)
@@ -220,10 +222,28 @@ class Answerer:
 
     def __init__(self, models: Models, store: Store, retriever: Retriever, memories: Memories):
         self.models, self.store, self.retriever, self.memories = models, store, retriever, memories
+        # document version -> its stored segments: read from the database once, not on every question (~2 ms)
+        self._segments: OrderedDict[tuple[int, str], list] = OrderedDict()
+        self._segments_lock = threading.Lock()
 
     @property
     def lm(self):
         return self.models.lm
+
+    def segments(self, doc: DocumentInfo) -> list:
+        """``doc``'s stored segments, in order (kept for the last ``SEGMENT_CACHE`` documents; keyed by id and
+        sha256, so a document deleted and another stored under its id is read afresh)."""
+        key = (doc.id, doc.sha256)
+        with self._segments_lock:
+            if key in self._segments:
+                self._segments.move_to_end(key)
+                return list(self._segments[key])
+        rows = self.store.segments(doc.id)
+        with self._segments_lock:
+            self._segments[key] = rows
+            while len(self._segments) > SEGMENT_CACHE:
+                self._segments.popitem(last=False)
+        return list(rows)
 
     def count_tokens(self, text: str) -> int:
         """``text``'s length in the model's tokens."""
@@ -345,7 +365,7 @@ class Answerer:
         if ctx.ranking is None:
             return
         books = max(1, min(len(docs), self.models.config.context_books))
-        segments = {d.id: self.store.segments(d.id) for d in docs}
+        segments = {d.id: self.segments(d) for d in docs}
         selection, owner = best_pages(ctx.ranking, {d.id: d.title for d in docs}, segments.__getitem__,
                                       self.count_tokens, books)
         if not selection.passages or (narrow_only and not narrower(ctx.selection, selection)):

@@ -335,3 +335,28 @@ def test_page_excerpts_give_each_books_best_page_whole(tome_tiny, tmp_path):
     tome_tiny.config = replace(tome_tiny.config, memory_excerpt_unit="chapter")
     with pytest.raises(ValueError, match="memory_excerpt_unit"):
         list(tome_tiny.ask([a.id], q, mode="compressed"))
+
+
+def test_segments_are_read_once_per_document_version(tmp_path, monkeypatch):
+    """The answerer keeps a document's segments; a document stored again under the same id is read afresh."""
+    from ingest.segments import Segment
+    from storage import Store
+    from tome.answer import Answerer
+
+    store = Store(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    seg = [Segment(index=0, text="first text", page_start=1, page_end=1, token_start=0, token_end=4)]
+    doc = store.add_document(sha256="a" * 64, title="A", filename="a.pdf", kind="pdf", pages=1, segments=seg,
+                             extractor="pypdf")
+    a = Answerer(models=None, store=store, retriever=None, memories=None)
+    reads = []
+    real = store.segments
+    monkeypatch.setattr(store, "segments", lambda doc_id: reads.append(doc_id) or real(doc_id))
+    first = a.segments(doc)
+    first.append("a caller's own change")  # callers get their own list
+    assert [s.text for s in a.segments(doc)] == ["first text"] and reads == [doc.id]
+    store.delete_document(doc.id)
+    again = store.add_document(sha256="b" * 64, title="B", filename="b.pdf", kind="pdf", pages=1,
+                               segments=[Segment(0, "second text", 1, 1, 0, 4)], extractor="pypdf")
+    assert again.id == doc.id  # SQLite gave the id again
+    assert [s.text for s in a.segments(again)] == ["second text"] and reads == [doc.id, doc.id]
+    store.close()
