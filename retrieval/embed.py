@@ -10,13 +10,14 @@ On a CPU with native bf16 matmuls (``avx512_bf16``/``amx_bf16``) the encoder
 runs under bf16 autocast: 2.2x the passages per second of fp32 on the
 project's host; over the real manuals' 5,012 passages cosine >= 0.9993 (mean
 0.99998) to fp32 and the same recall of the gold page (docs/RESULTS.md,
-Ingestion). There the Linear layers' weights are stored in bf16: autocast
-would cast them from float32 on every call, so the vectors come out bitwise
-the same, with half the bytes to read (a question's embedding 12.6 -> 9.2 ms
-when the answering model has pushed the embedder out of the CPU's cache).
-The other weights (embeddings, layer norms) stay float32, as autocast runs
-those ops in float32; vectors are normalised again in float32. Elsewhere it
-runs in float32.
+Ingestion). The weights stay float32; vectors are normalised again in
+float32. Elsewhere it runs in float32.
+
+Storing the Linear weights in bf16 gives autocast's vectors bitwise and
+embeds a question ~3 ms sooner; measured and not kept: freeing the float32
+copies (any 45-90 MB freed at that point) made every later prefill of the
+answering model ~30 % slower for the rest of the process
+(docs/COMPRESSION.md, "Twenty-first run").
 """
 from __future__ import annotations
 
@@ -158,15 +159,4 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, device: str = "cpu", bf16: bool 
     model = run(SentenceTransformer, source, device=device, local_files_only=local)
     if bf16 is None:
         bf16 = device == "cpu" and cpu_has_fast_bf16()
-    if bf16:
-        _bf16_linears(model)
     return Embedder(stored, model, bf16=bf16, run=run)
-
-
-def _bf16_linears(model) -> None:
-    """Store ``model``'s Linear weights (and biases) in bf16: what CPU autocast casts them to on every call."""
-    import torch
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            module.to(torch.bfloat16)
