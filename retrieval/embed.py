@@ -13,11 +13,14 @@ project's host; over the real manuals' 5,012 passages cosine >= 0.9993 (mean
 Ingestion). The weights stay float32; vectors are normalised again in
 float32. Elsewhere it runs in float32.
 
-Storing the Linear weights in bf16 gives autocast's vectors bitwise and
-embeds a question ~3 ms sooner; measured and not kept: freeing the float32
-copies (any 45-90 MB freed at that point) made every later prefill of the
-answering model ~30 % slower for the rest of the process
-(docs/COMPRESSION.md, "Twenty-first run").
+There the Linear layers' weights are stored in bf16: autocast would cast
+them from float32 on every call, so the vectors come out bitwise the same,
+with half the bytes to read (a question's embedding 12.6 -> 9.2 ms when the
+answering model has pushed the embedder out of the CPU's cache). The
+conversion runs where the embedder's torch work runs (``run``): done in the
+caller's thread it gave that thread a GNU OpenMP team of its own, which made
+every later prefill ~30 % slower (``uio/torch_thread.py``; docs/COMPRESSION.md,
+"Twenty-first run").
 """
 from __future__ import annotations
 
@@ -159,4 +162,16 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, device: str = "cpu", bf16: bool 
     model = run(SentenceTransformer, source, device=device, local_files_only=local)
     if bf16 is None:
         bf16 = device == "cpu" and cpu_has_fast_bf16()
+    if bf16:
+        run(_bf16_linears, model)  # a torch op: on the torch thread, like the loading
     return Embedder(stored, model, bf16=bf16, run=run)
+
+
+def _bf16_linears(model) -> None:
+    """Store ``model``'s Linear weights (and biases) in bf16: what CPU autocast casts them to on every call.
+    The other weights (embeddings, layer norms) stay float32, as autocast runs those ops in float32."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.to(torch.bfloat16)
