@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--hole-thread", choices=["main", "torch"], default="main",
                     help="the thread that allocates, fills and frees the hole (torch: tome-torch, uio/torch_thread.py)")
     ap.add_argument("--interleave", action="store_true", help="a retrieval question before each compressed one")
+    ap.add_argument("--retrieval-once", action="store_true", help="one retrieval question before the first")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     import torch
@@ -55,6 +56,8 @@ def main() -> None:
             torch.empty(args.hole << 18).fill_(1.0)  # float32: 2**18 of them a MB; freed at once
 
         run_on_torch(hole) if args.hole_thread == "torch" else hole()
+    if args.retrieval_once:
+        ask(tome, items[0][0], items[0][1], "retrieval", 1)
     modes = ["retrieval", "kvzip-fast@8/x1"] if args.interleave else ["kvzip-fast@8/x1"]
     out: dict[str, list] = {m: [] for m in modes}
     faults = 0
@@ -68,7 +71,7 @@ def main() -> None:
             faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     n = len(items) - 3
     row = {"label": args.label, "at": time.strftime("%Y-%m-%d %H:%M:%S"), "hole_mb": args.hole, "hole_thread": args.hole_thread,
-           "interleave": args.interleave, "questions": n, "minor_faults_per_question": round(faults / n)}
+           "interleave": args.interleave, "retrieval_once": args.retrieval_once, "questions": n, "minor_faults_per_question": round(faults / n)}
     for m, xs in out.items():
         row[m] = {"prefill_ms": round(1000 * statistics.median(x[0] for x in xs), 1),
                   "ttft_ms": round(1000 * statistics.median(x[1] for x in xs), 1)}
