@@ -5,6 +5,7 @@
     .venv/bin/python bench/prefill_probe.py --hole 90 --label hole90      # 90 MB filled and freed in this thread
     .venv/bin/python bench/prefill_probe.py --hole 1 --label hole1        # 1 MB: the same slowdown
     .venv/bin/python bench/prefill_probe.py --hole 90 --hole-thread torch --label hole90-torch   # none
+    .venv/bin/python bench/prefill_probe.py --retrieval-once --label retrieval-once   # one retrieval question first
     .venv/bin/python bench/prefill_probe.py --interleave --label glibc    # a retrieval question before each
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 \\
         .venv/bin/python bench/prefill_probe.py --interleave --label jemalloc
@@ -37,7 +38,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/ev_pg"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--questions", type=int, default=24)
-    ap.add_argument("--hole", type=int, default=0, help="MB allocated and freed before the first question")
+    ap.add_argument("--hole", type=int, default=0, help="MB filled and freed before the first question")
     ap.add_argument("--hole-thread", choices=["main", "torch"], default="main",
                     help="the thread that allocates, fills and frees the hole (torch: tome-torch, uio/torch_thread.py)")
     ap.add_argument("--interleave", action="store_true", help="a retrieval question before each compressed one")
@@ -70,8 +71,9 @@ def main() -> None:
         if i >= 3:
             faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     n = len(items) - 3
-    row = {"label": args.label, "at": time.strftime("%Y-%m-%d %H:%M:%S"), "hole_mb": args.hole, "hole_thread": args.hole_thread,
-           "interleave": args.interleave, "retrieval_once": args.retrieval_once, "questions": n, "minor_faults_per_question": round(faults / n)}
+    row = {"label": args.label, "at": time.strftime("%Y-%m-%d %H:%M:%S"), "hole_mb": args.hole,
+           "hole_thread": args.hole_thread, "interleave": args.interleave, "retrieval_once": args.retrieval_once,
+           "questions": n, "minor_faults_per_question": round(faults / n)}
     for m, xs in out.items():
         row[m] = {"prefill_ms": round(1000 * statistics.median(x[0] for x in xs), 1),
                   "ttft_ms": round(1000 * statistics.median(x[1] for x in xs), 1)}

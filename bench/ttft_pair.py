@@ -6,8 +6,8 @@
 
 Why not ``bench/eval_compress.py``'s cells: a cell answers every question in one mode before the next cell
 starts, so the two modes' first tokens come from moments ten minutes apart, and this host's speed moves
-between them (the 268-token prefill 220 ms in one run, 315 ms in another, while the 3,200-token one moved
-12 %). Here each question is asked in both modes in turn (which goes first alternates), so each ratio
+between them (a 261-token prefill 238 ms in one run, 262 ms twenty minutes later, while the 3,200-token one
+did not move). Here each question is asked in both modes in turn (which goes first alternates), so each ratio
 compares two first tokens measured seconds apart. The answers stop at ``--max-new`` tokens (default 1: the
 first token is what is measured; neither mode's prompt depends on the answer length below the model's window).
 """
