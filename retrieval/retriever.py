@@ -140,7 +140,8 @@ class Retriever:
         self._lock = threading.Lock()
         self._passage_lock = threading.Lock()
         self._records: OrderedDict[tuple, list[PassageRecord]] = OrderedDict()
-        self._fulltext: ThreadPoolExecutor | None = None  # full-text searches beside the question's embedding
+        # full-text searches beside the question's embedding (its thread starts with the first search)
+        self._fulltext = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tome-fulltext")
 
     def _torch(self, fn, *args):
         """``fn(*args)`` (torch work: vector search) the way ``run`` says."""
@@ -265,9 +266,6 @@ class Retriever:
         """A future of each query's full-text hits (``Store.search_text``), searched in a thread of their own:
         SQLite's search runs while the question is embedded (~5 ms of ~25 before the first token), as neither
         needs the other."""
-        with self._lock:
-            if self._fulltext is None:
-                self._fulltext = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tome-fulltext")
         return self._fulltext.submit(lambda: [self.store.search_text(ids, q, depth) for q in queries])
 
     def _rank_one(self, docs: Sequence[DocumentInfo], records: dict[int, list[PassageRecord]], lex: list,
