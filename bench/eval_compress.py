@@ -386,6 +386,12 @@ def realdocs_library(tome, batches: str, chosen: list[str]) -> tuple[dict, dict]
     return qset, {d: docs[meta[d]["path"]] for d in chosen}
 
 
+def realdocs_items(qset: dict, by_id: dict) -> list[tuple[list, str, dict]]:
+    """(documents, question as asked, the question's record) for each question whose manuals are all in ``by_id``."""
+    return [([by_id[x] for x in q["docs"]], q["question"] + SHORT, q) for q in qset["questions"]
+            if all(x in by_id for x in q["docs"])]
+
+
 def part_planted(args) -> None:
     from bench.qa import planted
 
@@ -409,8 +415,7 @@ def part_realdocs(args) -> None:
     data = load_part(args.model, "realdocs")
     chosen = args.docs.split(",")
     qset, by_id = realdocs_library(tome, args.batches, chosen)
-    qs = [q for q in qset["questions"] if all(x in by_id for x in q["docs"])]
-    items = [([by_id[x] for x in q["docs"]], q["question"] + SHORT, q) for q in qs]
+    items = realdocs_items(qset, by_id)
     data["set"] = {"docs": chosen, "questions": len(items),
                    "tokens": {d: by_id[d].tokens for d in chosen}, "pages": {d: by_id[d].pages for d in chosen}}
     print(data["set"], flush=True)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS_DIR, result_text
-from bench.eval_compress import SHORT, ask, make_tome, realdocs_library
+from bench.eval_compress import ask, make_tome, realdocs_items, realdocs_library
 from bench.ttft_pair import D11
 
 
@@ -49,7 +49,7 @@ def main() -> None:
 
     tome = make_tome(args.model, args.work / args.model / "realdocs", args.threads)
     qset, by_id = realdocs_library(tome, "1,2,3,4", D11.split(","))
-    items = [([by_id[x] for x in q["docs"]], q["question"] + SHORT) for q in qset["questions"]][:args.questions]
+    items = realdocs_items(qset, by_id)[:args.questions]
     if args.hole:
         from uio.torch_thread import run_on_torch
 
@@ -58,11 +58,11 @@ def main() -> None:
 
         run_on_torch(hole) if args.hole_thread == "torch" else hole()
     if args.retrieval_once:
-        ask(tome, items[0][0], items[0][1], "retrieval", 1)
+        ask(tome, *items[0][:2], "retrieval", 1)
     modes = ["retrieval", "kvzip-fast@8/x1"] if args.interleave else ["kvzip-fast@8/x1"]
     out: dict[str, list] = {m: [] for m in modes}
     faults = 0
-    for i, (docs, question) in enumerate(items):
+    for i, (docs, question, _) in enumerate(items):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for m in modes:
             r = ask(tome, docs, question, m, 1)

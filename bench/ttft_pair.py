@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS_DIR, table, write_json
-from bench.eval_compress import SHORT, ask, make_tome, realdocs_library
+from bench.eval_compress import ask, make_tome, realdocs_items, realdocs_library
 
 D11 = "r-data,r-faq,r-admin,r-intro,bashref,asymptote,gnuplot,lp-usage,lp-extending,amsldoc,fntguide"
 HELD_OUT = ("lp-", "amsldoc", "fntguide")  # question ids of the manuals no setting was chosen on
@@ -66,8 +66,7 @@ def main() -> None:
     a, b = args.methods.split(",")
     tome = make_tome(args.model, args.work / args.model / "realdocs", args.threads)
     qset, by_id = realdocs_library(tome, args.batches, args.docs.split(","))
-    items = [([by_id[x] for x in q["docs"]], q["question"] + SHORT, q["id"])
-             for q in qset["questions"] if all(x in by_id for x in q["docs"])]
+    items = [(docs, question, q["id"]) for docs, question, q in realdocs_items(qset, by_id)]
     for docs, question, _ in items[:args.warmup]:  # memories read, weights paged in, both modes
         for m in (a, b):
             ask(tome, docs, question, m, args.max_new)
