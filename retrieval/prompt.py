@@ -128,7 +128,7 @@ def fit_budget(books: Sequence[tuple[str, Sequence[TextSegment]]], budget: int) 
 def build_messages(selection: Selection, question: str, history: Sequence[dict] = (),
                    memory_of: Sequence[str] = (), memory_marker: str | None = None,
                    excerpts: Sequence[Excerpt] = (), excerpts_in: str = "system",
-                   memory_prompt: str = "long") -> list[dict]:
+                   memory_prompt: str = "long", head_marker: str = "") -> list[dict]:
     """System prompt with the passages, then earlier turns, then the question.
 
     With ``memory_of`` (compressed mode) the documents are not in the text: they are memories in the
@@ -138,19 +138,21 @@ def build_messages(selection: Selection, question: str, history: Sequence[dict] 
     as text, labelled [book, p. N]: after the documents in the system message (``excerpts_in="system"``)
     or in the question's own message, before it (``"user"``). ``memory_prompt="short"``: with excerpts in the
     system message and the memories before it, ``SHORT_MEMORY_PROMPT`` and the labelled passages only.
+    ``head_marker`` (compressed mode without ``memory_marker``): put where the system message's instructions end,
+    before any passage; the memories go there (``Config.memory_layout="head"``).
     """
     if excerpts_in not in EXCERPT_PLACES:
         raise ValueError(f"excerpts_in must be one of {EXCERPT_PLACES}, not {excerpts_in!r}")
     if memory_prompt not in MEMORY_PROMPTS:
         raise ValueError(f"memory_prompt must be one of {MEMORY_PROMPTS}, not {memory_prompt!r}")
     if memory_of and excerpts and not memory_marker and excerpts_in == "system" and memory_prompt == "short":
-        system = SHORT_MEMORY_PROMPT + "\n\n" + "\n\n".join(e.labelled() for e in excerpts)
+        system = SHORT_MEMORY_PROMPT + head_marker + "\n\n" + "\n\n".join(e.labelled() for e in excerpts)
         return [{"role": "system", "content": system}] + _turns(history, question)
     if memory_of and memory_marker:
         docs = "\n\n".join(f"[{t}]\n{memory_marker}" for t in memory_of)
         system = f"{SYSTEM_PROMPT}\n\nDocuments:\n\n{docs}"
     elif memory_of:
-        system = MEMORY_PROMPT + " ".join(f"[{t}]" for t in memory_of)
+        system = MEMORY_PROMPT + " ".join(f"[{t}]" for t in memory_of) + head_marker
     passages = EXCERPTS_HEADER + "\n\n".join(e.labelled() for e in excerpts) if memory_of and excerpts else ""
     if passages and excerpts_in == "system":
         system += passages

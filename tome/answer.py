@@ -28,6 +28,8 @@ from tome.models import Models
 from tome.timing import Timer
 from uio.torch_thread import run_on_torch
 
+MEMORY_LAYOUTS = ("before", "head", "inline")  # where compressed mode's memories sit (CompressedContext)
+
 MODES = ("uncompressed", "compressed")
 SEGMENT_CACHE = 16  # documents whose segments the answerer keeps (a book's text: a few MB)
 
@@ -100,10 +102,11 @@ class UncompressedContext:
 class CompressedContext:
     """The books' stored memories in the cache, within the memory budget.
 
-    Layout (``Config.memory_layout``) "before" (default): the memories first, then the chat prompt naming
-    the books; "inline": the uncompressed mode's system prompt with each book's memories after its title,
-    the chat template's text around them read by the model. Positions "consecutive" (default) or "spaced"
-    (each slot's distance to the others as in its segment).
+    Layout (``Config.memory_layout``) "head" (default): the memories after the system message's instructions,
+    whose keys and values are then the same on every question and read once (``uio/head_kv.py``); "before": the
+    memories first, then the chat prompt naming the books; "inline": the uncompressed mode's system prompt
+    with each book's memories after its title, the chat template's text around them read by the model.
+    Positions "consecutive" (default) or "spaced" (each slot's distance to the others as in its segment).
     """
 
     MARK = "<<tome:memories>>"  # where a book's memories go in the system message (never shown to the model)
@@ -115,8 +118,8 @@ class CompressedContext:
         self.excerpts: list = []  # retrieval.retriever.Retrieved: passages given as text beside the memories
         self.layout = answerer.models.config.memory_layout
         self.positions = answerer.models.config.memory_positions
-        if self.layout not in ("inline", "before"):
-            raise ValueError(f'memory_layout must be "inline" or "before", not {self.layout!r}')
+        if self.layout not in MEMORY_LAYOUTS:
+            raise ValueError(f"memory_layout must be one of {MEMORY_LAYOUTS}, not {self.layout!r}")
         if answerer.models.config.memory_excerpt_place not in EXCERPT_PLACES:
             raise ValueError(f"memory_excerpt_place must be one of {EXCERPT_PLACES}, "
                              f"not {answerer.models.config.memory_excerpt_place!r}")
@@ -126,7 +129,8 @@ class CompressedContext:
 
     def _messages(self, question: str, history) -> list[dict]:
         return build_messages(fit_budget([], 0), question, history, memory_of=self.titles,
-                              memory_marker=self.MARK if self.layout == "inline" else None, excerpts=self.excerpts,
+                              memory_marker=self.MARK if self.layout == "inline" else None,
+                              head_marker=self.MARK if self.layout == "head" else "", excerpts=self.excerpts,
                               excerpts_in=self.a.models.config.memory_excerpt_place,
                               memory_prompt=self.a.models.config.memory_prompt)
 
@@ -194,6 +198,13 @@ class CompressedContext:
                 parts = [pieces[0]] + [x for mem, text in zip(chosen, pieces[1:]) for x in (mem, text)]
                 ctx.prompt_ids = parts.pop()  # the last piece (end of system, question) is the prompt
                 ctx.cache, ctx.prefix = build_context(lm, parts, c.identity(lm), self.positions, self.room)
+            elif self.layout == "head":  # the instructions' keys and values are read once (uio/head_kv.py)
+                head, ctx.prompt_ids = split_chat(lm.tokenizer, ctx.messages, self.MARK)
+                if self.positions == "consecutive":
+                    ctx.cache, ctx.prefix = build_cache(lm, chosen, c.identity(lm), head=head)
+                else:
+                    ctx.cache, ctx.prefix = build_context(lm, [head, *chosen], c.identity(lm), self.positions,
+                                                          self.room, reuse_head=True)
             elif self.positions == "consecutive":
                 ctx.cache, ctx.prefix = build_cache(lm, chosen, c.identity(lm))
             else:

@@ -5,7 +5,8 @@ recent raw tokens | new tokens]. Memories are stored before RoPE; ``build_cache`
 rotates them to positions 0..m-1, so any subset of memories from any documents
 can be combined; ``build_context`` also reads text between them (the chat
 template around inline memories) and can space slots as their source tokens
-were (``Memory.positions``). A loaded ``Memory`` is never modified: the cache
+were (``Memory.positions``). Text that opens a cache (compressed mode's
+instructions) is read once per model and kept (``uio/head_kv.py``). A loaded ``Memory`` is never modified: the cache
 holds rotated copies of its keys and views of its values, and generation and
 cache policies only ever replace those tensors (append, gather), never write
 into them.
@@ -95,9 +96,12 @@ def _rotate_into(out: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
 
 
 @torch.inference_mode()
-def build_cache(lm: LoadedModel, memories: Sequence[Memory], fingerprint: str | None = None
-                ) -> tuple[DynamicCache | None, int]:
-    """A DynamicCache holding the memories at positions 0..m-1, and m. (None, 0) without memories.
+def build_cache(lm: LoadedModel, memories: Sequence[Memory], fingerprint: str | None = None,
+                head: Sequence[int] = ()) -> tuple[DynamicCache | None, int]:
+    """A DynamicCache holding the memories at positions 0..m-1, and m. (None, 0) without memories (and head).
+
+    ``head``: token ids of text before the memories, which then sit at h..h+m-1 (h = len(head)); its keys and
+    values are read once per model and kept (``lm.head_kv``, ``uio/head_kv.py``).
 
     The answer path, so copies are counted: keys are joined only when there are
     several memories, rotated layer by layer (one batched op per layer, cos/sin
@@ -106,27 +110,32 @@ def build_cache(lm: LoadedModel, memories: Sequence[Memory], fingerprint: str | 
     a cache needs). A loaded ``Memory`` is never written to.
     """
     memories = [m for m in memories if m.num_slots]
-    if not memories:
+    h = len(head)
+    if not memories and not h:
         return None, 0
+    cache = DynamicCache(config=lm.model.config)
+    if h:
+        _read_head(lm, body(lm), cache, list(head), 0)
+    if not memories:
+        return cache, h
     keys, values = join(memories, fingerprint)  # (layers, slots, kv, hd); no copy for one memory
     keys, values = keys.to(lm.device, lm.dtype), values.to(lm.device, lm.dtype)
     layers, m, kv, hd = keys.shape
-    positions = torch.arange(m, device=lm.device)[None]
+    positions = torch.arange(h, h + m, device=lm.device)[None]
     cos, sin = body(lm).rotary_emb(values[:1], positions)  # (1, m, hd), the same for every layer
     cos, sin = cos[0, None], sin[0, None]  # (1, m, hd): broadcast over kv heads
     rotated = torch.empty(layers, 1, kv, m, hd, dtype=lm.dtype, device=lm.device)
-    cache = DynamicCache(config=lm.model.config)
     for layer in range(layers):
         _rotate_into(rotated[layer, 0], keys[layer].transpose(0, 1), cos, sin)
         v = values[layer].transpose(0, 1)[None]  # (1, kv, m, hd) view
         slot = cache.layers[layer]
-        if type(slot) is not DynamicLayer:  # sliding-window and other layer kinds keep their own rules
+        if h or type(slot) is not DynamicLayer:  # after a head; sliding-window layers keep their own rules
             cache.update(rotated[layer], v, layer)
             continue
         # DynamicCache.update would concatenate onto an empty tensor: a full copy for nothing.
         slot.lazy_initialization(rotated[layer], v)
         slot.keys, slot.values = rotated[layer], v
-    return cache, m
+    return cache, h + m
 
 
 POSITIONS = ("consecutive", "spaced")
@@ -168,7 +177,7 @@ def _layout(parts: Sequence, positions: str, room: int | None) -> tuple[list, in
 
 @torch.inference_mode()
 def build_context(lm: LoadedModel, parts: Sequence, fingerprint: str | None = None, positions: str = "consecutive",
-                  room: int | None = None) -> tuple[DynamicCache, int]:
+                  room: int | None = None, reuse_head: bool = False) -> tuple[DynamicCache, int]:
     """A cache holding ``parts`` in order (memories and token ids of text), and its length.
 
     Text parts are read by the model (attending to everything before them), memories are rotated into
@@ -176,6 +185,8 @@ def build_context(lm: LoadedModel, parts: Sequence, fingerprint: str | None = No
     the prompt that follows at position ``len(cache)`` (what ``generate`` assumes) then sits right after
     the last part's span, the head's first positions may be negative. With only memories and positions
     "consecutive" this is ``build_cache``. ``room``: the most positions the parts may span (spaced).
+    ``reuse_head``: a leading text part's keys and values are kept in ``lm.head_kv`` and taken from there the
+    next time the same tokens open a cache at the same position (``uio/head_kv.py``).
     """
     parts = [p for p in parts if (p.num_slots if isinstance(p, Memory) else len(p))]
     check_fingerprints([p for p in parts if isinstance(p, Memory)], fingerprint)
@@ -188,6 +199,9 @@ def build_context(lm: LoadedModel, parts: Sequence, fingerprint: str | None = No
         if isinstance(part, Memory):
             _append_memory(lm, cache, part, (pos + at).to(torch.long))
             length += part.num_slots
+        elif length == 0 and reuse_head:  # nothing before it: its keys and values depend on it alone
+            _read_head(lm, net, cache, list(part), at)
+            length += n
         else:
             ids = torch.tensor([list(part)], device=lm.device)
             net(input_ids=ids, past_key_values=cache, use_cache=True,
@@ -196,6 +210,22 @@ def build_context(lm: LoadedModel, parts: Sequence, fingerprint: str | None = No
             length += n
         at += n
     return cache, length
+
+
+def _read_head(lm: LoadedModel, net, cache: DynamicCache, ids: list[int], at: int) -> None:
+    """Put the keys and values of text ``ids`` at positions ``at``.. into the empty ``cache``: from
+    ``lm.head_kv`` where read before, else read by the model (and kept)."""
+    key = lm.head_kv.key(ids, at)
+    layers = lm.head_kv.get(key)
+    if layers is None:
+        n = len(ids)
+        net(input_ids=torch.tensor([ids], device=lm.device), past_key_values=cache, use_cache=True,
+            position_ids=torch.arange(at, at + n, device=lm.device)[None],
+            cache_position=torch.arange(n, device=lm.device))
+        lm.head_kv.put(key, [(layer.keys, layer.values) for layer in cache.layers])
+        return
+    for i, (k, v) in enumerate(layers):
+        cache.update(k, v, i)
 
 
 def _append_memory(lm: LoadedModel, cache: DynamicCache, mem: Memory, positions: torch.Tensor) -> None:

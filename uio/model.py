@@ -12,12 +12,13 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from uio.head_kv import HeadKV
 from uio.packed import packed_numel
 from uio.runtime import choose_device, choose_dtype
 
@@ -70,6 +71,8 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     dtype: torch.dtype
+    # keys and values of prompt heads read at the start of a cache (uio/head_kv.py): valid while the weights are
+    head_kv: HeadKV = field(default_factory=HeadKV, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         restride_head_input(self.model)

@@ -184,13 +184,16 @@ def test_citations_name_the_matching_passage_page(tome_tiny, tmp_path):
 
 
 @pytest.mark.parametrize("layout,positions", [("inline", "consecutive"), ("inline", "spaced"),
-                                              ("before", "spaced")])
+                                              ("before", "spaced"), ("head", "consecutive")])
 def test_memory_layouts_read_the_same_memories(tome_tiny, tmp_path, layout, positions):
-    """Inline memories sit in the system message after the book's title: the cache then also holds the chat
-    template's head (prefix > memory slots) and the prompt is only what follows; the slots read are the same."""
+    """Inline memories sit in the system message after the book's title, "head" memories after its
+    instructions: the cache then also holds the chat template's head (prefix > memory slots) and the prompt is
+    only what follows; the slots read are the same."""
     from dataclasses import replace
 
     doc = tome_tiny.ingest(make_pdf(tmp_path / "b.pdf", PAGES)).document
+    assert tome_tiny.config.memory_layout == "head"  # the default
+    tome_tiny.config = replace(tome_tiny.config, memory_layout="before")
     base = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed", max_new_tokens=4))[-1]
     tome_tiny.config = replace(tome_tiny.config, memory_layout=layout, memory_positions=positions)
     got = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed", max_new_tokens=4))[-1]
@@ -198,9 +201,14 @@ def test_memory_layouts_read_the_same_memories(tome_tiny, tmp_path, layout, posi
     assert (got.stats["memory_layout"], got.stats["memory_positions"]) == (layout, positions)
     assert got.stats["memory_slots"] == base.stats["memory_slots"] > 0
     assert base.stats["prefix_len"] == base.stats["memory_slots"]
-    if layout == "inline":
+    if layout in ("inline", "head"):
         assert got.stats["prefix_len"] > got.stats["memory_slots"]
         assert got.stats["prompt_tokens"] < base.stats["prompt_tokens"]
+    if layout == "head":  # the instructions before the memories: read on the first question only
+        hits = tome_tiny.lm.head_kv.hits
+        again = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed", max_new_tokens=4))[-1]
+        assert tome_tiny.lm.head_kv.hits == hits + 1
+        assert (again.text, again.stats["prefix_len"]) == (got.text, got.stats["prefix_len"])
     tome_tiny.config = replace(tome_tiny.config, memory_layout="sideways")
     with pytest.raises(ValueError, match="memory_layout"):
         list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed", max_new_tokens=4))
@@ -284,7 +292,8 @@ def test_excerpts_in_the_question_message(tome_tiny, tmp_path):
     doc = tome_tiny.ingest(make_pdf(tmp_path / "h.pdf", ["The harbour master keeps the ledgers.",
                                                          "The lighthouse keeper owns a tame falcon named Ossian."],
                                     title="Harbour")).document
-    tome_tiny.config = replace(tome_tiny.config, memory_excerpt_place="user")
+    # layout "before": the whole chat is the prompt (with "head" its opening is in the cache, not counted)
+    tome_tiny.config = replace(tome_tiny.config, memory_excerpt_place="user", memory_layout="before")
     got = list(tome_tiny.ask([doc.id], q, mode="compressed", max_new_tokens=2))[-1]
     assert got.stats["excerpts"] and got.stats["prompt_tokens"] > count_tokens(tome_tiny.lm.tokenizer, bare)
     tome_tiny.config = replace(tome_tiny.config, memory_excerpt_place="middle")

@@ -102,3 +102,59 @@ def test_positions_survive_select_concat_and_files(tmp_path, tiny_llama):
     # a memory without positions (the UIO encoder's) spreads its slots evenly over each segment
     bare = Memory(mem.keys, mem.values, mem.segment_ids, mem.slots, mem.token_spans, mem.fingerprint, mem.ratio)
     assert bare.source_positions()[0, :8, 0].tolist() == [3, 7, 11, 15, 19, 23, 27, 31]
+
+
+def test_a_head_read_once_is_taken_from_the_model_after_and_never_written(tiny_qwen):
+    """``reuse_head`` (and ``build_cache(head=)``): a leading text part is read by the model once and kept (``lm.head_kv``); the next cache
+    opened by the same tokens takes it from there. Both caches are bitwise the one read afresh, and answering
+    after them leaves the kept tensors as they were."""
+    lm = tiny_qwen
+    lm.head_kv.clear()
+    head, seg, tail = ids(9, 6), ids(32, 7), ids(5, 8)
+    mem = make_compressor("kvzip", 2, store="model").compress(lm, [seg], token_spans=[(0, 32)])
+    fresh, n = build_context(lm, [head, mem])
+    hits = lm.head_kv.hits
+    first, n1 = build_context(lm, [head, mem], reuse_head=True)
+    assert (len(lm.head_kv), lm.head_kv.hits) == (1, hits)  # read by the model and kept
+    kept = [(k.clone(), v.clone()) for k, v in lm.head_kv._items[lm.head_kv.key(head, 0)]]
+    assert kept[0][0].shape[-2] == len(head)
+    second, n2 = build_context(lm, [head, mem], reuse_head=True)
+    assert lm.head_kv.hits == hits + 1 and n == n1 == n2 == len(head) + mem.num_slots
+    for cache in (first, second):
+        for a, b in zip(cache.layers, fresh.layers):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    from uio.decoder import build_cache
+
+    third, n3 = build_cache(lm, [mem], head=head)  # the answer path's layout "head": the same cache
+    assert lm.head_kv.hits == hits + 2 and n3 == n
+    for a, b in zip(third.layers, fresh.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    assert build_cache(lm, [], head=head)[1] == len(head)
+    want = next_logits(lm, fresh, n, tail)
+    assert torch.equal(next_logits(lm, first, n, tail), want)
+    assert torch.equal(next_logits(lm, second, n, tail), want)
+    assert torch.equal(next_logits(lm, third, n, tail), want)
+    for (k, v), (k0, v0) in zip(lm.head_kv._items[lm.head_kv.key(head, 0)], kept):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+    build_context(lm, [ids(9, 9), mem], reuse_head=True)  # another head: read, not taken
+    assert (len(lm.head_kv), lm.head_kv.hits) == (2, hits + 3)
+    build_context(lm, [mem, head], reuse_head=True)  # text after a memory depends on it: never kept
+    assert len(lm.head_kv) == 2
+
+
+def test_head_kv_keeps_the_last_heads_used():
+    from uio.head_kv import HeadKV
+
+    kv = HeadKV(size=2)
+    for n in (1, 2):
+        kv.put(kv.key([n], 0), [])
+    assert kv.get(kv.key([1], 0)) == []  # 1 used last: 2 goes first
+    kv.put(kv.key([3], 0), [])
+    assert kv.get(kv.key([2], 0)) is None and kv.get(kv.key([1], 5)) is None  # another start: another head
+    assert len(kv) == 2 and kv.hits == 1
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(kv))  # a model sent to a worker process: the store goes empty, not broken
+    assert (len(copy), copy.size) == (0, 2)
+    copy.put(copy.key([4], 0), [])
+    assert copy.get(copy.key([4], 0)) == []
