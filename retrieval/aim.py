@@ -67,29 +67,43 @@ def best_sentence(text: str, spans: list[Span], question: str) -> Span | None:
     return spans[best] if scores[best] > 0 else None
 
 
-def aim(text: str, passage: Span, page: Span, question: str) -> Span:
-    """Where to cut a window of ``passage``'s length from ``text`` for ``question``: starting a little
-    before the best-matching sentence near the passage, inside ``page``; the passage itself when no
-    sentence there shares a word with the question or the page is no longer than the window."""
-    size = passage.end - passage.start
+def aim(text: str, passage: Span, page: Span, question: str, scale: float = 1.0) -> Span:
+    """Where to cut a window of ``passage``'s length (times ``scale``) from ``text`` for ``question``: starting
+    a little before the best-matching sentence near the passage, inside ``page``; the passage itself (its
+    first ``scale`` of it) when no sentence there shares a word with the question or the page is no longer
+    than the window."""
+    full = passage.end - passage.start
+    size = min(full, max(1, int(full * scale))) if full > 0 else 0
     if page.end - page.start <= size or size <= 0:
-        return passage
-    reach = int(REACH * size)
+        return _head(text, passage, size)
+    reach = int(REACH * full)  # the sentences near the whole passage, whatever the window's length
     lo, hi = max(page.start, passage.start - reach), min(page.end, passage.end + reach)
     spans = sentences(text, lo, hi)
     best = best_sentence(text, spans, question)
     if best is None:
-        return passage
+        return _head(text, passage, size)
     # The best sentence whole where it fits, then what follows it; before it at most LEAD of the window.
     lead = min(int(LEAD * size), max(0, size - (best.end - best.start)))
     start = max(page.start, best.start - lead)
     before = [s.start for s in spans if start <= s.start <= best.start]
     start = before[0] if before else best.start  # begin at a sentence, not inside one
     start = _word_start(text, min(start, page.end - size), page)  # near the page's end: the window ends there
-    end = min(page.end, start + size)
-    if end < page.end:  # end between words (the last space inside the window; a window of one word stays cut)
-        end = next((i for i in range(end, start, -1) if text[i].isspace()), end)
-    return Span(start, end)
+    return Span(start, _word_end(text, start, min(page.end, start + size), page))
+
+
+def _head(text: str, passage: Span, size: int) -> Span:
+    """The first ``size`` characters of ``passage`` (all of it where it is no longer), ending between words."""
+    if size >= passage.end - passage.start:
+        return passage
+    return Span(passage.start, _word_end(text, passage.start, passage.start + size, passage))
+
+
+def _word_end(text: str, start: int, end: int, page: Span) -> int:
+    """``end``, moved back to the last space inside [start, end) where the window stops before the page does (a
+    window of one word stays cut)."""
+    if end >= page.end:
+        return end
+    return next((i for i in range(end, start, -1) if text[i].isspace()), end)
 
 
 def _word_start(text: str, i: int, page: Span) -> int:
@@ -99,7 +113,7 @@ def _word_start(text: str, i: int, page: Span) -> int:
     return next((j + 1 for j in range(i, page.end - 1) if text[j].isspace()), i)
 
 
-def aimed(hit, page: str, question: str) -> str:
+def aimed(hit, page: str, question: str, scale: float = 1.0) -> str:
     """The text of ``hit`` (a ``retrieval.retriever.Retrieved`` passage) re-cut for ``question`` by ``aim``
     within ``page``, the whole text of its page (``retrieval.narrow.page_text``); the hit's own text where
     it is not found there."""
@@ -107,5 +121,5 @@ def aimed(hit, page: str, question: str) -> str:
     at = page.find(own)
     if not own or at < 0:
         return hit.text
-    s = aim(page, Span(at, at + len(own)), Span(0, len(page)), question)
+    s = aim(page, Span(at, at + len(own)), Span(0, len(page)), question, scale)
     return page[s.start:s.end].strip()

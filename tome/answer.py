@@ -140,7 +140,7 @@ class CompressedContext:
         if not self.a.models.config.memory_excerpt_aim:
             return hit.text
         page = page_text(ranking, hit.document_id, hit.page_start, segments[hit.document_id])
-        return aimed(hit, page, question)
+        return aimed(hit, page, question, self.a.models.config.memory_excerpt_scale)
 
     def _excerpts(self, docs: Sequence[DocumentInfo], ranking, stored: list, question: str) -> list[Excerpt]:
         """The text given beside the memories (``Config.memory_excerpts``, ``memory_excerpt_unit``), best first:

@@ -106,6 +106,9 @@ class Config:
                                           "on its page, to start just before the sentence sharing the most rare "
                                           "words with the question (the answer often follows the words that "
                                           "match; retrieval.aim)", "TOME_MEMORY_EXCERPT_AIM", _flag)
+    memory_excerpt_scale: float = _opt(1.0, "compressed mode with memory_excerpt_aim: the re-cut passage's length as "
+                                            "a share of the passage's (below 1: fewer tokens before the first token)",
+                                       "TOME_MEMORY_EXCERPT_SCALE", float)
     memory_prompt: str = _opt("short", 'compressed mode with passages as text: "long" (the instructions, the '
                                        "books' names and a header before the passages) or \"short\" (one sentence, "
                                        "then the labelled passages: ~36 tokens fewer before the first token)",

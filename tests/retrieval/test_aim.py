@@ -108,3 +108,17 @@ def test_any_window_stays_on_its_page_no_longer_than_the_passage_and_starts_at_a
         assert got.end - got.start <= passage.end - passage.start
         assert got.start == page.start or text[got.start - 1].isspace()
         assert got.end == page.end or text[got.end].isspace()
+
+
+def test_a_scaled_window_is_shorter_and_still_holds_the_answer():
+    """``scale`` (Config.memory_excerpt_scale): a window of that share of the passage's length around the same
+    sentence; with no sentence sharing a word, the passage's first words."""
+    passage = _passage(PAGE, "ambiguous key")
+    full = passage.end - passage.start
+    got = aim(PAGE, passage, Span(0, len(PAGE)), QUESTION, scale=0.5)
+    cut = PAGE[got.start:got.end]
+    assert "keyseq-timeout" in cut and "500 milliseconds" in cut
+    assert full // 2 - 20 <= got.end - got.start <= full // 2
+    none = aim(PAGE, passage, Span(0, len(PAGE)), "zebra quagga", scale=0.5)
+    assert none.start == passage.start and full // 2 - 20 <= none.end - none.start <= full // 2
+    assert PAGE[none.end].isspace()  # ends between words
