@@ -123,6 +123,9 @@ class CompressedContext:
         if answerer.models.config.memory_excerpt_place not in EXCERPT_PLACES:
             raise ValueError(f"memory_excerpt_place must be one of {EXCERPT_PLACES}, "
                              f"not {answerer.models.config.memory_excerpt_place!r}")
+        if not 0 < answerer.models.config.memory_excerpt_scale <= 1:
+            raise ValueError("memory_excerpt_scale must lie in (0, 1], "
+                             f"not {answerer.models.config.memory_excerpt_scale!r}")
         if answerer.models.config.memory_excerpt_unit not in ("passage", "page"):
             raise ValueError('memory_excerpt_unit must be "passage" or "page", '
                              f"not {answerer.models.config.memory_excerpt_unit!r}")

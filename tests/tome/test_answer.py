@@ -212,6 +212,9 @@ def test_memory_layouts_read_the_same_memories(tome_tiny, tmp_path, layout, posi
     tome_tiny.config = replace(tome_tiny.config, memory_layout="sideways")
     with pytest.raises(ValueError, match="memory_layout"):
         list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed", max_new_tokens=4))
+    tome_tiny.config = replace(tome_tiny.config, memory_layout="head", memory_excerpt_scale=0.0)
+    with pytest.raises(ValueError, match="memory_excerpt_scale"):
+        list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed", max_new_tokens=4))
 
 
 def test_a_question_over_two_books_gets_the_budget_per_book(tome_tiny, tmp_path):

@@ -1,9 +1,12 @@
 """uio.decoder.build_context: text and memories in one cache, positions consecutive or spaced."""
+import pickle
+
 import pytest
 import torch
 
 from uio.compress import make_compressor
-from uio.decoder import _layout, build_context, rotate_keys
+from uio.decoder import _layout, build_cache, build_context, rotate_keys
+from uio.head_kv import HeadKV
 from uio.memory import Memory, MemoryMismatch
 
 
@@ -105,9 +108,9 @@ def test_positions_survive_select_concat_and_files(tmp_path, tiny_llama):
 
 
 def test_a_head_read_once_is_taken_from_the_model_after_and_never_written(tiny_qwen):
-    """``reuse_head`` (and ``build_cache(head=)``): a leading text part is read by the model once and kept (``lm.head_kv``); the next cache
-    opened by the same tokens takes it from there. Both caches are bitwise the one read afresh, and answering
-    after them leaves the kept tensors as they were."""
+    """``reuse_head`` (and ``build_cache(head=)``): a leading text part is read by the model once and kept
+    (``lm.head_kv``); the next cache opened by the same tokens takes it from there. Those caches are bitwise the
+    one read afresh, and answering after them leaves the kept tensors as they were."""
     lm = tiny_qwen
     lm.head_kv.clear()
     head, seg, tail = ids(9, 6), ids(32, 7), ids(5, 8)
@@ -123,8 +126,6 @@ def test_a_head_read_once_is_taken_from_the_model_after_and_never_written(tiny_q
     for cache in (first, second):
         for a, b in zip(cache.layers, fresh.layers):
             assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
-    from uio.decoder import build_cache
-
     third, n3 = build_cache(lm, [mem], head=head)  # the answer path's layout "head": the same cache
     assert lm.head_kv.hits == hits + 2 and n3 == n
     for a, b in zip(third.layers, fresh.layers):
@@ -143,8 +144,6 @@ def test_a_head_read_once_is_taken_from_the_model_after_and_never_written(tiny_q
 
 
 def test_head_kv_keeps_the_last_heads_used():
-    from uio.head_kv import HeadKV
-
     kv = HeadKV(size=2)
     for n in (1, 2):
         kv.put(kv.key([n], 0), [])
@@ -152,8 +151,6 @@ def test_head_kv_keeps_the_last_heads_used():
     kv.put(kv.key([3], 0), [])
     assert kv.get(kv.key([2], 0)) is None and kv.get(kv.key([1], 5)) is None  # another start: another head
     assert len(kv) == 2 and kv.hits == 1
-    import pickle
-
     copy = pickle.loads(pickle.dumps(kv))  # a model sent to a worker process: the store goes empty, not broken
     assert (len(copy), copy.size) == (0, 2)
     copy.put(copy.key([4], 0), [])
