@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 from storage import DocumentInfo, MemoryFiles, MemorySetInfo, Store
 from storage.files import sha256_file
-from tome.lru import ByteLRU
+from uio.lru import ByteLRU
 from tome.models import Models
 from tome.timing import Timer, maybe
 

@@ -119,15 +119,15 @@ def test_a_head_read_once_is_taken_from_the_model_after_and_never_written(tiny_q
     hits = lm.head_kv.hits
     first, n1 = build_context(lm, [head, mem], reuse_head=True)
     assert (len(lm.head_kv), lm.head_kv.hits) == (1, hits)  # read by the model and kept
-    kept = [(k.clone(), v.clone()) for k, v in lm.head_kv._items[lm.head_kv.key(head, 0)]]
+    kept = [(k.clone(), v.clone()) for k, v in lm.head_kv.get(lm.head_kv.key(head, 0))]  # a hit too
     assert kept[0][0].shape[-2] == len(head)
     second, n2 = build_context(lm, [head, mem], reuse_head=True)
-    assert lm.head_kv.hits == hits + 1 and n == n1 == n2 == len(head) + mem.num_slots
+    assert lm.head_kv.hits == hits + 2 and n == n1 == n2 == len(head) + mem.num_slots
     for cache in (first, second):
         for a, b in zip(cache.layers, fresh.layers):
             assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
     third, n3 = build_cache(lm, [mem], head=head)  # the answer path's layout "head": the same cache
-    assert lm.head_kv.hits == hits + 2 and n3 == n
+    assert lm.head_kv.hits == hits + 3 and n3 == n
     for a, b in zip(third.layers, fresh.layers):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
     assert build_cache(lm, [], head=head)[1] == len(head)
@@ -135,23 +135,26 @@ def test_a_head_read_once_is_taken_from_the_model_after_and_never_written(tiny_q
     assert torch.equal(next_logits(lm, first, n, tail), want)
     assert torch.equal(next_logits(lm, second, n, tail), want)
     assert torch.equal(next_logits(lm, third, n, tail), want)
-    for (k, v), (k0, v0) in zip(lm.head_kv._items[lm.head_kv.key(head, 0)], kept):
+    for (k, v), (k0, v0) in zip(lm.head_kv.get(lm.head_kv.key(head, 0)), kept):
         assert torch.equal(k, k0) and torch.equal(v, v0)
     build_context(lm, [ids(9, 9), mem], reuse_head=True)  # another head: read, not taken
-    assert (len(lm.head_kv), lm.head_kv.hits) == (2, hits + 3)
+    assert (len(lm.head_kv), lm.head_kv.hits) == (2, hits + 5)
     build_context(lm, [mem, head], reuse_head=True)  # text after a memory depends on it: never kept
     assert len(lm.head_kv) == 2
 
 
-def test_head_kv_keeps_the_last_heads_used():
-    kv = HeadKV(size=2)
+def test_head_kv_keeps_the_last_heads_used_within_its_bytes():
+    def layers(n: int) -> list:  # n bytes of keys (float32: 4 bytes each), no values
+        return [(torch.zeros(n // 4), torch.zeros(0))]
+
+    kv = HeadKV(capacity=200)
     for n in (1, 2):
-        kv.put(kv.key([n], 0), [])
-    assert kv.get(kv.key([1], 0)) == []  # 1 used last: 2 goes first
-    kv.put(kv.key([3], 0), [])
+        kv.put(kv.key([n], 0), layers(80))
+    assert kv.get(kv.key([1], 0)) is not None  # 1 used last: 2 goes first
+    kv.put(kv.key([3], 0), layers(80))
     assert kv.get(kv.key([2], 0)) is None and kv.get(kv.key([1], 5)) is None  # another start: another head
-    assert len(kv) == 2 and kv.hits == 1
+    assert (len(kv), kv.nbytes, kv.hits) == (2, 160, 1)
     copy = pickle.loads(pickle.dumps(kv))  # a model sent to a worker process: the store goes empty, not broken
-    assert (len(copy), copy.size) == (0, 2)
-    copy.put(copy.key([4], 0), [])
-    assert copy.get(copy.key([4], 0)) == []
+    assert (len(copy), copy.capacity) == (0, 200)
+    copy.put(copy.key([4], 0), layers(80))
+    assert copy.get(copy.key([4], 0)) is not None and copy.hits == 1

@@ -1,7 +1,7 @@
 """The byte-bounded LRU that keeps loaded memories between questions."""
 import torch
 from tome import Config
-from tome.lru import ByteLRU
+from uio.lru import ByteLRU
 
 
 def test_lru_evicts_least_recently_used_by_bytes():
