@@ -7,9 +7,9 @@ from typing import Callable, Sequence
 
 from storage import DocumentInfo, MemoryFiles, MemorySetInfo, Store
 from storage.files import sha256_file
-from uio.lru import ByteLRU
 from tome.models import Models
 from tome.timing import Timer, maybe
+from uio.lru import ByteLRU
 
 log = logging.getLogger("tome")
 

@@ -1,4 +1,4 @@
-"""A bounded least-recently-used cache measured in bytes (memories kept in RAM or on the GPU).
+"""A bounded least-recently-used cache measured in bytes (memories kept in RAM or on the GPU, prompt heads).
 
 Documents differ in size by orders of magnitude (a leaflet's memories are
 kilobytes, a 1,000-page book's hundreds of megabytes), so a count of entries
