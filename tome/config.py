@@ -67,13 +67,13 @@ class Config:
                               "TOME_MEMORY_BUDGET", int)
     # Both by measurement (docs/COMPRESSION.md, "Layout and positions"): on Qwen's planted facts the four
     # combinations answered alike (9-10 of 42), next-segment perplexity was lower with consecutive slots.
-    # "head" since the twenty-second run: as many answers as "before" (90 and 91 of 170 manual questions, 32 and
-    # 31 of 42 planted facts) with ~29 prompt tokens fewer to read before the first token.
-    memory_layout: str = _opt("head", 'where a compressed answer reads its memories: "before" (before the chat '
-                                        'prompt, which names the books), "head" (after the system message\'s '
-                                        "instructions, read once for every question: uio/head_kv.py) or \"inline\" "
-                                        "(inside the system message, each book's memories after its title, where "
-                                        "uncompressed mode puts text)",
+    # "auto" since the twenty-second run: "head" for Qwen (as many answers, ~29 prompt tokens fewer before the first
+    # token), "before" for SmolLM2 and other models (tome.answer.LAYOUT_DEFAULTS).
+    memory_layout: str = _opt("auto", 'where a compressed answer reads its memories: "auto" (the measured one for '
+                                        'the model), "before" (before the chat prompt, which names the books), '
+                                        '"head" (after the system message\'s instructions, read once for every '
+                                        'question: uio/head_kv.py) or "inline" (inside the system message, each '
+                                        "book's memories after its title, where uncompressed mode puts text)",
                               "TOME_MEMORY_LAYOUT")
     memory_positions: str = _opt("consecutive", 'positions of memory slots: "consecutive" (side by side) or '
                                                 '"spaced" (each slot where its source token sat in the segment, '

@@ -192,7 +192,7 @@ def test_memory_layouts_read_the_same_memories(tome_tiny, tmp_path, layout, posi
     from dataclasses import replace
 
     doc = tome_tiny.ingest(make_pdf(tmp_path / "b.pdf", PAGES)).document
-    assert tome_tiny.config.memory_layout == "head"  # the default
+    assert tome_tiny.config.memory_layout == "auto"  # the default, by model (the test's is configured as Qwen)
     tome_tiny.config = replace(tome_tiny.config, memory_layout="before")
     base = list(tome_tiny.ask([doc.id], "Who lit the lantern?", mode="compressed", max_new_tokens=4))[-1]
     tome_tiny.config = replace(tome_tiny.config, memory_layout=layout, memory_positions=positions)
@@ -372,3 +372,12 @@ def test_segments_are_read_once_per_document_version(tmp_path, monkeypatch):
     assert again.id == doc.id  # SQLite gave the id again
     assert [s.text for s in a.segments(again)] == ["second text"] and reads == [doc.id, doc.id]
     store.close()
+
+
+def test_the_layout_is_chosen_per_model_by_measurement():
+    from tome.answer import resolve_layout
+
+    assert [resolve_layout("auto", k) for k in ("qwen", "smollm2", None)] == ["head", "before", "before"]
+    assert resolve_layout("inline", "qwen") == "inline"  # a setting wins over the measured default
+    with pytest.raises(ValueError, match="memory_layout"):
+        resolve_layout("sideways", "qwen")
