@@ -43,6 +43,7 @@ def resolve_layout(name: str, model_key: str | None) -> str:
         raise ValueError(f"memory_layout must be one of {('auto',) + MEMORY_LAYOUTS}, not {name!r}")
     return name
 
+
 MODES = ("uncompressed", "compressed")
 SEGMENT_CACHE = 16  # documents whose segments the answerer keeps (a book's text: a few MB)
 
@@ -117,8 +118,9 @@ class CompressedContext:
 
     Layout (``Config.memory_layout``; "auto" by model, ``LAYOUT_DEFAULTS``) "head": the memories after the system
     message's instructions, whose keys and values are then the same on every question and read once
-    (``uio/head_kv.py``); "before": the memories first, then the chat prompt naming the books; "inline": the uncompressed mode's system prompt
-    with each book's memories after its title, the chat template's text around them read by the model.
+    (``uio/head_kv.py``); "before": the memories first, then the chat prompt naming the books; "inline": the
+    uncompressed mode's system prompt with each book's memories after its title, the chat template's text around
+    them read by the model.
     Positions "consecutive" (default) or "spaced" (each slot's distance to the others as in its segment).
     """
 
