@@ -203,13 +203,18 @@ def build_context(lm: LoadedModel, parts: Sequence, fingerprint: str | None = No
             _read_head(lm, net, cache, list(part), at)
             length += n
         else:
-            ids = torch.tensor([list(part)], device=lm.device)
-            net(input_ids=ids, past_key_values=cache, use_cache=True,
-                position_ids=torch.arange(at, at + n, device=lm.device)[None],
-                cache_position=torch.arange(length, length + n, device=lm.device))
+            _read_text(lm, net, cache, list(part), at, length)
             length += n
         at += n
     return cache, length
+
+
+def _read_text(lm: LoadedModel, net, cache: DynamicCache, ids: list[int], at: int, length: int) -> None:
+    """The model reads text ``ids`` at positions ``at``.. into ``cache`` after its ``length`` entries."""
+    n = len(ids)
+    net(input_ids=torch.tensor([ids], device=lm.device), past_key_values=cache, use_cache=True,
+        position_ids=torch.arange(at, at + n, device=lm.device)[None],
+        cache_position=torch.arange(length, length + n, device=lm.device))
 
 
 def _read_head(lm: LoadedModel, net, cache: DynamicCache, ids: list[int], at: int) -> None:
@@ -218,10 +223,7 @@ def _read_head(lm: LoadedModel, net, cache: DynamicCache, ids: list[int], at: in
     key = lm.head_kv.key(ids, at)
     layers = lm.head_kv.get(key)
     if layers is None:
-        n = len(ids)
-        net(input_ids=torch.tensor([ids], device=lm.device), past_key_values=cache, use_cache=True,
-            position_ids=torch.arange(at, at + n, device=lm.device)[None],
-            cache_position=torch.arange(n, device=lm.device))
+        _read_text(lm, net, cache, ids, at, 0)
         lm.head_kv.put(key, [(layer.keys, layer.values) for layer in cache.layers])
         return
     for i, (k, v) in enumerate(layers):
