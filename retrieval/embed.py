@@ -10,10 +10,11 @@ On a CPU with native bf16 matmuls (``avx512_bf16``/``amx_bf16``) the encoder
 runs under bf16 autocast: 2.2x the passages per second of fp32 on the
 project's host; over the real manuals' 5,012 passages cosine >= 0.9993 (mean
 0.99998) to fp32 and the same recall of the gold page (docs/RESULTS.md,
-Ingestion). The weights stay float32; vectors are normalised again in
-float32. Elsewhere it runs in float32.
+Ingestion); vectors are normalised again in float32. Elsewhere it runs in
+float32.
 
-There the Linear layers' weights are stored in bf16: autocast would cast
+There the Linear layers' weights are stored in bf16 (embeddings and layer
+norms stay float32, as autocast runs those ops in float32): autocast would cast
 them from float32 on every call, so the vectors come out bitwise the same,
 with half the bytes to read (a question's embedding 12.6 -> 9.2 ms when the
 answering model has pushed the embedder out of the CPU's cache). The
