@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from uio.attention import use_grouped_attention
 from uio.head_kv import HeadKV
 from uio.packed import packed_numel
 from uio.runtime import choose_device, choose_dtype
@@ -224,6 +225,7 @@ def load_model(name: str, models_dir: Path, device: str = "auto", dtype: str = "
         raise ModelError(f"cannot load model {name!r}: {e}") from e
     model.to(dev).eval()
     model.requires_grad_(False)
+    use_grouped_attention(model)  # grouped key/value heads read in place under a mask (uio/attention.py)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not getattr(tokenizer, "chat_template", None):
