@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -140,7 +140,7 @@ class Retriever:
         self._lock = threading.Lock()
         self._passage_lock = threading.Lock()
         self._records: OrderedDict[tuple, list[PassageRecord]] = OrderedDict()
-        # full-text searches beside the question's embedding (its thread starts with the first search)
+        # full-text searches on a database server, beside the question's embedding (its thread starts with the first)
         self._fulltext = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tome-fulltext")
 
     def _torch(self, fn, *args):
@@ -263,10 +263,19 @@ class Retriever:
         return Ranking(hits, records)
 
     def _search_texts(self, ids: list[int], queries: list[str], depth: int):
-        """A future of each query's full-text hits (``Store.search_text``), searched in a thread of their own:
-        SQLite's search runs while the question is embedded (~5 ms of ~25 before the first token), as neither
-        needs the other."""
-        return self._fulltext.submit(lambda: [self.store.search_text(ids, q, depth) for q in queries])
+        """A future of each query's full-text hits (``Store.search_text``): searched in a thread of their own
+        while the question is embedded where the database is a server, which does the work elsewhere; at once
+        with SQLite, whose search runs in this process and, beside the embedding's two torch threads on two
+        cores, slowed it more than it saved (the question's ranking 22.1 -> 19.8 ms in pairs,
+        docs/COMPRESSION.md "Twenty-third run")."""
+        def search() -> list:
+            return [self.store.search_text(ids, q, depth) for q in queries]
+
+        if self.store.engine.dialect.name != "sqlite":
+            return self._fulltext.submit(search)
+        done: Future = Future()
+        done.set_result(search())
+        return done
 
     def _rank_one(self, docs: Sequence[DocumentInfo], records: dict[int, list[PassageRecord]], lex: list,
                   vector, mode: str, depth: int) -> list[Retrieved]:
