@@ -264,11 +264,15 @@ class Store(JobStore):
             return s.scalar(q) or 0
 
     # -- conversations -----------------------------------------------------
-    def new_conversation(self, title: str, document_ids: Iterable[int]) -> int:
+    def new_conversation(self, title: str, document_ids: Iterable[int], question: str | None = None) -> int:
+        """A new conversation's id; ``question``: its first message (the user's), saved in the same transaction
+        (one commit before a first answer, not two)."""
         with self._session.begin() as s:
             c = Conversation(title=title[:200], document_ids=list(document_ids))
             s.add(c)
             s.flush()
+            if question is not None:
+                s.add(Message(conversation_id=c.id, role="user", content=question, mode=None, stats={}))
             return c.id
 
     def add_message(self, conversation_id: int, role: str, content: str, mode: str | None = None,

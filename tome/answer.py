@@ -131,6 +131,7 @@ class CompressedContext:
         self.compressor = answerer.models.compressor(ratio, compressor)  # what made the memories read
         self.memories: list = []
         self.excerpts: list = []  # retrieval.retriever.Retrieved: passages given as text beside the memories
+        self.pieces: list[list[int]] = []  # the chat's token ids cut at the memories ("head", "inline"; select)
         self.layout = resolve_layout(answerer.models.config.memory_layout, answerer.models.key)
         self.positions = answerer.models.config.memory_positions
         if answerer.models.config.memory_excerpt_place not in EXCERPT_PLACES:
@@ -190,7 +191,14 @@ class CompressedContext:
         books = [(d.title, [_SlotSegment(s.text, s.page_start, s.page_end, s.index, mem.slots[j])
                             for j, s in enumerate(segs)])
                  for d, mem, segs in zip(docs, self.memories, stored)]
-        bare = count_tokens(a.lm.tokenizer, self._messages(question, history))
+        messages = self._messages(question, history)
+        if self.layout in ("head", "inline"):  # tokenized once: the pieces are assemble's too (same messages)
+            from uio.generate import split_chat
+
+            self.pieces = split_chat(a.lm.tokenizer, messages, self.MARK)
+            bare = sum(map(len, self.pieces))
+        else:
+            bare = count_tokens(a.lm.tokenizer, messages)
         self.room = max(0, a.lm.window - bare - max_new - 16)  # positions the memories may span
         budget = self.room
         cap = a.memory_budget(excerpts=bool(self.excerpts))
@@ -202,7 +210,6 @@ class CompressedContext:
 
     def assemble(self, ctx: Context, question: str, history, timer: Timer) -> None:
         from uio.decoder import build_cache, build_context
-        from uio.generate import split_chat
 
         c, lm = self.compressor, self.a.lm
         with timer.phase("assembly"):
@@ -210,12 +217,12 @@ class CompressedContext:
                                   if ctx.owner[id(p.segment)] == d.id]) for d, mem in zip(self.docs, self.memories)]
             ctx.messages = self._messages(question, history)
             if self.layout == "inline":
-                pieces = split_chat(lm.tokenizer, ctx.messages, self.MARK)  # len(docs) + 1 text pieces
+                pieces = list(self.pieces)  # len(docs) + 1 text pieces, tokenized in select
                 parts = [pieces[0]] + [x for mem, text in zip(chosen, pieces[1:]) for x in (mem, text)]
                 ctx.prompt_ids = parts.pop()  # the last piece (end of system, question) is the prompt
                 ctx.cache, ctx.prefix = build_context(lm, parts, c.identity(lm), self.positions, self.room)
             elif self.layout == "head":  # the instructions' keys and values are read once (uio/head_kv.py)
-                head, ctx.prompt_ids = split_chat(lm.tokenizer, ctx.messages, self.MARK)
+                head, ctx.prompt_ids = self.pieces
                 if self.positions == "consecutive":
                     ctx.cache, ctx.prefix = build_cache(lm, chosen, c.identity(lm), head=head)
                 else:
@@ -337,9 +344,10 @@ class Answerer:
         builder = BUILDERS[mode](self, ratio, compressor)
         ctx = builder.select(docs, question, history, max_new, timer)
         sources = cite(((ctx.owner[id(p.segment)], p) for p in ctx.selection.passages), question)
-        if conversation_id is None:
-            conversation_id = self.store.new_conversation(question[:80], [d.id for d in docs])
-        self.store.add_message(conversation_id, "user", question)
+        if conversation_id is None:  # the question is saved with its new conversation, in one commit
+            conversation_id = self.store.new_conversation(question[:80], [d.id for d in docs], question=question)
+        else:
+            self.store.add_message(conversation_id, "user", question)
         update = AnswerUpdate(text="", mode=mode, conversation_id=conversation_id, sources=sources,
                               truncated=ctx.selection.truncated, context_tokens=ctx.selection.tokens)
         with self.models.lock:

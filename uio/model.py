@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,15 +124,26 @@ def flat_ttft_slots(lm: LoadedModel, floor: int = 512) -> int:
     of the GEMMs (bench/e2e.py), so at P / (8·head_dim·heads·layers) slots the memories add about
     half of the question's own prefill: 768 for SmolLM2-135M, 2,080 for Qwen2.5-0.5B.
     """
-    c = lm.model.config
+    known = _FLAT_SLOTS.setdefault(lm.model, {})
+    if floor not in known:  # a walk over every parameter (~1 ms): once per model, not on every question
+        known[floor] = _flat_ttft_slots(lm.model, floor)
+    return known[floor]
+
+
+# per model object: LoRA weights injected later are not counted, and packing keeps the count (packed_numel)
+_FLAT_SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _flat_ttft_slots(model: PreTrainedModel, floor: int) -> int:
+    c = model.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    tables = {lm.model.get_input_embeddings().weight}  # lm_head runs for the last position only
-    out = lm.model.get_output_embeddings()
+    tables = {model.get_input_embeddings().weight}  # lm_head runs for the last position only
+    out = model.get_output_embeddings()
     if out is not None:
         tables.add(out.weight)
     # UIO adapters inject LoRA weights into the same modules; they are not part of an answer's forward.
-    params = sum(p.numel() for n, p in lm.model.named_parameters() if p not in tables and "lora_" not in n)
-    params += packed_numel(lm.model)  # weights laid out for oneDNN are not parameters (uio/packed.py)
+    params = sum(p.numel() for n, p in model.named_parameters() if p not in tables and "lora_" not in n)
+    params += packed_numel(model)  # weights laid out for oneDNN are not parameters (uio/packed.py)
     return max(floor, params // (8 * head_dim * c.num_attention_heads * c.num_hidden_layers))
 
 

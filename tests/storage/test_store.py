@@ -126,6 +126,11 @@ def test_conversation_messages_in_order_with_stats(store):
     (conv,) = store.list_conversations()
     assert (conv.id, conv.title, conv.document_ids) == (cid, "About the sea wall", [doc.id])
     assert conv.created_at is not None
+    # a conversation started with its first question: the same rows as two calls
+    both = store.new_conversation("Again", [doc.id], question="What did the keeper count?")
+    store.add_message(both, "assistant", "Seven boats.", mode="compressed")
+    assert [(m.role, m.content, m.mode, m.stats) for m in store.messages(both)] == [
+        ("user", "What did the keeper count?", None, {}), ("assistant", "Seven boats.", "compressed", {})]
 
 
 def test_conversations_newest_first_and_titles_capped(store):

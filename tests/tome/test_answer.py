@@ -40,7 +40,7 @@ def test_memory_budget_caps_the_slots_a_compressed_answer_attends_to(tome_tiny, 
 def test_default_memory_budget_is_sized_to_the_model_on_cpu(tome_tiny, smollm2, qwen):
     from dataclasses import replace
 
-    from uio.model import flat_ttft_slots
+    from uio.model import _flat_ttft_slots, flat_ttft_slots
 
     assert Config().memory_budget == -1  # auto
     # The rule: parameters outside the embedding tables / (8 * head_dim * heads * layers), floored.
@@ -53,6 +53,7 @@ def test_default_memory_budget_is_sized_to_the_model_on_cpu(tome_tiny, smollm2, 
     before = flat_ttft_slots(tome_tiny.lm, floor=1)
     tome_tiny.adapter_for()  # injects LoRA weights into the model: not part of an answer's cost
     assert any("lora_" in n for n, _ in tome_tiny.lm.model.named_parameters())
+    assert _flat_ttft_slots(tome_tiny.lm.model, 1) == before  # counted afresh (flat_ttft_slots keeps its first)
     assert flat_ttft_slots(tome_tiny.lm, floor=1) == before
     for fixed in (0, 16):
         tome_tiny.config = replace(tome_tiny.config, memory_budget=fixed)
