@@ -46,9 +46,11 @@ class Models:
                     lm = run_on_torch(load_model, self.config.model, self.config.models_path,
                                       self.config.device, self.config.dtype)
                     if self.config.pack_weights:
-                        from uio.packed import pack_linears
+                        from uio.packed import pack_linears, shortlist_head
 
                         run_on_torch(pack_linears, lm.model)
+                        if self.config.shortlist_head:
+                            run_on_torch(shortlist_head, lm.model)
                     self._lm = lm
         return self._lm
 

@@ -145,3 +145,43 @@ def test_the_service_packs_a_bf16_model_it_loads_unless_told_not_to(tmp_path, to
             assert final.done and final.stats["memory_slots"] > 0 and final.text
         finally:
             t.store.close()
+
+
+def test_shortlisted_head_keeps_the_exact_argmax_and_the_exact_best_logits(tokenizer):
+    import copy
+    import pickle
+
+    from uio.packed import SHORTLIST, shortlist_head
+
+    lm = _bf16("qwen2", tokenizer)
+    plain = _bf16("qwen2", tokenizer)
+    pack_linears(lm.model)
+    head = lm.model.lm_head
+    assert shortlist_head(lm.model) and head._int8 is not None
+    torch.manual_seed(1)
+    for _ in range(20):
+        x = torch.randn(1, 1, head.in_features, dtype=torch.bfloat16) * 4
+        exact = torch.mv(head.weight, x.reshape(-1))
+        got = head(x)[0, 0]
+        best = exact.float().topk(SHORTLIST // 4).indices  # the exact best logits come back bitwise
+        assert torch.equal(got[best], exact[best]) and int(got.argmax()) == int(exact.argmax())
+        assert float((got.float() - exact.float()).abs().max()) < 0.5  # the rest: the int8 copy's
+        assert not torch.equal(got, exact)  # (it is used: some logit outside the shortlist differs)
+    zero = torch.zeros(1, 1, head.in_features, dtype=torch.bfloat16)  # all logits tie: no margin, exact product
+    assert torch.equal(head(zero)[0, 0], torch.mv(head.weight, zero.reshape(-1)))
+    # greedy tokens through the model are the plain model's
+    ids = torch.randint(100, 2000, (1, 19))
+    with torch.inference_mode():
+        a = plain.model.generate(input_ids=ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+        b = lm.model.generate(input_ids=ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(a, b)
+    # copies and pickles leave the int8 copy behind (a Ray worker, the int8 encoder's float copy)
+    assert copy.deepcopy(head)._int8 is None and pickle.loads(pickle.dumps(head))._int8 is None
+    assert head._int8 is not None
+    unpack_linears(lm.model)
+    assert type(head) is nn.Linear and "_int8" not in vars(head)  # unpacked: the copy's memory goes too
+    assert not shortlist_head(lm.model)  # a plain head: nothing to shortlist
+    pack_linears(lm.model)
+    assert shortlist_head(lm.model)
+    head.float()
+    assert head._int8 is None and head(x.float()).dtype == torch.float32  # converted: the copy no longer follows
