@@ -12,6 +12,9 @@ Everything else (no mask, one query token, no groups, other devices) goes to tra
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
@@ -49,3 +52,15 @@ def use_grouped_attention(model: torch.nn.Module) -> bool:
         return False
     config._attn_implementation = ATTN_IMPL
     return True
+
+
+@contextmanager
+def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """``model`` runs the attention implementation ``name`` inside the block (the UIO encoder's, the compressors'
+    observed attention), and its own again after it. Its other users must wait meanwhile (the model lock)."""
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous

@@ -23,9 +23,9 @@ embedding and the transfer head.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from uio.adapter import UIOAdapter, body
+from uio.attention import attention_implementation
 from uio.memory import Memory, slots_for, visible_prefix
 
 ATTN_IMPL = "uio_encoder"
@@ -61,14 +62,8 @@ def encoder_attention(module, query, key, value, attention_mask, dropout: float 
 AttentionInterface.register(ATTN_IMPL, encoder_attention)
 
 
-@contextmanager
-def _encoder_attention(model) -> Iterator[None]:
-    previous = model.config._attn_implementation
-    model.config._attn_implementation = ATTN_IMPL
-    try:
-        yield
-    finally:
-        model.config._attn_implementation = previous
+def _encoder_attention(model):
+    return attention_implementation(model, ATTN_IMPL)
 
 
 def encoder_inputs(lengths: Sequence[int], num_mem: int, device: torch.device

@@ -146,10 +146,11 @@ SHORTLIST = 64  # logits of one row read exactly from the weight, after the int8
 
 def shortlist_head(model: nn.Module) -> bool:
     """Give a ``RowHead`` its int8 copy (fbgemm), built 8,192 rows at a time; False where fbgemm is missing or
-    the head is not a ``RowHead`` without bias. Costs the int8 copy's memory (136 MB for Qwen2.5-0.5B, plus fbgemm's own
-    copy of it)."""
+    the head is not a ``RowHead`` without bias. Costs the int8 copy's memory (136 MB for Qwen2.5-0.5B, and as much
+    again for fbgemm's own copy of it: the process held 270 MB more)."""
     head = _head(model)
-    if type(head) is not RowHead or head.bias is not None or "fbgemm" not in torch.backends.quantized.supported_engines:
+    fbgemm = "fbgemm" in torch.backends.quantized.supported_engines
+    if type(head) is not RowHead or head.bias is not None or not fbgemm:
         return False
     weight = head.weight.detach()
     rows = weight.shape[0]

@@ -1,6 +1,5 @@
 """The decoder's attention (uio/attention.py): grouped key/value heads read in place under a mask give bitwise the
 numbers of transformers' SDPA, which copies them; the real models load with it."""
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -8,19 +7,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from tests.conftest import _tiny
-from uio.attention import ATTN_IMPL, use_grouped_attention
+from uio.attention import ATTN_IMPL, attention_implementation, use_grouped_attention
 from uio.cache.base import PolicyCache
 from uio.cache.full import ChunkedFullCache
-
-
-@contextmanager
-def _attention(model, name: str):
-    previous = model.config._attn_implementation
-    model.config._attn_implementation = name
-    try:
-        yield
-    finally:
-        model.config._attn_implementation = previous
 
 
 def _after_prefix(model, prefix: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -49,7 +38,7 @@ def test_grouped_attention_gives_sdpas_numbers_bitwise(tokenizer, monkeypatch, k
     model = lm.model.to(dtype)
     prefix, ids = torch.randint(100, 2000, (1, 23)), torch.randint(100, 2000, (1, 17))
     batch = torch.randint(100, 2000, (2, 19))
-    with _attention(model, "sdpa"):
+    with attention_implementation(model, "sdpa"):
         want = _after_prefix(model, prefix, ids), _generated(model, batch)
     grouped = []
     real = F.scaled_dot_product_attention
@@ -59,7 +48,7 @@ def test_grouped_attention_gives_sdpas_numbers_bitwise(tokenizer, monkeypatch, k
         return real(*args, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    with _attention(model, ATTN_IMPL):
+    with attention_implementation(model, ATTN_IMPL):
         got = _after_prefix(model, prefix, ids), _generated(model, batch)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert sum(grouped) >= 2 * 2  # both layers, in the prefill after the prefix and in generate's prefill

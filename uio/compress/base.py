@@ -44,6 +44,7 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from uio.adapter import base_fingerprint, body
+from uio.attention import attention_implementation
 from uio.memory import Memory
 from uio.model import LoadedModel
 
@@ -193,12 +194,8 @@ def observed_attention(lm: LoadedModel) -> Iterator[None]:
     Like the UIO encoder, this switches the model's attention implementation, so the model must not
     answer questions from another thread meanwhile (ingestion holds the model).
     """
-    previous = lm.model.config._attn_implementation
-    lm.model.config._attn_implementation = ATTN_IMPL
-    try:
+    with attention_implementation(lm.model, ATTN_IMPL):
         yield
-    finally:
-        lm.model.config._attn_implementation = previous
 
 
 def attention_logits(module: torch.nn.Module, query: torch.Tensor, keys: torch.Tensor,
