@@ -185,3 +185,39 @@ def test_shortlisted_head_keeps_the_exact_argmax_and_the_exact_best_logits(token
     assert shortlist_head(lm.model)
     head.float()
     assert head._int8 is None and head(x.float()).dtype == torch.float32  # converted: the copy no longer follows
+
+
+class _Headed(nn.Module):
+    def __init__(self, head: nn.Linear):
+        super().__init__()
+        self.head = head
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.head
+
+
+def test_int8_logits_stay_inside_their_bounds_and_near_ties_beyond_the_shortlist_are_read_exactly():
+    from uio.packed import SHORTLIST, _bound_terms, shortlist_head
+
+    torch.manual_seed(3)
+    w = torch.randn(4096, 64)
+    w[:300] = w[0] + torch.randn(300, 64) * 1e-2  # near copies the int8 copy cannot rank (below its step)
+    head = nn.Linear(64, 4096, bias=False, dtype=torch.bfloat16)
+    with torch.no_grad():
+        head.weight.copy_(w)
+    head.__class__ = RowHead
+    assert shortlist_head(_Headed(head))
+    packed, residual, norm = head._int8
+    with torch.inference_mode():
+        for scale in (0.1, 3.0, 40.0):
+            x = (torch.randn(64) * scale).to(torch.bfloat16)
+            exact = torch.mv(head.weight, x).float()
+            approx = torch.ops.quantized.linear_dynamic(x.float()[None], packed, True)[0]
+            a, b = _bound_terms(x.float())
+            assert bool(((approx - exact).abs() <= residual * a + norm * b).all())
+        x = (w[0] * 2).to(torch.bfloat16)  # the near copies hold the best logits, 300 > SHORTLIST of them
+        exact = torch.mv(head.weight, x)
+        got = head(x[None, None])[0, 0]
+    assert 300 > SHORTLIST and int(got.argmax()) == int(exact.argmax())
+    assert torch.equal(got[:300], exact[:300])  # the shortlist and every rival its bound let reach the best
+    assert not torch.equal(got, exact)  # the rest from the int8 copy: the whole product was not read
