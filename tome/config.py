@@ -36,8 +36,9 @@ class Config:
     pack_weights: bool = _opt(True, "lay the decoder's Linear weights out once for oneDNN where the model runs in "
                                     "bf16 on the CPU (uio/packed.py: decoding ~1.25x faster; the same numbers up to bf16 rounding)",
                               "TOME_PACK_WEIGHTS", _flag)
-    shortlist_head: bool = _opt(True, "with packed weights, one row of the output head reads an int8 copy first "
-                                      "and its 64 best logits exactly (uio/packed.py: the same greedy tokens, each "
+    shortlist_head: bool = _opt(True, "with packed weights, one row of the output head reads an int8 copy first, "
+                                      "then exactly its 64 best logits and any other within the int8 error bound "
+                                      "(uio/packed.py: the same greedy tokens, each "
                                       "~6 ms sooner for Qwen; costs the int8 copy's memory, ~270 MB for Qwen)",
                                 "TOME_SHORTLIST_HEAD", _flag)
     segment_len: int = _opt(1024, "l: tokens per segment", "TOME_SEGMENT_LEN", int)
