@@ -131,7 +131,8 @@ class CompressedContext:
         self.compressor = answerer.models.compressor(ratio, compressor)  # what made the memories read
         self.memories: list = []
         self.excerpts: list = []  # retrieval.retriever.Retrieved: passages given as text beside the memories
-        self.pieces: list[list[int]] = []  # the chat's token ids cut at the memories ("head", "inline"; select)
+        self.messages: list[dict] = []  # the chat (select), read by assemble and the generation
+        self.pieces: list[list[int]] = []  # its token ids cut at the memories ("head", "inline"; select)
         self.layout = resolve_layout(answerer.models.config.memory_layout, answerer.models.key)
         self.positions = answerer.models.config.memory_positions
         if answerer.models.config.memory_excerpt_place not in EXCERPT_PLACES:
@@ -191,14 +192,14 @@ class CompressedContext:
         books = [(d.title, [_SlotSegment(s.text, s.page_start, s.page_end, s.index, mem.slots[j])
                             for j, s in enumerate(segs)])
                  for d, mem, segs in zip(docs, self.memories, stored)]
-        messages = self._messages(question, history)
-        if self.layout in ("head", "inline"):  # tokenized once: the pieces are assemble's too (same messages)
+        self.messages = self._messages(question, history)
+        if self.layout in ("head", "inline"):  # tokenized once: the pieces are assemble's too
             from uio.generate import split_chat
 
-            self.pieces = split_chat(a.lm.tokenizer, messages, self.MARK)
+            self.pieces = split_chat(a.lm.tokenizer, self.messages, self.MARK)
             bare = sum(map(len, self.pieces))
         else:
-            bare = count_tokens(a.lm.tokenizer, messages)
+            bare = count_tokens(a.lm.tokenizer, self.messages)
         self.room = max(0, a.lm.window - bare - max_new - 16)  # positions the memories may span
         budget = self.room
         cap = a.memory_budget(excerpts=bool(self.excerpts))
@@ -215,7 +216,7 @@ class CompressedContext:
         with timer.phase("assembly"):
             chosen = [mem.select([p.segment.index for p in ctx.selection.passages
                                   if ctx.owner[id(p.segment)] == d.id]) for d, mem in zip(self.docs, self.memories)]
-            ctx.messages = self._messages(question, history)
+            ctx.messages = self.messages  # built in select, from which nothing changed since
             if self.layout == "inline":
                 pieces = list(self.pieces)  # len(docs) + 1 text pieces, tokenized in select
                 parts = [pieces[0]] + [x for mem, text in zip(chosen, pieces[1:]) for x in (mem, text)]

@@ -62,10 +62,6 @@ def encoder_attention(module, query, key, value, attention_mask, dropout: float 
 AttentionInterface.register(ATTN_IMPL, encoder_attention)
 
 
-def _encoder_attention(model):
-    return attention_implementation(model, ATTN_IMPL)
-
-
 def encoder_inputs(lengths: Sequence[int], num_mem: int, device: torch.device
                    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Which keys each position sees (B, L, L) bool, position ids (B, L), slots per row; L = max(n) + M.
@@ -185,7 +181,7 @@ class Encoder:
 
         hooks = [layer.input_layernorm.register_forward_hook(grab) for layer in net.layers]
         try:
-            with self.adapter.encoding(), _encoder_attention(lm.model):
+            with self.adapter.encoding(), attention_implementation(lm.model, ATTN_IMPL):
                 # A 4D mask is passed through untouched by transformers' mask preparation.
                 net(inputs_embeds=embeds, attention_mask=memory_rows, position_ids=pos, use_cache=False,
                     uio_ordinary=n_max)
