@@ -11,6 +11,15 @@ then be read against the interval, not against one count.
 A side is ``TAG:METHOD`` (the cell whose method is METHOD in
 ``bench/results/eval_compress_<model>_<part>_<TAG>.json``), or ``TAG1,TAG2,...:METHOD`` for a side whose
 questions ran in several runs (a question found in more than one of them counts from the first).
+
+Issue 18's real-manual target has two branches: where a book fits the model's window, compressed answers
+should reach 90 % of the full-text score; where it does not, retrieval + 10 points. A full-text cell asks
+only the questions whose books fit, so it splits the set:
+
+    .venv/bin/python bench/paired.py realdocs t24qa:kvzip-fast@8/x1 fullfit:full/fullcache --share 0.9 \
+        --within fullfit:full/fullcache
+    .venv/bin/python bench/paired.py realdocs t24qa:kvzip-fast@8/x1 all170s2:retrieval --target 10 \
+        --outside fullfit:full/fullcache
 """
 from __future__ import annotations
 
@@ -88,6 +97,11 @@ def _load_run(model: str, part: str, tag: str, method: str) -> dict[str, bool]:
     return {r["id"]: bool(r["correct"]) for r in found[0]["rows"]}
 
 
+def restrict(rows: dict[str, bool], ids: set[str], keep: bool = True) -> dict[str, bool]:
+    """``rows`` of the questions in ``ids`` (``keep``) or of the others."""
+    return {q: right for q, right in rows.items() if (q in ids) == keep}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", help="results part: realdocs, planted, passkey")
@@ -95,9 +109,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("b", help="TAG:METHOD of the second run (e.g. all122r:retrieval)")
     ap.add_argument("--model", default="qwen")
     ap.add_argument("--target", type=float, default=None, help="a target difference in points to read against")
+    ap.add_argument("--share", type=float, default=None,
+                    help="a target share of B's score for A (0.9: A right on >= 90 %% as many questions as B)")
+    scope = ap.add_mutually_exclusive_group()
+    scope.add_argument("--within", metavar="TAG:METHOD",
+                       help="only the questions this run asked (e.g. a full-text cell: the books that fit)")
+    scope.add_argument("--outside", metavar="TAG:METHOD", help="only the questions this run did not ask")
     args = ap.parse_args(argv)
     try:
-        r = paired(load_side(args.model, args.part, args.a), load_side(args.model, args.part, args.b))
+        a, b = load_side(args.model, args.part, args.a), load_side(args.model, args.part, args.b)
+        if args.within or args.outside:
+            asked = set(load_side(args.model, args.part, args.within or args.outside))
+            a, b = (restrict(x, asked, keep=bool(args.within)) for x in (a, b))
+        r = paired(a, b)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"paired: {e}")
     print("| A | B | n | A right | B right | only A | only B | A − B (points) | 95 % interval | McNemar p |")
@@ -109,6 +133,11 @@ def main(argv: list[str] | None = None) -> None:
         where = ("below the interval" if t < r.ci[0] else "above the interval" if t > r.ci[1]
                  else "inside the interval")
         print(f"\ntarget {t:+.1f} points: {where}")
+    if args.share is not None:
+        need = math.ceil(args.share * r.b - 1e-9)  # the fewest right answers that reach the share
+        verdict = "met" if r.a >= need else f"missed by {need - r.a}"
+        share = f"{r.a / r.b:.0%}" if r.b else "-"
+        print(f"\nA right on {share} as many questions as B (target {args.share:.0%}: {need} right): {verdict}")
 
 
 if __name__ == "__main__":

@@ -53,3 +53,27 @@ def test_a_side_joins_runs_first_run_first(tmp_path, monkeypatch):
         bp.load_side("qwen", "realdocs", "one:nothing@8")
     with pytest.raises(FileNotFoundError):
         bp.load_side("qwen", "realdocs", "absent:m@8")
+
+
+def test_within_and_outside_split_the_questions_and_share_reads_a_ratio(tmp_path, monkeypatch, capsys):
+    import bench.paired as bp
+
+    def run(tag, method, rows):
+        cells = {"k": {"method": method, "rows": [{"id": i, "correct": c} for i, c in rows.items()]}}
+        (tmp_path / f"eval_compress_qwen_realdocs_{tag}.json").write_text(json.dumps({"cells": cells}))
+
+    run("c", "m@8", {"fit1": True, "fit2": True, "big1": True, "big2": False})
+    run("r", "retrieval", {"fit1": False, "fit2": True, "big1": False, "big2": False})
+    run("f", "full", {"fit1": True, "fit2": True})  # the full-text cell asked only the books that fit
+    monkeypatch.setattr("bench.eval_compress.RESULTS_DIR", tmp_path)
+    assert bp.restrict({"a": True, "b": False}, {"a"}) == {"a": True}
+    assert bp.restrict({"a": True, "b": False}, {"a"}, keep=False) == {"b": False}
+
+    bp.main(["realdocs", "c:m@8", "f:full", "--within", "f:full", "--share", "0.9"])
+    out = capsys.readouterr().out
+    assert "| c:m@8 | f:full | 2 | 2 | 2 |" in out and "100% as many" in out and ": met" in out
+    bp.main(["realdocs", "c:m@8", "r:retrieval", "--outside", "f:full", "--target", "10"])
+    out = capsys.readouterr().out
+    assert "| 2 | 1 | 0 | 1 | 0 | +50.0 |" in out  # big1 and big2 only
+    bp.main(["realdocs", "r:retrieval", "f:full", "--within", "f:full", "--share", "0.9"])
+    assert "missed by 1" in capsys.readouterr().out  # 1 right against 0.9 * 2 -> 2 needed
