@@ -246,6 +246,7 @@ def plain_forward_tok_s(tome, doc) -> float:
 
 # -- results files -------------------------------------------------------------------------------------
 TAG = ""  # --tag: a separate results file for a run beside another of the same part
+RESUME = False  # --resume: a cell left partial by an interrupted run keeps its answers and asks the rest
 
 
 def part_path(model: str, part: str, tag: str | None = None) -> Path:
@@ -281,6 +282,14 @@ def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, st
     memories = []
     seen: set = set()
     rows = []
+    before = data.get("partial", {}).get(key)
+    if RESUME and before and before.get("method") == method:  # --resume: an interrupted cell goes on
+        rows, memories = list(before["rows"]), list(before["memories"])
+        seen = {m["doc_id"] for m in memories}
+        done = {r["id"] for r in rows}
+        items = [it for it in items if it[2].get("id") not in done]
+        print(f"  {key}: resuming after {len(rows)} answered questions", flush=True)
+    planned = len(rows) + len(items)
     name, ratio, variant = parse_method(method)
     storage = "int8" if variant == "int8" else "16bit"
     with compressor_variant(tome, name, ratio, variant):  # "/poolK": the pooled compressor
@@ -298,7 +307,7 @@ def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, st
                 r["doc_slots"] = sum(m["slots"] for m in memories if m["doc_id"] in {d.id for d in docs}) or None
                 r["doc_tokens"] = sum(d.tokens for d in docs)
                 rows.append(r)
-                data.setdefault("partial", {})[key] = {"method": method, "n_planned": len(items), "rows": rows,
+                data.setdefault("partial", {})[key] = {"method": method, "n_planned": planned, "rows": rows,
                                                        "accuracy": sum(x["correct"] for x in rows) / len(rows),
                                                        "n": len(rows), "memories": memories}
                 save_part(model, part, data)  # an interrupted cell keeps its answered questions (marked partial)
@@ -708,8 +717,12 @@ def main(argv=None) -> None:
                     help="a product setting (README's variables) for every cell of this run, e.g. "
                          "TOME_MEMORY_EXCERPT_PLACE=user; repeatable; recorded in each cell")
     ap.add_argument("--tag", default="", help="results file suffix (bench/results/eval_compress_<model>_<part>_<tag>.json)")
+    ap.add_argument("--resume", action="store_true",
+                    help="a cell an interrupted run left partial (same tag, set and method) keeps its answered "
+                         "questions and asks only the others (the settings must be the same: not checked)")
     args = ap.parse_args(argv)
-    global TAG, SCORER
+    global TAG, SCORER, RESUME
+    RESUME = args.resume
     SCORER = args.scorer
     from tome.config import Config
 

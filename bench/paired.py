@@ -89,8 +89,13 @@ def _load_run(model: str, part: str, tag: str, method: str) -> dict[str, bool]:
     path = part_path(model, part, tag)
     if not path.exists():
         raise FileNotFoundError(f"no results file {path}")
-    cells = json.loads(path.read_text())["cells"]
+    data = json.loads(path.read_text())
+    cells = data["cells"]
     found = [c for c in cells.values() if c.get("method") == method] if method else list(cells.values())
+    if not found:  # an interrupted cell's answered questions (bench/eval_compress.py keeps them as "partial")
+        found = [c for c in data.get("partial", {}).values() if c.get("method") == method]
+        for c in found[:1]:
+            print(f"({path.name}: {method} is partial, {c['n']} of {c['n_planned']} questions)", file=sys.stderr)
     if len(found) != 1:
         names = sorted(c.get("method") for c in cells.values())
         raise ValueError(f"{path.name}: {len(found)} cells match {method!r}; its methods: {names}")

@@ -50,3 +50,35 @@ def test_set_takes_only_the_products_variables_and_parses_them(monkeypatch):
     monkeypatch.setattr(ev, "SETTINGS", {"TOME_MEMORY_EXCERPT_PLACE": "user", "TOME_MEMORY_SKIP_EXCERPTED": "1"})
     cfg = Config.from_env(env=ev.SETTINGS)  # what make_tome starts from
     assert (cfg.memory_excerpt_place, cfg.memory_skip_excerpted) == ("user", True)
+
+
+def test_resume_keeps_an_interrupted_cells_answers_and_asks_the_rest(tome_tiny, tmp_path, monkeypatch):
+    import pytest
+
+    import bench.eval_compress as ev
+
+    monkeypatch.setattr(ev, "RESULTS_DIR", tmp_path)
+    doc = tome_tiny.ingest(make_pdf(tmp_path / "lamp.pdf", PAGES)).document
+    items = [([doc], f"Question {i}: who lit the lamp?", {"id": f"q{i}"}) for i in range(3)]
+    asked = []
+
+    def stop_at_third(text, meta):
+        if len(asked) == 2:
+            raise KeyboardInterrupt  # the run is stopped while the third question is graded
+        asked.append(meta["id"])
+        return meta["id"] == "q0"
+
+    data = ev.load_part("qwen", "realdocs")
+    with pytest.raises(KeyboardInterrupt):
+        ev.run_cell(tome_tiny, data, "k", "retrieval", items, stop_at_third, 2, "qwen", "realdocs")
+    partial = ev.load_part("qwen", "realdocs")["partial"]["k"]
+    assert [r["id"] for r in partial["rows"]] == ["q0", "q1"] and partial["n_planned"] == 3
+
+    monkeypatch.setattr(ev, "RESUME", True)
+    data = ev.load_part("qwen", "realdocs")
+    ev.run_cell(tome_tiny, data, "k", "retrieval", items, lambda text, meta: asked.append(meta["id"]) or True, 2,
+                "qwen", "realdocs")
+    done = ev.load_part("qwen", "realdocs")
+    assert asked == ["q0", "q1", "q2"]  # only the third was asked again
+    assert [r["id"] for r in done["cells"]["k"]["rows"]] == ["q0", "q1", "q2"] and "k" not in done["partial"]
+    assert [r["correct"] for r in done["cells"]["k"]["rows"]] == [True, False, True]

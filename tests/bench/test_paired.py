@@ -77,3 +77,13 @@ def test_within_and_outside_split_the_questions_and_share_reads_a_ratio(tmp_path
     assert "| 2 | 1 | 0 | 1 | 0 | +50.0 |" in out  # big1 and big2 only
     bp.main(["realdocs", "r:retrieval", "f:full", "--within", "f:full", "--share", "0.9"])
     assert "missed by 1" in capsys.readouterr().out  # 1 right against 0.9 * 2 -> 2 needed
+
+
+def test_a_partial_cell_is_read_when_no_whole_one_matches(tmp_path, monkeypatch):
+    import bench.paired as bp
+
+    rows = [{"id": "q1", "correct": True}, {"id": "q2", "correct": False}]
+    data = {"cells": {}, "partial": {"k": {"method": "full", "rows": rows, "n": 2, "n_planned": 5}}}
+    (tmp_path / "eval_compress_qwen_realdocs_p.json").write_text(json.dumps(data))
+    monkeypatch.setattr("bench.eval_compress.RESULTS_DIR", tmp_path)
+    assert bp.load_side("qwen", "realdocs", "p:full") == {"q1": True, "q2": False}
