@@ -5,6 +5,14 @@ import math
 import pytest
 
 
+def write_run(folder, tag: str, method: str, rows: dict[str, bool], other: bool = False) -> None:
+    """A results file of one cell (``other``: and a second, empty cell of another method)."""
+    cells = {"k": {"method": method, "rows": [{"id": i, "correct": c} for i, c in rows.items()]}}
+    if other:
+        cells["other"] = {"method": "retrieval", "rows": []}
+    (folder / f"eval_compress_qwen_realdocs_{tag}.json").write_text(json.dumps({"cells": cells}))
+
+
 def test_mcnemar_exact_matches_the_binomial_tail():
     from bench.paired import mcnemar_exact
 
@@ -40,13 +48,8 @@ def test_runs_of_different_questions_are_refused():
 def test_a_side_joins_runs_first_run_first(tmp_path, monkeypatch):
     import bench.paired as bp
 
-    def run(tag, rows):
-        cells = {"k": {"method": "m@8", "rows": [{"id": i, "correct": c} for i, c in rows.items()]},
-                 "other": {"method": "retrieval", "rows": []}}
-        (tmp_path / f"eval_compress_qwen_realdocs_{tag}.json").write_text(json.dumps({"cells": cells}))
-
-    run("one", {"q1": True, "q2": False})
-    run("two", {"q2": True, "q3": True})
+    write_run(tmp_path, "one", "m@8", {"q1": True, "q2": False}, other=True)
+    write_run(tmp_path, "two", "m@8", {"q2": True, "q3": True}, other=True)
     monkeypatch.setattr("bench.eval_compress.RESULTS_DIR", tmp_path)
     assert bp.load_side("qwen", "realdocs", "one,two:m@8") == {"q1": True, "q2": False, "q3": True}
     with pytest.raises(ValueError, match="0 cells match"):
@@ -58,13 +61,9 @@ def test_a_side_joins_runs_first_run_first(tmp_path, monkeypatch):
 def test_within_and_outside_split_the_questions_and_share_reads_a_ratio(tmp_path, monkeypatch, capsys):
     import bench.paired as bp
 
-    def run(tag, method, rows):
-        cells = {"k": {"method": method, "rows": [{"id": i, "correct": c} for i, c in rows.items()]}}
-        (tmp_path / f"eval_compress_qwen_realdocs_{tag}.json").write_text(json.dumps({"cells": cells}))
-
-    run("c", "m@8", {"fit1": True, "fit2": True, "big1": True, "big2": False})
-    run("r", "retrieval", {"fit1": False, "fit2": True, "big1": False, "big2": False})
-    run("f", "full", {"fit1": True, "fit2": True})  # the full-text cell asked only the books that fit
+    write_run(tmp_path, "c", "m@8", {"fit1": True, "fit2": True, "big1": True, "big2": False})
+    write_run(tmp_path, "r", "retrieval", {"fit1": False, "fit2": True, "big1": False, "big2": False})
+    write_run(tmp_path, "f", "full", {"fit1": True, "fit2": True})  # the full-text cell asked only the books that fit
     monkeypatch.setattr("bench.eval_compress.RESULTS_DIR", tmp_path)
     assert bp.restrict({"a": True, "b": False}, {"a"}) == {"a": True}
     assert bp.restrict({"a": True, "b": False}, {"a"}, keep=False) == {"b": False}
