@@ -17,7 +17,8 @@ interrupted run keeps what it finished and a rerun skips finished cells; memorie
 A method is ``<compressor>@<ratio>`` (compressed mode, memories made on demand by ``Tome.memory``,
 the default memory budget), ``full`` (uncompressed, the whole book in the prompt: ``context_budget``
 raised to the model's window) or ``retrieval`` (uncompressed, the default config: the segments
-closest to the question within 3,072 tokens). Compressed cells read the memories alone; ``<method>/xN``
+closest to the question within 3,072 tokens); ``gold`` (``realdocs`` only: uncompressed, the question's gold
+page(s) alone, each whole: what the reader answers with the answer's page in front of it). Compressed cells read the memories alone; ``<method>/xN``
 adds the N passages retrieval ranks best as text (the product's ``memory_excerpts``), ``/pN`` the pages
 of each book's N best passages, whole (``memory_excerpt_unit="page"``), ``/xNnomem`` and ``/pNnomem`` give
 that text alone (the control: no memory slot fits), ``/xNbM`` that text beside at most M memory slots
@@ -151,10 +152,17 @@ def parse_method(method: str) -> tuple[str, int | None, str]:
     return name, int(ratio) if ratio else None, variant
 
 
-def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
+def ask(tome, docs: list, question: str, method: str, max_new: int, meta: dict | None = None) -> dict:
     base = tome.config
     kw: dict = {"max_new_tokens": max_new}
     name, ratio, variant = parse_method(method)
+    if name == "gold":  # the ceiling: uncompressed mode over the question's gold page(s) alone (realdocs)
+        if not meta or "gold" not in meta:
+            raise ValueError("the gold cell needs questions with gold pages (the realdocs part)")
+        from bench.qa.realdocs import gold_context
+
+        by_key = dict(zip(meta["docs"], docs))
+        tome.answerer.choose = lambda *a, **k: gold_context(meta, by_key, tome.lm.tokenizer)
     if variant == "fullcache":  # the recent cache without the default policy (the gate): HF generate
         kw["cache_policy"] = "full"
     elif variant == "int8" or variant.startswith(COMPRESSOR_VARIANTS):  # int8: run_cell's make_memory; others: compressor_variant
@@ -164,7 +172,7 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
     elif variant:  # <layout>-<positions> of compressed mode, e.g. kvzip@8/before-consecutive (the old layout)
         layout, positions = variant.split("-")
         tome.config = replace(base, memory_layout=layout, memory_positions=positions)
-    if ratio is None:  # full, retrieval
+    if ratio is None:  # full, retrieval, gold
         kw["mode"] = "uncompressed"
         if name == "full":
             tome.config = replace(base, context_budget=tome.lm.window)
@@ -184,6 +192,8 @@ def ask(tome, docs: list, question: str, method: str, max_new: int) -> dict:
             pass
     finally:
         tome.config = base
+        if name == "gold":
+            del tome.answerer.choose  # the class's method again
     st = last.stats
     return {"text": last.text, "ttft_s": st.get("timing", {}).get("ttft_s"), "gen_ttft_s": st.get("ttft_s"), "timing": st.get("timing"), "policy": st.get("cache_policy"),
             "prompt_tokens": st.get("prompt_tokens"), "prefix_len": st.get("memory_slots", st.get("prefix_len")),
@@ -300,7 +310,7 @@ def run_cell(tome, data: dict, key: str, method: str, items: list[tuple[list, st
                         if d.id not in seen:
                             seen.add(d.id)
                             memories.append(make_memory(tome, d, name, ratio, storage))
-                r = ask(tome, docs, question, method, max_new)
+                r = ask(tome, docs, question, method, max_new, meta)
                 r["correct"] = bool(grade(r["text"], meta))
                 r["id"] = meta.get("id")
                 r.update({k: v for k, v in meta.items() if k in ("depth", "length", "key", "kind", "style")})

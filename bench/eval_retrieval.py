@@ -497,14 +497,7 @@ def answers(tome, docs, data, out_path: Path, max_new: int, variants, limit: int
                 answerer.choose = global_choose
             elif v == "ceiling":
                 def gold_choose(cdocs, books, question, budget, timer, q=q):
-                    ps, owner = [], {}
-                    for g in q["gold"]:
-                        d = docs[g["doc"]]
-                        text = realdocs_page(d, g["page"])
-                        seg = PageSeg(text, g["page"], g["page"], -1, len(tome.lm.tokenizer(text)["input_ids"]))
-                        ps.append(Passage(d.title, seg, 1.0, breaks=((0, g["page"]),)))
-                        owner[id(seg)] = d.id
-                    return Context(Selection(ps, []), owner)
+                    return realdocs.gold_context(q, docs, tome.lm.tokenizer)
                 answerer.choose = gold_choose
             else:
                 answerer.choose = real_choose
@@ -578,16 +571,6 @@ _ABSTAIN = re.compile(r"\b(do(es)? not|don't|doesn't|cannot|can't|no) (contain|m
 def abstained(text: str) -> bool:
     """The answer says the passages do not hold the answer (not counted as a wrong answer)."""
     return bool(_ABSTAIN.search(text or ""))
-
-
-_PAGES: dict = {}
-
-
-def realdocs_page(doc, page: int) -> str:
-    if doc.id not in _PAGES:
-        path = next(d["path"] for d in realdocs.load()["documents"] if Path(d["path"]).name == doc.filename)
-        _PAGES[doc.id] = realdocs.read_pages(path)
-    return _PAGES[doc.id][page]
 
 
 def report_answers(path: Path) -> None:

@@ -93,6 +93,31 @@ def read_pages(path: str | Path) -> dict[int, str]:
     return {p.number: p.text for p in read_document(path).pages}
 
 
+_PAGE_CACHE: dict[str, dict[int, str]] = {}  # path -> its pages' text (a manual is read once per process)
+
+
+def gold_context(question: dict, docs: dict, tokenizer, paths: dict | None = None):
+    """The question's gold page(s), each whole, as uncompressed mode's context (``tome.answer.Context``): what the
+    reader answers with the answer's page, and nothing else, in front of it (the benches' ceiling).
+    ``docs``: manual id -> its ``DocumentInfo`` in the library; ``paths``: manual id -> its PDF (the set's own
+    by default)."""
+    from retrieval.narrow import PageText
+    from retrieval.prompt import Passage, Selection
+    from tome.answer import Context
+
+    paths = paths or {k: d["path"] for k, d in documents().items()}
+    passages, owner = [], {}
+    for g in question["gold"]:
+        path = str(paths[g["doc"]])
+        if path not in _PAGE_CACHE:
+            _PAGE_CACHE[path] = read_pages(path)
+        text = _PAGE_CACHE[path][g["page"]]
+        seg = PageText(text, g["page"], g["page"], -1, len(tokenizer(text)["input_ids"]))
+        passages.append(Passage(docs[g["doc"]].title, seg, 1.0, breaks=((0, g["page"]),)))
+        owner[id(seg)] = docs[g["doc"]].id
+    return Context(Selection(passages, []), owner)
+
+
 def check(data: dict | None = None, out=sys.stdout) -> int:
     """Verify hashes, page counts and that every question's answers are on its gold pages.
     Prints a table; returns the number of failures."""

@@ -82,3 +82,25 @@ def test_resume_keeps_an_interrupted_cells_answers_and_asks_the_rest(tome_tiny, 
     assert asked == ["q0", "q1", "q2"]  # only the third was asked again
     assert [r["id"] for r in done["cells"]["k"]["rows"]] == ["q0", "q1", "q2"] and "k" not in done["partial"]
     assert [r["correct"] for r in done["cells"]["k"]["rows"]] == [True, False, True]
+
+
+def test_a_gold_cell_answers_from_the_gold_page_alone(tome_tiny, tmp_path, monkeypatch):
+    """"gold": uncompressed mode over the question's gold page, whole, and nothing else; the answerer's own
+    choice is back after the cell."""
+    import pytest
+
+    import bench.qa.realdocs as realdocs
+    from bench.eval_compress import ask
+
+    pdf = make_pdf(tmp_path / "lamp.pdf", PAGES)
+    doc = tome_tiny.ingest(pdf).document
+    monkeypatch.setattr(realdocs, "documents", lambda data=None: {"lamp": {"path": str(pdf)}})
+    q = {"id": "lamp-1", "docs": ["lamp"], "gold": [{"doc": "lamp", "page": 3}]}
+    gold = ask(tome_tiny, [doc], "Who lit the lamp?", "gold", 2, q)
+    assert gold["pages"] == [3]
+    page = len(tome_tiny.lm.tokenizer(PAGES[2])["input_ids"])
+    retrieval = ask(tome_tiny, [doc], "Who lit the lamp?", "retrieval", 2, q)
+    assert "choose" not in vars(tome_tiny.answerer)  # the class's method again
+    assert retrieval["pages"] != [3] and retrieval["prompt_tokens"] > gold["prompt_tokens"] >= page
+    with pytest.raises(ValueError, match="gold pages"):
+        ask(tome_tiny, [doc], "Who lit the lamp?", "gold", 2, {"id": "x"})
