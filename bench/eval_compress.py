@@ -162,7 +162,6 @@ def ask(tome, docs: list, question: str, method: str, max_new: int, meta: dict |
         from bench.qa.realdocs import gold_context
 
         by_key = dict(zip(meta["docs"], docs))
-        tome.answerer.choose = lambda *a, **k: gold_context(meta, by_key, tome.lm.tokenizer)
     if variant == "fullcache":  # the recent cache without the default policy (the gate): HF generate
         kw["cache_policy"] = "full"
     elif variant == "int8" or variant.startswith(COMPRESSOR_VARIANTS):  # int8: run_cell's make_memory; others: compressor_variant
@@ -186,6 +185,8 @@ def ask(tome, docs: list, question: str, method: str, max_new: int, meta: dict |
             tome.config = replace(tome.config, memory_budget=budget, memory_excerpt_budget=0)
         if cell and cell[4]:
             tome.config = replace(tome.config, memory_skip_excerpted=True)
+    if name == "gold":  # patched here, so no exception between this and the ``finally`` can leave it in place
+        tome.answerer.choose = lambda *a, **k: gold_context(meta, by_key, tome.lm.tokenizer)
     try:
         last = None
         for last in tome.ask([d.id for d in docs], question, **kw):
